@@ -1,0 +1,86 @@
+package etsi
+
+import (
+	"context"
+	"errors"
+)
+
+// Backend is what the ETSI handlers need from a KME. The node package
+// implements it on top of the replicated site store, forwarding to the
+// leader and relaying to the peer site; tests implement it in memory.
+// All sizes are in bits.
+//
+// Every method either fully succeeds or changes no state. Errors are the
+// sentinels below (wrapped with %w is fine); anything else maps to 503.
+type Backend interface {
+	// KMEID is this site's KME ID.
+	KMEID() string
+	// Connection returns the connection between master and slave as seen
+	// by this site, with its pool level. ErrUnknownSAE when none exists.
+	Connection(ctx context.Context, master, slave string) (ConnectionInfo, error)
+	// EncKeys issues keys to the master SAE (master site only).
+	EncKeys(ctx context.Context, r EncRequest) ([]Key, error)
+	// DecKeys hands keys to a slave SAE named for them (slave site only).
+	DecKeys(ctx context.Context, r DecRequest) ([]Key, error)
+	// RegisterConnection registers a connection at both sites (seed API).
+	RegisterConnection(ctx context.Context, c ConnectionInfo) error
+	// ConnectionsOf lists the connections in which sae is the master or a
+	// slave (seed API: get_key by slave_host or key_id).
+	ConnectionsOf(ctx context.Context, sae string) ([]ConnectionInfo, error)
+}
+
+// Sentinel errors a Backend returns.
+var (
+	// ErrUnknownSAE: no connection between these SAEs at this KME (401).
+	ErrUnknownSAE = errors.New("etsi: unknown SAE")
+	// ErrUnauthorized: the caller may not fetch these keys (401).
+	ErrUnauthorized = errors.New("etsi: unauthorized")
+	// ErrKeysNotFound: one or more key IDs are not on this KME (400).
+	ErrKeysNotFound = errors.New("etsi: keys not found")
+	// ErrInsufficientKeys: fewer keys stored than asked for (503).
+	ErrInsufficientKeys = errors.New("etsi: insufficient keys")
+	// ErrUnavailable: no leader, peer site unreachable, timeout (503).
+	ErrUnavailable = errors.New("etsi: service unavailable")
+	// ErrConflict: a connection with different parameters exists (400).
+	ErrConflict = errors.New("etsi: conflicting connection")
+	// ErrBadRequest: the backend refused the request as invalid (400).
+	ErrBadRequest = errors.New("etsi: bad request")
+)
+
+// ConnectionInfo is a connection and its pool level at this site.
+type ConnectionInfo struct {
+	SourceKME        string
+	TargetKME        string
+	MasterSAE        string
+	SlaveSAE         string
+	KeySize          int
+	MaxKeyCount      int
+	MaxKeyPerRequest int
+	MaxSAEIDCount    int
+	MinKeySize       int
+	MaxKeySize       int
+	Priority         int
+	StoredKeyCount   int // keys of KeySize that the pool can still yield
+}
+
+// EncRequest is a validated enc_keys call.
+type EncRequest struct {
+	MasterSAE  string   // caller, from its certificate
+	SlaveSAE   string   // from the path
+	Additional []string // additional_slave_SAE_IDs, validated
+	Number     int
+	Size       int
+}
+
+// DecRequest is a validated dec_keys call.
+type DecRequest struct {
+	SlaveSAE  string   // caller, from its certificate
+	MasterSAE string   // from the path
+	KeyIDs    []string // canonical UUIDs, no duplicates
+}
+
+// Key is a key handed to an SAE.
+type Key struct {
+	KeyID string
+	Bits  []byte
+}

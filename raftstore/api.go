@@ -1,0 +1,171 @@
+// Package raftstore is a KME site's replicated state: connections, key pools,
+// key assignments and counters, held in a Raft-replicated FSM (hashicorp/raft
+// with raft-boltdb/v2) with key material encrypted before it enters Raft.
+//
+// This file is the contract other packages build on. The Store type in
+// store.go implements Site.
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors returned by Site methods. Callers compare with errors.Is.
+var (
+	// ErrNotLeader: this node is not the leader; the caller forwards to Leader().
+	ErrNotLeader = errors.New("raftstore: not the leader")
+	// ErrNoLeader: the site has no leader at the moment (election in progress
+	// or minority partition).
+	ErrNoLeader = errors.New("raftstore: no leader")
+	// ErrConnectionExists: a connection for this master/slave pair exists with
+	// different parameters.
+	ErrConnectionExists = errors.New("raftstore: connection already exists")
+	// ErrConnectionNotFound: no connection for this master/slave pair.
+	ErrConnectionNotFound = errors.New("raftstore: connection not found")
+	// ErrInsufficientKeys: the pool holds fewer bits than the request needs.
+	// Nothing was carved.
+	ErrInsufficientKeys = errors.New("raftstore: insufficient key material")
+	// ErrKeyNotFound: one or more key IDs are unknown (never issued, already
+	// erased or burned). Nothing was consumed.
+	ErrKeyNotFound = errors.New("raftstore: key not found")
+	// ErrNotAuthorized: the caller is not a slave still named for one of the
+	// keys. Nothing was consumed.
+	ErrNotAuthorized = errors.New("raftstore: caller not authorized for key")
+	// ErrInvalid: the command is malformed (bad sizes, duplicate IDs, ...).
+	ErrInvalid = errors.New("raftstore: invalid command")
+	// ErrBlockExists: a block with this ID was already added to the pool.
+	ErrBlockExists = errors.New("raftstore: block already exists")
+)
+
+// Connection is a registered master→slave key relationship (DESIGN §1).
+// Its identity is the (MasterSAE, SlaveSAE) pair. Sizes are in bits.
+type Connection struct {
+	SourceKME        string `json:"source_KME_ID"`
+	TargetKME        string `json:"target_KME_ID"`
+	MasterSAE        string `json:"master_SAE_ID"`
+	SlaveSAE         string `json:"slave_SAE_ID"`
+	KeySize          int    `json:"key_size"`
+	MaxKeyCount      int    `json:"max_key_count"`
+	MaxKeyPerRequest int    `json:"max_key_per_request"`
+	MaxSAEIDCount    int    `json:"max_SAE_ID_count"`
+	MinKeySize       int    `json:"min_key_size"`
+	MaxKeySize       int    `json:"max_key_size"`
+	Priority         int    `json:"priority"`
+}
+
+// ID is the connection's identity, "master|slave".
+func (c Connection) ID() string { return c.MasterSAE + "|" + c.SlaveSAE }
+
+// ConnectionStatus is a connection plus its pool level, from committed state.
+type ConnectionStatus struct {
+	Connection
+	StoredBits  int64 `json:"stored_bits"`  // unassigned bits in the pool
+	StoredKeys  int64 `json:"stored_keys"`  // StoredBits / KeySize
+	IssuedKeys  int64 `json:"issued_keys"`  // keys assigned and not yet erased
+	BurnedKeys  int64 `json:"burned_keys"`  // keys burned over the connection's life
+	ErasedKeys  int64 `json:"erased_keys"`  // keys fetched by every slave and erased
+	AddedBlocks int64 `json:"added_blocks"` // blocks added over the connection's life
+}
+
+// Block is final key material for one connection's pool, identical at both
+// sites and identified by an ID both sites agreed on.
+type Block struct {
+	ConnectionID string
+	BlockID      string
+	Bits         []byte // plaintext; len*8 bits. Encrypted by the store before Raft.
+}
+
+// IssueRequest asks the master site to carve Number keys of Size bits off a
+// connection's pool head. KeyIDs are chosen by the caller (the leader, before
+// Apply) so that Apply stays deterministic; len(KeyIDs) == Number.
+type IssueRequest struct {
+	RequestID string // idempotency: a retried request with the same ID returns the first result
+	MasterSAE string
+	SlaveSAE  string
+	Slaves    []string  // every slave named: SlaveSAE first, then additional slaves
+	Size      int       // bits, multiple of 8
+	KeyIDs    []string  // canonical UUIDs
+	IssuedAt  time.Time // chosen by the leader
+}
+
+// Key is one key handed to an SAE. Bits is plaintext, in memory only.
+type Key struct {
+	KeyID string
+	Bits  []byte
+}
+
+// KeyRange locates one key inside a connection's pool stream: the bit offset
+// of its first bit in the stream of all blocks ever added, and its length.
+type KeyRange struct {
+	KeyID  string `json:"key_ID"`
+	Offset int64  `json:"offset"`
+	Bits   int    `json:"bits"`
+}
+
+// Assignment is what the master site relays to the slave site after issuing:
+// which ranges of the shared pool stream became which key IDs, and who may
+// fetch them.
+type Assignment struct {
+	RequestID string     `json:"request_id"`
+	MasterSAE string     `json:"master_SAE_ID"`
+	SlaveSAE  string     `json:"slave_SAE_ID"`
+	Slaves    []string   `json:"slaves"`
+	Keys      []KeyRange `json:"keys"`
+	IssuedAt  time.Time  `json:"issued_at"`
+}
+
+// Issued is the result of IssueKeys: the keys for the master SAE and the
+// assignment to relay to the slave site.
+type Issued struct {
+	Keys       []Key
+	Assignment Assignment
+}
+
+// ConsumeRequest is a slave SAE fetching keys by ID at the slave site.
+type ConsumeRequest struct {
+	RequestID string
+	Caller    string   // the slave SAE ID from its certificate
+	MasterSAE string   // the master named in the dec_keys path
+	KeyIDs    []string // canonical UUIDs, no duplicates
+}
+
+// Site is the replicated site state as the rest of the system sees it.
+// Write methods must run on the leader: elsewhere they return ErrNotLeader
+// (or ErrNoLeader) without side effects, and the caller forwards.
+// Read methods answer from the leader's committed state (after a barrier /
+// VerifyLeader) and also return ErrNotLeader on followers.
+type Site interface {
+	// RegisterConnection creates a connection, or succeeds without change when
+	// an identical one exists; ErrConnectionExists when it differs.
+	RegisterConnection(ctx context.Context, c Connection) error
+	// DeleteConnection removes a connection and burns its pool.
+	DeleteConnection(ctx context.Context, master, slave string) error
+	// AddBlock appends a block to a connection's pool.
+	AddBlock(ctx context.Context, b Block) error
+	// IssueKeys carves, names and assigns keys in one commit (master site).
+	IssueKeys(ctx context.Context, r IssueRequest) (Issued, error)
+	// RecordAssignment commits an assignment relayed by the master site
+	// (slave site). Idempotent on Assignment.RequestID.
+	RecordAssignment(ctx context.Context, a Assignment) error
+	// ConsumeKeys returns the keys to a named slave and erases each key once
+	// every named slave fetched it. All or nothing.
+	ConsumeKeys(ctx context.Context, r ConsumeRequest) ([]Key, error)
+	// BurnKeys makes keys unfetchable forever and counts them as burned.
+	// Unknown IDs are ignored.
+	BurnKeys(ctx context.Context, keyIDs []string) error
+
+	// Connection returns one connection's status.
+	Connection(ctx context.Context, master, slave string) (ConnectionStatus, error)
+	// Connections lists all connections' status.
+	Connections(ctx context.Context) ([]ConnectionStatus, error)
+
+	// IsLeader reports whether this node is the leader right now.
+	IsLeader() bool
+	// Leader returns the leader's Raft server ID and address, "" when none.
+	Leader() (id, addr string)
+	// Digest is a hash of the FSM's committed state (equal on every node
+	// that applied the same log index).
+	Digest() (index uint64, digest string)
+}
