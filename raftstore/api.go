@@ -9,7 +9,10 @@ package raftstore
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // Sentinel errors returned by Site methods. Callers compare with errors.Is.
@@ -168,4 +171,50 @@ type Site interface {
 	// Digest is a hash of the FSM's committed state (equal on every node
 	// that applied the same log index).
 	Digest() (index uint64, digest string)
+}
+
+// Config opens a Store (see Open in store.go).
+type Config struct {
+	NodeID  string // Raft server ID, unique in the site
+	DataDir string // raft.db (raft-boltdb), snapshots/; created 0700
+	// Transport carries Raft traffic; node supplies one over mutual TLS.
+	// Tests may use raft.NewInmemTransport or raft.NewTCPTransport.
+	Transport raft.Transport
+	// KEK is the site key-encryption key, 32 bytes, identical on every node
+	// of the site (see LoadKEK).
+	KEK []byte
+	// Bootstrap, when non-empty and the data dir holds no Raft state,
+	// bootstraps the site with these voters. Every node of a static site
+	// passes the same list; a node that will be joined later passes none.
+	Bootstrap []raft.Server
+	// Logger for store and Raft messages; nil means slog.Default().
+	Logger *slog.Logger
+	// NoSync disables fsync in the log store (tests and benchmarks only).
+	NoSync bool
+	// Raft timing; zero values take hashicorp/raft's defaults.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+}
+
+// Membership and lifecycle beyond Site, used by node.
+type Admin interface {
+	Site
+	// Join adds a voter (leader only; ErrNotLeader elsewhere).
+	Join(ctx context.Context, id, addr string) error
+	// Remove removes a server (leader only).
+	Remove(ctx context.Context, id string) error
+	// Servers lists the current configuration.
+	Servers(ctx context.Context) ([]raft.Server, error)
+	// LeaderChanges delivers true when this node becomes leader (after a
+	// barrier, so its FSM is up to date) and false when it stops being
+	// leader. Each call returns a new subscription; cancel ctx to end it.
+	LeaderChanges(ctx context.Context) <-chan bool
+	// Stats for metrics: raft state, term, last index, commit latency, ...
+	Stats() map[string]string
+	// Shutdown hands leadership to another voter when leader, then stops.
+	Shutdown(ctx context.Context) error
 }
