@@ -63,7 +63,7 @@ import (
 func TestSecretLengthPublishedSets(t *testing.T) {
 	type want struct {
 		tau0, tau1, sz0, sz1, sx1, vx1, gamma, phi, raw float64
-		l                                              int64
+		l                                               int64
 	}
 	cases := []struct {
 		name string
