@@ -198,6 +198,13 @@ type Config struct {
 	SnapshotThreshold  uint64
 	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
+	// CommitTimeout: how long the leader waits before sending an
+	// AppendEntries heartbeat carrying the commit index; zero takes the
+	// default (50ms).
+	CommitTimeout time.Duration
+	// RaftLogLevel is hashicorp/raft's log level ("trace" … "error");
+	// empty means "warn".
+	RaftLogLevel string
 }
 
 // Membership and lifecycle beyond Site, used by node.

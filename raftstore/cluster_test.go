@@ -1,0 +1,305 @@
+package raftstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"qkdkms/raftstore"
+	"qkdkms/raftstore/storetest"
+)
+
+var testConn = raftstore.Connection{
+	SourceKME: "kmeA", TargetKME: "kmeB", MasterSAE: "saeA", SlaveSAE: "saeB",
+	KeySize: 256, MaxKeyCount: 100000, MaxKeyPerRequest: 64, MaxSAEIDCount: 2, MinKeySize: 64, MaxKeySize: 1024,
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func randBlock(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func ids(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = uuid.NewString()
+	}
+	return out
+}
+
+// withLeader retries fn on the current leader while it reports a leadership
+// change (what node's forwarding does).
+func withLeader(t *testing.T, c *storetest.Cluster, fn func(s *raftstore.Store) error) error {
+	t.Helper()
+	for i := 0; ; i++ {
+		err := fn(c.Leader(t))
+		if err == nil || i > 50 || !(errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader)) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTwoSitesRoundTrip: a master site issues, the slave site records the
+// assignment and the slave consumes: identical bytes, once.
+func TestTwoSitesRoundTrip(t *testing.T) {
+	ctx := ctxT(t)
+	a := storetest.MakeCluster(t, 3)
+	b := storetest.MakeCluster(t, 1)
+	la, lb := a.Leader(t), b.Leader(t)
+	for _, s := range []*raftstore.Store{la, lb} {
+		if err := s.RegisterConnection(ctx, testConn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blocks := [][]byte{randBlock(t, 100), randBlock(t, 3000)}
+	var stream []byte
+	for i, bl := range blocks {
+		stream = append(stream, bl...)
+		for _, s := range []*raftstore.Store{lb, la} {
+			if err := s.AddBlock(ctx, raftstore.Block{ConnectionID: testConn.ID(), BlockID: fmt.Sprint("blk", i), Bits: bl}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	kids := ids(5)
+	iss, err := la.IssueKeys(ctx, raftstore.IssueRequest{RequestID: "r1", MasterSAE: "saeA", SlaveSAE: "saeB",
+		Slaves: []string{"saeB", "saeC"}, Size: 256, KeyIDs: kids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(iss.Keys) != 5 || len(iss.Assignment.Keys) != 5 {
+		t.Fatalf("issued %d keys, assignment %d", len(iss.Keys), len(iss.Assignment.Keys))
+	}
+	for i, k := range iss.Keys {
+		if k.KeyID != kids[i] || !bytes.Equal(k.Bits, stream[i*32:(i+1)*32]) {
+			t.Fatalf("key %d: wrong id or bits", i)
+		}
+	}
+	// The first key straddles the two blocks (100 bytes = 3 keys + 4 bytes).
+	if err := lb.RecordAssignment(ctx, iss.Assignment); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.RecordAssignment(ctx, iss.Assignment); err != nil {
+		t.Fatalf("retried record: %v", err)
+	}
+	// Wrong caller, wrong master: refused, nothing changes.
+	_, err = lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c0", Caller: "mallory", MasterSAE: "saeA", KeyIDs: kids[:1]})
+	if !errors.Is(err, raftstore.ErrNotAuthorized) {
+		t.Fatalf("mallory: %v", err)
+	}
+	_, err = lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c0b", Caller: "saeB", MasterSAE: "saeX", KeyIDs: kids[:1]})
+	if !errors.Is(err, raftstore.ErrNotAuthorized) {
+		t.Fatalf("wrong master: %v", err)
+	}
+	got, err := lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c1", Caller: "saeB", MasterSAE: "saeA", KeyIDs: kids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if !bytes.Equal(got[i].Bits, iss.Keys[i].Bits) {
+			t.Fatalf("key %d differs between sites", i)
+		}
+	}
+	// Retry with the same request ID returns the same keys.
+	again, err := lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c1", Caller: "saeB", MasterSAE: "saeA", KeyIDs: kids})
+	if err != nil || !bytes.Equal(again[4].Bits, got[4].Bits) {
+		t.Fatalf("retried consume: %v", err)
+	}
+	// A new fetch by the same slave is refused; saeC may still fetch.
+	if _, err := lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c2", Caller: "saeB", MasterSAE: "saeA", KeyIDs: kids[:1]}); !errors.Is(err, raftstore.ErrNotAuthorized) {
+		t.Fatalf("second fetch: %v", err)
+	}
+	if _, err := lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c3", Caller: "saeC", MasterSAE: "saeA", KeyIDs: kids}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := lb.Connection(ctx, "saeA", "saeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ErasedKeys != 5 || st.IssuedKeys != 0 || st.StoredBits != int64(len(stream)*8-5*256) {
+		t.Fatalf("slave status %+v", st)
+	}
+	if _, err := lb.ConsumeKeys(ctx, raftstore.ConsumeRequest{RequestID: "c4", Caller: "saeC", MasterSAE: "saeA", KeyIDs: kids[:1]}); !errors.Is(err, raftstore.ErrKeyNotFound) {
+		t.Fatalf("erased key: %v", err)
+	}
+	// Retried issue returns the same keys.
+	iss2, err := la.IssueKeys(ctx, raftstore.IssueRequest{RequestID: "r1", MasterSAE: "saeA", SlaveSAE: "saeB",
+		Slaves: []string{"saeB", "saeC"}, Size: 256, KeyIDs: kids})
+	if err != nil || !bytes.Equal(iss2.Keys[2].Bits, iss.Keys[2].Bits) {
+		t.Fatalf("retried issue: %v", err)
+	}
+	a.WaitDigestsEqual(t)
+}
+
+// TestFollowerWritesRefused: writes and reads on a follower return
+// ErrNotLeader and change nothing.
+func TestFollowerWritesRefused(t *testing.T) {
+	ctx := ctxT(t)
+	c := storetest.MakeCluster(t, 3)
+	d0 := c.WaitDigestsEqual(t)
+	for _, f := range c.Followers() {
+		if err := f.RegisterConnection(ctx, testConn); !errors.Is(err, raftstore.ErrNotLeader) {
+			t.Fatalf("follower write: %v", err)
+		}
+		if err := f.AddBlock(ctx, raftstore.Block{ConnectionID: testConn.ID(), BlockID: "x", Bits: []byte{1}}); !errors.Is(err, raftstore.ErrNotLeader) {
+			t.Fatalf("follower add: %v", err)
+		}
+		if _, err := f.Connections(ctx); !errors.Is(err, raftstore.ErrNotLeader) {
+			t.Fatalf("follower read: %v", err)
+		}
+	}
+	if d := c.WaitDigestsEqual(t); d != d0 {
+		t.Fatal("state changed")
+	}
+}
+
+// issuer keeps issuing keys through whichever node leads and records every
+// key ID and key value handed out.
+type issuer struct {
+	mu    sync.Mutex
+	ids   map[string]bool
+	bits  map[string]bool
+	fails int
+}
+
+func (is *issuer) issue(ctx context.Context, t *testing.T, s *raftstore.Store, n int) error {
+	kids := ids(n)
+	iss, err := s.IssueKeys(ctx, raftstore.IssueRequest{RequestID: uuid.NewString(), MasterSAE: "saeA", SlaveSAE: "saeB",
+		Slaves: []string{"saeB"}, Size: 256, KeyIDs: kids})
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	if err != nil {
+		is.fails++
+		return err
+	}
+	for _, k := range iss.Keys {
+		if is.ids[k.KeyID] || is.bits[string(k.Bits)] {
+			t.Errorf("key %s issued twice", k.KeyID)
+		}
+		is.ids[k.KeyID] = true
+		is.bits[string(k.Bits)] = true
+	}
+	return nil
+}
+
+// TestFailover: leader loss, partition of the leader (minority writes
+// fail and apply nothing), rejoin, snapshot install on a lagging follower;
+// digests equal and no key issued twice.
+func TestFailover(t *testing.T) {
+	ctx := ctxT(t)
+	c := storetest.MakeCluster(t, 3, storetest.WithConfig(func(i int, cfg *raftstore.Config) {
+		cfg.SnapshotThreshold = 20
+		cfg.TrailingLogs = 5
+		cfg.SnapshotInterval = 100 * time.Millisecond
+	}))
+	l := c.Leader(t)
+	if err := l.RegisterConnection(ctx, testConn); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 40; i++ {
+		if err := withLeader(t, c, func(s *raftstore.Store) error {
+			return s.AddBlock(ctx, raftstore.Block{ConnectionID: testConn.ID(), BlockID: fmt.Sprint("b", i), Bits: randBlock(t, 1024)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	is := &issuer{ids: map[string]bool{}, bits: map[string]bool{}}
+	round := func(n int) {
+		for i := 0; i < n; i++ {
+			if err := withLeader(t, c, func(s *raftstore.Store) error { return is.issue(ctx, t, s, 4) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	round(10)
+
+	// 1. Leader loss.
+	old := c.Leader(t)
+	oldID, _ := old.Leader()
+	c.Crash(oldID)
+	round(10)
+	c.Restart(t, oldID)
+	round(5)
+	c.WaitDigestsEqual(t)
+
+	// 2. Partition the leader: its writes fail, nothing is applied there.
+	l = c.Leader(t)
+	lid, _ := l.Leader()
+	c.Partition(lid)
+	idx0, _ := l.Digest()
+	err := is.issue(ctx, t, l, 4)
+	if !errors.Is(err, raftstore.ErrNotLeader) && !errors.Is(err, raftstore.ErrNoLeader) {
+		t.Fatalf("write on partitioned leader: %v", err)
+	}
+	// The majority elects a new leader and carries on.
+	deadline := time.Now().Add(10 * time.Second)
+	var nl *raftstore.Store
+	for nl == nil && time.Now().Before(deadline) {
+		for _, s := range c.Stores {
+			if s != nil && s != l && s.IsLeader() {
+				nl = s
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if nl == nil {
+		t.Fatal("majority elected no leader")
+	}
+	for i := 0; i < 30; i++ { // enough entries to snapshot past the isolated node
+		if err := withLeader(t, c, func(s *raftstore.Store) error {
+			if s == l {
+				return raftstore.ErrNotLeader
+			}
+			return is.issue(ctx, t, s, 2)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if idx, _ := l.Digest(); idx != idx0 {
+		t.Fatalf("partitioned node applied entries %d -> %d", idx0, idx)
+	}
+	if _, err := l.Connection(ctx, "saeA", "saeB"); err == nil {
+		t.Fatal("partitioned ex-leader served a read")
+	}
+	for _, s := range c.Stores {
+		if s != l {
+			if err := s.Snapshot(ctx); err != nil {
+				t.Logf("snapshot on %v: %v", s.Stats()["state"], err)
+			}
+		}
+	}
+	// 3. Heal: the lagging node catches up (by snapshot install).
+	c.Heal()
+	round(5)
+	c.WaitDigestsEqual(t)
+	if n := l.Stats()["last_snapshot_index"]; n == "0" {
+		t.Errorf("lagging node installed no snapshot")
+	}
+	st, err := c.Leader(t).Connection(ctx, "saeA", "saeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.IssuedKeys != int64(len(is.ids)) {
+		t.Errorf("issued %d keys, leader counts %d (failed calls %d)", len(is.ids), st.IssuedKeys, is.fails)
+	}
+	if want := int64(40*1024*8) - int64(len(is.ids))*256; st.StoredBits < 0 || st.StoredBits > want {
+		t.Errorf("stored bits %d > %d", st.StoredBits, want)
+	}
+}

@@ -1,0 +1,297 @@
+// Package storetest builds in-memory Raft sites of raftstore.Stores for
+// tests: n nodes on raft.NewInmemTransport with fast timeouts, each with its
+// own t.TempDir(), logging to t.Log, plus partition helpers built on the
+// in-memory transports' Connect/Disconnect.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"qkdkms/raftstore"
+)
+
+// Option changes a cluster's node configs.
+type Option func(*options)
+
+type options struct {
+	mods   []func(i int, c *raftstore.Config)
+	level  slog.Level
+	silent bool
+}
+
+// WithConfig lets the test adjust node i's Config before it opens.
+func WithConfig(f func(i int, c *raftstore.Config)) Option {
+	return func(o *options) { o.mods = append(o.mods, f) }
+}
+
+// WithLogLevel sets the nodes' slog level (default Warn).
+func WithLogLevel(l slog.Level) Option { return func(o *options) { o.level = l } }
+
+// Quiet discards node logs.
+func Quiet() Option { return func(o *options) { o.silent = true } }
+
+// Cluster is a site of in-memory nodes. Node i has ID "node<i>".
+type Cluster struct {
+	t      testing.TB
+	KEK    []byte
+	IDs    []string
+	Stores []*raftstore.Store // nil while a node is down
+	Trans  []*raft.InmemTransport
+	cfgs   []raftstore.Config
+	mu     sync.Mutex
+	group  []int
+	ngroup int
+	logw   *tWriter
+}
+
+type tWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(string(p[:len(p)-min(1, len(p))]))
+	}
+	return len(p), nil
+}
+
+// MakeCluster starts n nodes bootstrapped as one site and waits for a
+// leader. Nodes are shut down in t.Cleanup.
+func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	o := options{level: slog.LevelWarn}
+	for _, f := range opts {
+		f(&o)
+	}
+	c := &Cluster{t: t, KEK: make([]byte, raftstore.KEKSize), group: make([]int, n)}
+	if _, err := rand.Read(c.KEK); err != nil {
+		t.Fatal(err)
+	}
+	c.logw = &tWriter{t: t}
+	var out io.Writer = c.logw
+	if o.silent {
+		out = io.Discard
+	}
+	var servers []raft.Server
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("node%d", i)
+		c.IDs = append(c.IDs, id)
+		servers = append(servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
+	}
+	for i := 0; i < n; i++ {
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(c.IDs[i]))
+		c.Trans = append(c.Trans, tr)
+		cfg := raftstore.Config{
+			NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: servers,
+			Logger:           slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: o.level})).With("node", c.IDs[i]),
+			NoSync:           true,
+			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+		}
+		for _, m := range o.mods {
+			m(i, &cfg)
+		}
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	c.Stores = make([]*raftstore.Store, n)
+	c.reconnect()
+	for i := 0; i < n; i++ {
+		s, err := raftstore.Open(context.Background(), c.cfgs[i])
+		if err != nil {
+			t.Fatalf("open %s: %v", c.IDs[i], err)
+		}
+		c.Stores[i] = s
+	}
+	t.Cleanup(func() {
+		c.Shutdown()
+		c.logw.mu.Lock()
+		c.logw.done = true
+		c.logw.mu.Unlock()
+	})
+	c.Leader(t)
+	return c
+}
+
+// Shutdown stops every running node (no leadership transfer).
+func (c *Cluster) Shutdown() {
+	var wg sync.WaitGroup
+	for i := range c.Stores {
+		if s := c.Stores[i]; s != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = s.Close() }()
+		}
+	}
+	wg.Wait()
+	for i := range c.Stores {
+		c.Stores[i] = nil
+	}
+}
+
+// Index returns node id's position.
+func (c *Cluster) Index(id string) int {
+	for i, x := range c.IDs {
+		if x == id {
+			return i
+		}
+	}
+	c.t.Fatalf("storetest: unknown node %q", id)
+	return -1
+}
+
+// Store returns node id's store (nil while down).
+func (c *Cluster) Store(id string) *raftstore.Store { return c.Stores[c.Index(id)] }
+
+// Config returns node i's config (e.g. its DataDir).
+func (c *Cluster) Config(i int) raftstore.Config { return c.cfgs[i] }
+
+// Leader waits (up to 15 s) for a running node that leads and answers
+// reads, and returns it.
+func (c *Cluster) Leader(t testing.TB) *raftstore.Store {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Stores {
+			if s == nil || !s.IsLeader() {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			_, err := s.Connections(ctx)
+			cancel()
+			if err == nil {
+				return s
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("storetest: no leader within 15s")
+	return nil
+}
+
+// Followers returns the running nodes that are not leader right now.
+func (c *Cluster) Followers() []*raftstore.Store {
+	var out []*raftstore.Store
+	for _, s := range c.Stores {
+		if s != nil && !s.IsLeader() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Partition cuts the named nodes off from the others (they can still talk
+// among themselves).
+func (c *Cluster) Partition(ids ...string) {
+	c.mu.Lock()
+	c.ngroup++
+	for _, id := range ids {
+		c.group[c.Index(id)] = c.ngroup
+	}
+	c.mu.Unlock()
+	c.reconnect()
+}
+
+// Disconnect isolates one node.
+func (c *Cluster) Disconnect(id string) { c.Partition(id) }
+
+// Heal reconnects every node with every other.
+func (c *Cluster) Heal() {
+	c.mu.Lock()
+	clear(c.group)
+	c.mu.Unlock()
+	c.reconnect()
+}
+
+func (c *Cluster) reconnect() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, ti := range c.Trans {
+		for j, tj := range c.Trans {
+			if i == j {
+				continue
+			}
+			if c.group[i] == c.group[j] {
+				ti.Connect(raft.ServerAddress(c.IDs[j]), tj)
+			} else {
+				ti.Disconnect(raft.ServerAddress(c.IDs[j]))
+			}
+		}
+	}
+}
+
+// Crash stops node id abruptly (no leadership transfer). Its data stays.
+func (c *Cluster) Crash(id string) {
+	i := c.Index(id)
+	if s := c.Stores[i]; s != nil {
+		_ = s.Close()
+		c.Stores[i] = nil
+	}
+}
+
+// Restart reopens a crashed node from its data directory on a fresh
+// in-memory transport with the same address.
+func (c *Cluster) Restart(t testing.TB, id string) *raftstore.Store {
+	t.Helper()
+	i := c.Index(id)
+	if c.Stores[i] != nil {
+		t.Fatalf("storetest: %s is running", id)
+	}
+	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
+	c.mu.Lock()
+	c.Trans[i] = tr
+	c.mu.Unlock()
+	cfg := c.cfgs[i]
+	cfg.Transport = tr
+	c.cfgs[i] = cfg
+	c.reconnect()
+	s, err := raftstore.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("restart %s: %v", id, err)
+	}
+	c.Stores[i] = s
+	return s
+}
+
+// WaitDigestsEqual waits (up to 20 s) until every running node applied the
+// same index with the same state digest, and returns that digest.
+func (c *Cluster) WaitDigestsEqual(t testing.TB) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		var idx0 uint64
+		var d0 string
+		same := true
+		last = ""
+		for _, s := range c.Stores {
+			if s == nil {
+				continue
+			}
+			idx, d := s.Digest()
+			last += fmt.Sprintf(" %d:%.12s", idx, d)
+			if d0 == "" {
+				idx0, d0 = idx, d
+			} else if idx != idx0 || d != d0 {
+				same = false
+			}
+		}
+		if same && d0 != "" {
+			return d0
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("storetest: digests differ after 20s:%s", last)
+	return ""
+}
