@@ -1,0 +1,325 @@
+package kme
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"qkdkms/etsi"
+	"qkdkms/etsi/pki"
+)
+
+// maxBody bounds internal request and answer bodies (a relay batch of 512
+// assignments or a large imported block fits easily).
+const maxBody = 64 << 20
+
+// InternalHandler serves /internal/ (see the package comment). Every
+// endpoint requires a verified client certificate with a kme: identity:
+// this site's for forward and admin, a configured peer's for peer calls.
+// Failures answer 401 (no identity) or 403 (wrong identity) with a JSON
+// body {"code","message"}.
+func (k *KME) InternalHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /internal/v1/forward/{op}", k.serveForward)
+	mux.HandleFunc("POST /internal/v1/peer/{op}", k.servePeer)
+	mux.HandleFunc("POST /internal/v1/admin/blocks", k.serveAdminImport)
+	mux.HandleFunc("/internal/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, codeBadRequest, "no such internal endpoint", http.StatusNotFound)
+	})
+	return mux
+}
+
+// AdminHandler serves the operator's block import (POST, body
+// {"master_SAE_ID","slave_SAE_ID","block_id","bits"(base64)}), for node to
+// mount, e.g. at /admin/v1/blocks. Only this site's node certificates
+// (kme:<ID>) and operator certificates (kme-admin:<ID>) are accepted.
+func (k *KME) AdminHandler() http.Handler { return http.HandlerFunc(k.serveAdminImport) }
+
+func writeError(w http.ResponseWriter, code, msg string, status int) {
+	w.Header().Set("Content-Type", "application/json")
+	if status == 0 {
+		status = statusOf(code)
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(errorBody{Code: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// callerKME returns the kme: identity of the verified client certificate.
+func callerKME(r *http.Request) (string, bool) {
+	cert := verifiedCert(r)
+	if cert == nil {
+		return "", false
+	}
+	id := pki.KMEID(cert)
+	return id, id != ""
+}
+
+func verifiedCert(r *http.Request) *x509.Certificate {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return r.TLS.VerifiedChains[0][0]
+}
+
+// adminIdentity accepts this site's node certificates (kme:<ID>) and its
+// operator certificates (kme-admin:<ID>).
+func adminIdentity(r *http.Request) (string, bool) {
+	cert := verifiedCert(r)
+	if cert == nil {
+		return "", false
+	}
+	if id := pki.OperatorKME(cert); id != "" {
+		return id, true
+	}
+	id := pki.KMEID(cert)
+	return id, id != ""
+}
+
+// authorize checks the caller's identity: ok reports whether to go on.
+func (k *KME) authorize(w http.ResponseWriter, r *http.Request, allowed func(string) bool) (string, bool) {
+	return k.authorizeWith(w, r, callerKME, allowed)
+}
+
+func (k *KME) authorizeWith(w http.ResponseWriter, r *http.Request, identity func(*http.Request) (string, bool), allowed func(string) bool) (string, bool) {
+	id, ok := identity(r)
+	if !ok {
+		writeError(w, codeUnauthorized, "a KME node certificate is required", http.StatusUnauthorized)
+		return "", false
+	}
+	if !allowed(id) {
+		k.log.Warn("internal call refused", "caller_kme", id, "path", r.URL.Path)
+		writeError(w, codeForbidden, fmt.Sprintf("KME %s may not call %s", id, r.URL.Path), http.StatusForbidden)
+		return "", false
+	}
+	return id, true
+}
+
+func (k *KME) sameSite(id string) bool { return id == k.id }
+
+func (k *KME) isPeer(id string) bool { _, ok := k.peers[id]; return ok && id != k.id }
+
+// decode reads a strict JSON body (unknown fields and trailing data refused).
+func decode(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return fmt.Errorf("%w: read body: %v", etsi.ErrBadRequest, err)
+	}
+	if len(data) > maxBody {
+		return fmt.Errorf("%w: body too large", etsi.ErrBadRequest)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: decode body: %v", etsi.ErrBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after JSON body", etsi.ErrBadRequest)
+	}
+	return nil
+}
+
+// requestContext applies the deadline the caller sent.
+func requestContext(r *http.Request) (context.Context, context.CancelFunc) {
+	if ms, err := strconv.ParseInt(r.Header.Get(deadlineHeader), 10, 64); err == nil && ms > 0 {
+		return context.WithTimeout(r.Context(), time.Duration(ms)*time.Millisecond)
+	}
+	return context.WithCancel(r.Context())
+}
+
+// serveForward runs an operation on this node for another node of the
+// site, only if this node is the leader (no second hop: the caller retries).
+func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
+	if _, ok := k.authorize(w, r, k.sameSite); !ok {
+		return
+	}
+	ctx, cancel := requestContext(r)
+	defer cancel()
+	op := r.PathValue("op")
+	var (
+		out any
+		err error
+	)
+	if !k.site.IsLeader() {
+		k.writeLeaderHint(w)
+		writeError(w, codeNotLeader, "not the leader", 0)
+		return
+	}
+	switch op {
+	case opConnection:
+		var in connArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localConnection(ctx, in)
+		}
+	case opConnectionsOf:
+		var in saeArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localConnectionsOf(ctx, in)
+		}
+	case opEncKeys:
+		var in encArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localEncKeys(ctx, in)
+		}
+	case opDecKeys:
+		var in decArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localDecKeys(ctx, in)
+		}
+	case opRegister:
+		var in etsi.ConnectionInfo
+		if err = decode(r, &in); err == nil {
+			err = k.localRegister(ctx, in)
+			out = struct{}{}
+		}
+	case opImportBlock:
+		var in blockArgs
+		if err = decode(r, &in); err == nil {
+			err = k.localImport(ctx, in)
+			out = struct{}{}
+		}
+	case opPeerAssignments:
+		var in assignmentsArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localRecord(ctx, in)
+		}
+	case opPeerBurn:
+		var in burnArgs
+		if err = decode(r, &in); err == nil {
+			err = k.localPeerBurn(ctx, in)
+			out = struct{}{}
+		}
+	case opPeerRegister:
+		var in peerRegisterArgs
+		if err = decode(r, &in); err == nil {
+			err = k.localPeerRegister(ctx, in)
+			out = struct{}{}
+		}
+	case opPeerBlock:
+		var in blockArgs
+		if err = decode(r, &in); err == nil {
+			err = k.localPeerBlock(ctx, in)
+			out = struct{}{}
+		}
+	default:
+		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		writeError(w, codeOf(err), err.Error(), 0)
+		return
+	}
+	writeJSON(w, out)
+}
+
+// servePeer answers a peer site's call, running it on this site's leader
+// (forwarding from a follower).
+func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
+	from, ok := k.authorize(w, r, k.isPeer)
+	if !ok {
+		return
+	}
+	ctx, cancel := requestContext(r)
+	defer cancel()
+	op := r.PathValue("op")
+	var (
+		out any
+		err error
+	)
+	switch op {
+	case opPeerAssignments:
+		var in assignmentsArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			var res assignmentsResult
+			err = k.run(ctx, op, in, &res, func(ctx context.Context) error {
+				var err error
+				res, err = k.localRecord(ctx, in)
+				return err
+			})
+			out = res
+		}
+	case opPeerBurn:
+		var in burnArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerBurn(ctx, in) })
+			out = struct{}{}
+		}
+	case opPeerRegister:
+		var in peerRegisterArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerRegister(ctx, in) })
+			out = struct{}{}
+		}
+	case opPeerBlock:
+		var in blockArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerBlock(ctx, in) })
+			out = struct{}{}
+		}
+	default:
+		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
+		return
+	}
+	k.writeLeaderHint(w)
+	if err != nil {
+		writeError(w, codeOf(err), err.Error(), 0)
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (k *KME) writeLeaderHint(w http.ResponseWriter) {
+	if k.site.IsLeader() {
+		return
+	}
+	if _, addr := k.site.Leader(); addr != "" {
+		w.Header().Set(leaderHeader, k.resolveBase(addr))
+	}
+}
+
+// serveAdminImport imports one block at both sites (see ImportBlock).
+func (k *KME) serveAdminImport(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		writeError(w, codeBadRequest, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if _, ok := k.authorizeWith(w, r, adminIdentity, k.sameSite); !ok {
+		return
+	}
+	ctx, cancel := requestContext(r)
+	defer cancel()
+	var in blockArgs
+	if err := decode(r, &in); err != nil {
+		writeError(w, codeBadRequest, err.Error(), 0)
+		return
+	}
+	if in.From != "" {
+		writeError(w, codeBadRequest, "from is not an admin field", 0)
+		return
+	}
+	if err := k.ImportBlock(ctx, in.Master, in.Slave, in.BlockID, in.Bits); err != nil {
+		code := codeOf(err)
+		if errors.Is(err, etsi.ErrUnknownSAE) {
+			// For an operator, a missing connection is a bad request.
+			code = codeBadRequest
+		}
+		writeError(w, code, err.Error(), 0)
+		return
+	}
+	writeJSON(w, map[string]any{"block_id": in.BlockID, "bits": len(in.Bits) * 8})
+}

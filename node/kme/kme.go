@@ -1,0 +1,527 @@
+// Package kme is a KME site's ETSI backend on top of the replicated site
+// store: it runs every call on the site's Raft leader (forwarding from
+// followers over node-to-node mTLS, never redirecting), and speaks the
+// inter-KME protocol with peer sites: connection registration at both
+// sites, relaying key assignments from the master site to the slave site
+// (grouped into batches), burning keys whose relay failed, and importing
+// identical key blocks at both sites.
+//
+// Internal HTTP endpoints (all POST, JSON, served by InternalHandler under
+// /internal/):
+//
+//	/internal/v1/forward/{op}  same-site nodes only: run op on this node if
+//	                           it is the leader, else answer not_leader
+//	/internal/v1/peer/{op}     peer-site KMEs only: assignments, burn,
+//	                           register, block
+//	/internal/v1/admin/blocks  same-site nodes only: import a block at both
+//	                           sites (see ImportBlock)
+package kme
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"qkdkms/etsi"
+	"qkdkms/raftstore"
+)
+
+// Config configures a KME.
+type Config struct {
+	// KMEID is this site's KME ID (the kme: identity in its node certificates).
+	KMEID string
+	// Site is this node's view of the replicated site store.
+	Site raftstore.Site
+	// Peers maps each peer site's KME ID to the HTTPS addresses of its nodes
+	// ("host:port" or "https://host:port").
+	Peers map[string][]string
+	// HTTPClient carries forwarding and peer calls; it must present this
+	// node's certificate (mTLS) and trust the CA of this site and its peers.
+	HTTPClient *http.Client
+	// ResolveAddr maps a Raft server address of this site to the HTTPS
+	// address of that node. Nil means identity (Raft and HTTPS share a port).
+	ResolveAddr func(raftAddr string) string
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+
+	// CallTimeout bounds a call whose context has no deadline (default 10s).
+	CallTimeout time.Duration
+	// RelayTimeout bounds one relay of assignments to the slave site
+	// (default 3s, and never past the caller's deadline).
+	RelayTimeout time.Duration
+	// RelayWorkers is the number of relay requests in flight per peer site
+	// (default 4). Each request carries every assignment queued meanwhile.
+	RelayWorkers int
+	// MaxRelayBatch caps the assignments in one relay request (default 512).
+	MaxRelayBatch int
+}
+
+// KME implements etsi.Backend for one node of a site.
+type KME struct {
+	id      string
+	site    raftstore.Site
+	client  *http.Client
+	resolve func(string) string
+	log     *slog.Logger
+	cfg     Config
+
+	peers map[string]*peer
+
+	connMu     sync.Mutex
+	connCache  map[string]cachedConn
+	issueLocks map[string]*sync.Mutex // per connection: issue + enqueue in carve order
+
+	importMu sync.Mutex // serializes block imports (pools must stay in step)
+
+	closeOnce sync.Once
+	done      chan struct{}
+	wg        sync.WaitGroup
+}
+
+type cachedConn struct {
+	c  raftstore.Connection
+	at time.Time
+}
+
+// connCacheTTL bounds how long the leader trusts a cached connection's
+// roles (source/target KME) for routing checks. Pool levels are never cached.
+const connCacheTTL = 2 * time.Second
+
+var _ etsi.Backend = (*KME)(nil)
+
+// New builds a KME and starts its relay workers. Call Close to stop them.
+func New(cfg Config) *KME {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.ResolveAddr == nil {
+		cfg.ResolveAddr = func(a string) string { return a }
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Second
+	}
+	if cfg.RelayTimeout <= 0 {
+		cfg.RelayTimeout = 3 * time.Second
+	}
+	if cfg.RelayWorkers <= 0 {
+		cfg.RelayWorkers = 4
+	}
+	if cfg.MaxRelayBatch <= 0 {
+		cfg.MaxRelayBatch = 512
+	}
+	k := &KME{
+		id:         cfg.KMEID,
+		site:       cfg.Site,
+		client:     cfg.HTTPClient,
+		resolve:    cfg.ResolveAddr,
+		log:        cfg.Logger.With("kme", cfg.KMEID),
+		cfg:        cfg,
+		peers:      map[string]*peer{},
+		connCache:  map[string]cachedConn{},
+		issueLocks: map[string]*sync.Mutex{},
+		done:       make(chan struct{}),
+	}
+	for id, addrs := range cfg.Peers {
+		p := &peer{kme: k, id: id}
+		for _, a := range addrs {
+			p.addrs = append(p.addrs, baseURL(a))
+		}
+		k.peers[id] = p
+		for i := 0; i < cfg.RelayWorkers; i++ {
+			q := make(chan *relayItem, 2*cfg.MaxRelayBatch)
+			p.queues = append(p.queues, q)
+			k.wg.Add(1)
+			go p.relayWorker(q)
+		}
+	}
+	return k
+}
+
+// Close stops the relay workers; queued relays fail with ErrUnavailable.
+func (k *KME) Close() error {
+	k.closeOnce.Do(func() { close(k.done) })
+	k.wg.Wait()
+	return nil
+}
+
+// KMEID is this site's KME ID.
+func (k *KME) KMEID() string { return k.id }
+
+// baseURL turns "host:port" into "https://host:port" and trims a trailing "/".
+func baseURL(a string) string {
+	a = strings.TrimRight(a, "/")
+	if !strings.Contains(a, "://") {
+		a = "https://" + a
+	}
+	return a
+}
+
+func newUUID() string {
+	return uuid.Must(uuid.NewRandomFromReader(rand.Reader)).String()
+}
+
+// ---------------------------------------------------------------- conversion
+
+func toInfo(s raftstore.ConnectionStatus) etsi.ConnectionInfo {
+	c := s.Connection
+	return etsi.ConnectionInfo{
+		SourceKME:        c.SourceKME,
+		TargetKME:        c.TargetKME,
+		MasterSAE:        c.MasterSAE,
+		SlaveSAE:         c.SlaveSAE,
+		KeySize:          c.KeySize,
+		MaxKeyCount:      c.MaxKeyCount,
+		MaxKeyPerRequest: c.MaxKeyPerRequest,
+		MaxSAEIDCount:    c.MaxSAEIDCount,
+		MinKeySize:       c.MinKeySize,
+		MaxKeySize:       c.MaxKeySize,
+		Priority:         c.Priority,
+		StoredKeyCount:   int(s.StoredKeys),
+	}
+}
+
+func fromInfo(c etsi.ConnectionInfo) raftstore.Connection {
+	return raftstore.Connection{
+		SourceKME:        c.SourceKME,
+		TargetKME:        c.TargetKME,
+		MasterSAE:        c.MasterSAE,
+		SlaveSAE:         c.SlaveSAE,
+		KeySize:          c.KeySize,
+		MaxKeyCount:      c.MaxKeyCount,
+		MaxKeyPerRequest: c.MaxKeyPerRequest,
+		MaxSAEIDCount:    c.MaxSAEIDCount,
+		MinKeySize:       c.MinKeySize,
+		MaxKeySize:       c.MaxKeySize,
+		Priority:         c.Priority,
+	}
+}
+
+func toETSIKeys(ks []raftstore.Key) []etsi.Key {
+	out := make([]etsi.Key, len(ks))
+	for i, k := range ks {
+		out[i] = etsi.Key{KeyID: k.KeyID, Bits: k.Bits}
+	}
+	return out
+}
+
+// ---------------------------------------------------------------- Backend
+
+// Connection returns the connection between master and slave with its pool
+// level, from the leader's committed state.
+func (k *KME) Connection(ctx context.Context, master, slave string) (etsi.ConnectionInfo, error) {
+	var out etsi.ConnectionInfo
+	in := connArgs{Master: master, Slave: slave}
+	err := k.run(ctx, opConnection, in, &out, func(ctx context.Context) error {
+		var err error
+		out, err = k.localConnection(ctx, in)
+		return err
+	})
+	return out, err
+}
+
+func (k *KME) localConnection(ctx context.Context, in connArgs) (etsi.ConnectionInfo, error) {
+	s, err := k.site.Connection(ctx, in.Master, in.Slave)
+	if err != nil {
+		return etsi.ConnectionInfo{}, err
+	}
+	k.remember(s.Connection)
+	return toInfo(s), nil
+}
+
+// ConnectionsOf lists the connections in which sae is the master or the slave.
+func (k *KME) ConnectionsOf(ctx context.Context, sae string) ([]etsi.ConnectionInfo, error) {
+	var out []etsi.ConnectionInfo
+	in := saeArgs{SAE: sae}
+	err := k.run(ctx, opConnectionsOf, in, &out, func(ctx context.Context) error {
+		var err error
+		out, err = k.localConnectionsOf(ctx, in)
+		return err
+	})
+	return out, err
+}
+
+func (k *KME) localConnectionsOf(ctx context.Context, in saeArgs) ([]etsi.ConnectionInfo, error) {
+	all, err := k.site.Connections(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []etsi.ConnectionInfo{}
+	for _, s := range all {
+		if s.MasterSAE == in.SAE || s.SlaveSAE == in.SAE {
+			out = append(out, toInfo(s))
+		}
+	}
+	return out, nil
+}
+
+// EncKeys issues keys to the master SAE: on the leader of the master site,
+// one commit carves and names them, then the assignment is relayed to the
+// slave site (grouped with concurrent ones). If the relay fails the keys are
+// burned and the call answers ErrUnavailable.
+//
+// The request ID is chosen once, at the node the SAE called, and travels
+// with every forwarding attempt: when a leader lost its leadership while
+// committing (outcome unknown, reported as not-leader), the new leader's
+// IssueKeys with the same ID returns the keys that commit carved, if it
+// did, instead of carving new ones.
+func (k *KME) EncKeys(ctx context.Context, r etsi.EncRequest) ([]etsi.Key, error) {
+	var out []etsi.Key
+	in := encArgs{EncRequest: r, RequestID: newUUID()}
+	err := k.run(ctx, opEncKeys, in, &out, func(ctx context.Context) error {
+		var err error
+		out, err = k.localEncKeys(ctx, in)
+		return err
+	})
+	return out, err
+}
+
+func (k *KME) localEncKeys(ctx context.Context, in encArgs) ([]etsi.Key, error) {
+	r := in.EncRequest
+	if in.RequestID == "" {
+		return nil, fmt.Errorf("%w: empty request ID", etsi.ErrBadRequest)
+	}
+	if r.Number <= 0 || r.Size <= 0 || r.Size%8 != 0 {
+		return nil, fmt.Errorf("%w: number and size must be positive, size a multiple of 8", etsi.ErrBadRequest)
+	}
+	c, err := k.connRoles(ctx, r.MasterSAE, r.SlaveSAE)
+	if err != nil {
+		return nil, err
+	}
+	if c.SourceKME != k.id {
+		// The master SAE of this connection is served by the other site.
+		return nil, fmt.Errorf("%w: %s is not a master SAE at %s", etsi.ErrUnknownSAE, r.MasterSAE, k.id)
+	}
+	p := k.peers[c.TargetKME]
+	if p == nil {
+		return nil, fmt.Errorf("%w: no route to slave site %s", etsi.ErrUnavailable, c.TargetKME)
+	}
+	slaves := append([]string{r.SlaveSAE}, r.Additional...)
+	for _, s := range r.Additional {
+		// Every additional slave must be served by the same target KME:
+		// the master needs a connection to it that ends there.
+		ac, err := k.connRoles(ctx, r.MasterSAE, s)
+		if errors.Is(err, raftstore.ErrConnectionNotFound) || (err == nil && (ac.SourceKME != k.id || ac.TargetKME != c.TargetKME)) {
+			return nil, fmt.Errorf("%w: additional slave %s is not connected to %s at %s", etsi.ErrBadRequest, s, r.MasterSAE, c.TargetKME)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	ids := make([]string, r.Number)
+	for i := range ids {
+		ids[i] = newUUID()
+	}
+	// Issue and enqueue under the connection's lock, so that its
+	// assignments reach the slave site in carve order.
+	unlock := k.lockConn(c.ID())
+	issued, err := k.site.IssueKeys(ctx, raftstore.IssueRequest{
+		RequestID: in.RequestID,
+		MasterSAE: r.MasterSAE,
+		SlaveSAE:  r.SlaveSAE,
+		Slaves:    slaves,
+		Size:      r.Size,
+		KeyIDs:    ids,
+		IssuedAt:  time.Now().UTC(),
+	})
+	if err != nil {
+		unlock()
+		if errors.Is(err, raftstore.ErrConnectionNotFound) {
+			k.forget(r.MasterSAE, r.SlaveSAE)
+		}
+		return nil, err
+	}
+	// From here on the keys exist: never report not-leader (that would make
+	// the caller forward and issue again), only success or a burn.
+	it, err := p.enqueue(ctx, issued.Assignment)
+	unlock()
+	if err == nil {
+		err = p.wait(it)
+	}
+	if err != nil {
+		k.burnAfterFailedRelay(p, issued.Assignment, err)
+		return nil, fmt.Errorf("%w: relay to %s failed, %d keys burned", etsi.ErrUnavailable, c.TargetKME, len(ids))
+	}
+	return toETSIKeys(issued.Keys), nil
+}
+
+// burnAfterFailedRelay burns the keys of a failed relay at this site (the
+// keys were never handed out) and, best effort, at the slave site.
+func (k *KME) burnAfterFailedRelay(p *peer, a raftstore.Assignment, cause error) {
+	ids := make([]string, len(a.Keys))
+	for i, kr := range a.Keys {
+		ids[i] = kr.KeyID
+	}
+	k.log.Warn("relay failed, burning keys", "peer", p.id, "request_id", a.RequestID,
+		"master", a.MasterSAE, "slave", a.SlaveSAE, "keys", len(ids), "err", cause)
+	// The caller's context may be what expired: burn on a fresh one.
+	ctx, cancel := context.WithTimeout(context.Background(), k.cfg.CallTimeout)
+	defer cancel()
+	if err := k.site.BurnKeys(ctx, ids); err != nil {
+		// The keys stay assigned at this site but were never returned to
+		// anyone and cannot be issued again: I1 holds, only stock is lost.
+		k.log.Error("burn at master site failed", "request_id", a.RequestID, "keys", len(ids), "err", err)
+	}
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), k.cfg.RelayTimeout)
+		defer cancel()
+		var out struct{}
+		if err := p.call(ctx, opPeerBurn, burnArgs{From: k.id, KeyIDs: ids}, &out); err != nil {
+			k.log.Info("best-effort burn at slave site failed", "peer", p.id, "request_id", a.RequestID, "err", err)
+		}
+	}()
+}
+
+// DecKeys hands keys to a slave SAE named for them (slave site).
+// Like EncKeys, the request ID travels with every forwarding attempt, so a
+// consume whose outcome was lost with a leader is answered from the
+// store's request table rather than refused as already fetched.
+func (k *KME) DecKeys(ctx context.Context, r etsi.DecRequest) ([]etsi.Key, error) {
+	var out []etsi.Key
+	in := decArgs{DecRequest: r, RequestID: newUUID()}
+	err := k.run(ctx, opDecKeys, in, &out, func(ctx context.Context) error {
+		var err error
+		out, err = k.localDecKeys(ctx, in)
+		return err
+	})
+	return out, err
+}
+
+func (k *KME) localDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) {
+	r := in.DecRequest
+	if len(r.KeyIDs) == 0 {
+		return nil, fmt.Errorf("%w: no key IDs", etsi.ErrKeysNotFound)
+	}
+	if in.RequestID == "" {
+		return nil, fmt.Errorf("%w: empty request ID", etsi.ErrBadRequest)
+	}
+	keys, err := k.site.ConsumeKeys(ctx, raftstore.ConsumeRequest{
+		RequestID: in.RequestID,
+		Caller:    r.SlaveSAE,
+		MasterSAE: r.MasterSAE,
+		KeyIDs:    r.KeyIDs,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return toETSIKeys(keys), nil
+}
+
+// RegisterConnection registers a connection at both sites: the peer site
+// first, then this one. Identical re-registration succeeds; a connection
+// with other parameters at either site is ErrConflict. One of the two KMEs
+// must be this site, the other a configured peer.
+func (k *KME) RegisterConnection(ctx context.Context, ci etsi.ConnectionInfo) error {
+	var out struct{}
+	return k.run(ctx, opRegister, ci, &out, func(ctx context.Context) error {
+		return k.localRegister(ctx, ci)
+	})
+}
+
+func (k *KME) localRegister(ctx context.Context, ci etsi.ConnectionInfo) error {
+	c := fromInfo(ci)
+	var other string
+	switch {
+	case c.SourceKME == k.id && c.TargetKME != k.id:
+		other = c.TargetKME
+	case c.TargetKME == k.id && c.SourceKME != k.id:
+		other = c.SourceKME
+	default:
+		return fmt.Errorf("%w: a connection joins this KME (%s) and a peer KME, got %q → %q",
+			etsi.ErrBadRequest, k.id, c.SourceKME, c.TargetKME)
+	}
+	if c.MasterSAE == "" || c.SlaveSAE == "" || c.MasterSAE == c.SlaveSAE {
+		return fmt.Errorf("%w: master and slave SAE IDs must be distinct and non-empty", etsi.ErrBadRequest)
+	}
+	p := k.peers[other]
+	if p == nil {
+		return fmt.Errorf("%w: %s is not a peer of %s", etsi.ErrBadRequest, other, k.id)
+	}
+	// A local conflict is refused before the peer is touched.
+	cur, err := k.site.Connection(ctx, c.MasterSAE, c.SlaveSAE)
+	switch {
+	case err == nil && cur.Connection != c:
+		return fmt.Errorf("%w: %s already registered with other parameters", etsi.ErrConflict, c.ID())
+	case err != nil && !errors.Is(err, raftstore.ErrConnectionNotFound):
+		return err
+	}
+	var out struct{}
+	if err := p.call(ctx, opPeerRegister, peerRegisterArgs{From: k.id, Connection: c}, &out); err != nil {
+		if isRetryable(err) {
+			// Not-leader from the peer must not make our caller forward.
+			return fmt.Errorf("%w: register at %s: %v", etsi.ErrUnavailable, other, err)
+		}
+		return fmt.Errorf("register at %s: %w", other, err)
+	}
+	if err := k.site.RegisterConnection(ctx, c); err != nil {
+		if errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader) {
+			// Safe to run again elsewhere: the peer registration is idempotent.
+			return err
+		}
+		return err
+	}
+	k.remember(c)
+	k.log.Info("connection registered", "master", c.MasterSAE, "slave", c.SlaveSAE, "source", c.SourceKME, "target", c.TargetKME)
+	return nil
+}
+
+// ---------------------------------------------------------------- helpers
+
+// connRoles returns a connection's static parameters, from a short-lived
+// cache on the leader (roles and sizes do not change while a connection
+// exists; pool levels are never served from here).
+func (k *KME) connRoles(ctx context.Context, master, slave string) (raftstore.Connection, error) {
+	id := raftstore.Connection{MasterSAE: master, SlaveSAE: slave}.ID()
+	k.connMu.Lock()
+	cc, ok := k.connCache[id]
+	k.connMu.Unlock()
+	if ok && time.Since(cc.at) < connCacheTTL {
+		return cc.c, nil
+	}
+	s, err := k.site.Connection(ctx, master, slave)
+	if err != nil {
+		return raftstore.Connection{}, err
+	}
+	k.remember(s.Connection)
+	return s.Connection, nil
+}
+
+// lockConn takes the issue lock of one connection.
+func (k *KME) lockConn(id string) (unlock func()) {
+	k.connMu.Lock()
+	m, ok := k.issueLocks[id]
+	if !ok {
+		m = &sync.Mutex{}
+		k.issueLocks[id] = m
+	}
+	k.connMu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+func (k *KME) remember(c raftstore.Connection) {
+	k.connMu.Lock()
+	defer k.connMu.Unlock()
+	if len(k.connCache) > 4096 {
+		clear(k.connCache)
+	}
+	k.connCache[c.ID()] = cachedConn{c: c, at: time.Now()}
+}
+
+func (k *KME) forget(master, slave string) {
+	k.connMu.Lock()
+	defer k.connMu.Unlock()
+	delete(k.connCache, raftstore.Connection{MasterSAE: master, SlaveSAE: slave}.ID())
+}
