@@ -73,10 +73,19 @@ type EncRequest struct {
 }
 
 // DecRequest is a validated dec_keys call.
+//
+// Seed marks a call from the unauthenticated seed-compatibility API
+// (GET /get_key?key_id=…): SlaveSAE and MasterSAE are then empty and each
+// key is handed out on behalf of its primary slave (the slave SAE of the
+// connection it was issued on, i.e. the path SAE of the enc_keys call);
+// additional slaves of a multicast key keep their share. A Backend must
+// refuse (ErrUnauthorized) a request with an empty SlaveSAE unless Seed is
+// set, so a zero value never bypasses the owner check.
 type DecRequest struct {
-	SlaveSAE  string   // caller, from its certificate
-	MasterSAE string   // from the path
-	KeyIDs    []string // canonical UUIDs, no duplicates
+	SlaveSAE  string   // caller, from its certificate ("" only when Seed)
+	MasterSAE string   // from the path ("" only when Seed)
+	KeyIDs    []string // canonical lowercase UUIDs, no duplicates, at least one
+	Seed      bool     // seed API: act for each key's primary slave
 }
 
 // Key is a key handed to an SAE.
