@@ -27,8 +27,8 @@ type testLog struct {
 }
 
 func (l *testLog) Enabled(context.Context, slog.Level) bool { return true }
-func (l *testLog) WithAttrs([]slog.Attr) slog.Handler      { return l }
-func (l *testLog) WithGroup(string) slog.Handler           { return l }
+func (l *testLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *testLog) WithGroup(string) slog.Handler            { return l }
 func (l *testLog) Handle(_ context.Context, r slog.Record) error {
 	m := map[string]any{"msg": r.Message}
 	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.Any(); return true })
