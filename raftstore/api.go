@@ -205,6 +205,10 @@ type Config struct {
 	// RaftLogLevel is hashicorp/raft's log level ("trace" … "error");
 	// empty means "warn".
 	RaftLogLevel string
+	// Now is the leader's clock for the timestamps put into commands
+	// (request-table aging, default IssuedAt); nil means time.Now. Tests
+	// use it to move time forward.
+	Now func() time.Time
 }
 
 // Membership and lifecycle beyond Site, used by node.

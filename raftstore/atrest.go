@@ -222,6 +222,12 @@ func (kr *keyring) close() error { return kr.f.Close() }
 
 const logMagic = 0xE5
 
+// Test hooks: see every sealed log entry / snapshot record as it is written.
+var (
+	testHookSealedLog  func(l *raft.Log)
+	testHookSnapRecord func(id string, n uint64, last bool, ct []byte)
+)
+
 // encLogStore seals every entry's payload under the current log epoch.
 type encLogStore struct {
 	inner raft.LogStore
@@ -266,6 +272,9 @@ func (s *encLogStore) seal(l *raft.Log) (*raft.Log, error) {
 		return nil, err
 	}
 	out.Data = k.aead.Seal(buf, buf[9:21], l.Data, logAAD(l))
+	if testHookSealedLog != nil {
+		testHookSealedLog(&out)
+	}
 	return &out, nil
 }
 
@@ -491,6 +500,9 @@ func (e *encSink) emit(p []byte, last bool) error {
 		return err
 	}
 	ct := e.key.aead.Seal(nil, snapNonce(e.n), p, snapAAD(e.inner.ID(), e.n, last))
+	if testHookSnapRecord != nil {
+		testHookSnapRecord(e.inner.ID(), e.n, last, ct)
+	}
 	e.n++
 	_, err := e.w.Write(ct)
 	return err

@@ -434,14 +434,21 @@ func (s *Store) submit(ctx context.Context, t cmdType, body any) result {
 	}
 }
 
-func now() int64 { return time.Now().UnixNano() }
+func (s *Store) clock() time.Time {
+	if s.cfg.Now != nil {
+		return s.cfg.Now()
+	}
+	return time.Now()
+}
+
+func (s *Store) now() int64 { return s.clock().UnixNano() }
 
 // RegisterConnection creates a connection (idempotent when identical).
 func (s *Store) RegisterConnection(ctx context.Context, c Connection) error {
 	if err := validateConn(c); err != nil {
 		return err
 	}
-	return s.submit(ctx, cmdRegister, registerCmd{At: now(), Conn: c}).err
+	return s.submit(ctx, cmdRegister, registerCmd{At: s.now(), Conn: c}).err
 }
 
 // UpdateConnection replaces an existing connection's parameters.
@@ -449,12 +456,12 @@ func (s *Store) UpdateConnection(ctx context.Context, c Connection) error {
 	if err := validateConn(c); err != nil {
 		return err
 	}
-	return s.submit(ctx, cmdUpdate, registerCmd{At: now(), Conn: c}).err
+	return s.submit(ctx, cmdUpdate, registerCmd{At: s.now(), Conn: c}).err
 }
 
 // DeleteConnection removes a connection; its pool and keys are burned.
 func (s *Store) DeleteConnection(ctx context.Context, master, slave string) error {
-	return s.submit(ctx, cmdDelete, deleteCmd{At: now(), Master: master, Slave: slave}).err
+	return s.submit(ctx, cmdDelete, deleteCmd{At: s.now(), Master: master, Slave: slave}).err
 }
 
 // AddBlock seals the block (fresh data key wrapped by the KEK) and appends
@@ -470,7 +477,7 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 	if err != nil {
 		return err
 	}
-	return s.submit(ctx, cmdAddBlock, addBlockCmd{At: now(), ConnID: b.ConnectionID, BlockID: b.BlockID,
+	return s.submit(ctx, cmdAddBlock, addBlockCmd{At: s.now(), ConnID: b.ConnectionID, BlockID: b.BlockID,
 		Bytes: len(b.Bits), Wrapped: wrapped, Sealed: sealed}).err
 }
 
@@ -478,9 +485,9 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 // commit. A retry with the same RequestID returns the same keys.
 func (s *Store) IssueKeys(ctx context.Context, r IssueRequest) (Issued, error) {
 	if r.IssuedAt.IsZero() {
-		r.IssuedAt = time.Now()
+		r.IssuedAt = s.clock()
 	}
-	res := s.submit(ctx, cmdIssue, issueCmd{At: now(), RequestID: r.RequestID, MasterSAE: r.MasterSAE,
+	res := s.submit(ctx, cmdIssue, issueCmd{At: s.now(), RequestID: r.RequestID, MasterSAE: r.MasterSAE,
 		SlaveSAE: r.SlaveSAE, Slaves: r.Slaves, Size: r.Size, KeyIDs: r.KeyIDs, IssuedAt: r.IssuedAt.UTC()})
 	if res.err != nil {
 		return Issued{}, res.err
@@ -494,13 +501,13 @@ func (s *Store) IssueKeys(ctx context.Context, r IssueRequest) (Issued, error) {
 
 // RecordAssignment commits an assignment relayed by the master site.
 func (s *Store) RecordAssignment(ctx context.Context, a Assignment) error {
-	return s.submit(ctx, cmdRecord, recordCmd{At: now(), Assignment: a}).err
+	return s.submit(ctx, cmdRecord, recordCmd{At: s.now(), Assignment: a}).err
 }
 
 // ConsumeKeys hands keys to a named slave; each key is erased once every
 // named slave fetched it. All or nothing.
 func (s *Store) ConsumeKeys(ctx context.Context, r ConsumeRequest) ([]Key, error) {
-	res := s.submit(ctx, cmdConsume, consumeCmd{At: now(), RequestID: r.RequestID, Caller: r.Caller,
+	res := s.submit(ctx, cmdConsume, consumeCmd{At: s.now(), RequestID: r.RequestID, Caller: r.Caller,
 		MasterSAE: r.MasterSAE, KeyIDs: r.KeyIDs})
 	if res.err != nil {
 		return nil, res.err
@@ -513,7 +520,7 @@ func (s *Store) BurnKeys(ctx context.Context, keyIDs []string) error {
 	if len(keyIDs) == 0 {
 		return nil
 	}
-	return s.submit(ctx, cmdBurn, burnCmd{At: now(), KeyIDs: keyIDs}).err
+	return s.submit(ctx, cmdBurn, burnCmd{At: s.now(), KeyIDs: keyIDs}).err
 }
 
 // open decrypts located keys in memory.
