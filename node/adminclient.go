@@ -1,0 +1,113 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"qkdkms/etsi/pki"
+)
+
+// ErrAdmin wraps an error answer of the admin API (an *AdminError).
+var ErrAdmin = errors.New("node: admin request refused")
+
+// AdminClient calls a site's admin API over mTLS. It tries the addresses in
+// order until one answers (any node forwards to the leader).
+type AdminClient struct {
+	Addrs []string
+	HTTP  *http.Client
+}
+
+// NewAdminClient builds a client from PEM files: the CA bundle and a node
+// or operator certificate and key.
+func NewAdminClient(addrs []string, caFile, certFile, keyFile string) (*AdminClient, error) {
+	pool, err := pki.LoadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("node: load client certificate: %w", err)
+	}
+	return &AdminClient{Addrs: addrs, HTTP: &http.Client{
+		Timeout:   MaxAdminWait + 5*time.Second,
+		Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(cert, pool)},
+	}}, nil
+}
+
+// Servers lists the site's Raft configuration.
+func (c *AdminClient) Servers(ctx context.Context) (ServersResponse, error) {
+	var out ServersResponse
+	err := c.do(ctx, http.MethodGet, "/admin/v1/servers", nil, &out)
+	return out, err
+}
+
+// Join adds node id at address as a voter.
+func (c *AdminClient) Join(ctx context.Context, id, address string) (ServersResponse, error) {
+	var out ServersResponse
+	err := c.do(ctx, http.MethodPost, "/admin/v1/join", JoinRequest{ID: id, Address: address}, &out)
+	return out, err
+}
+
+// Remove removes node id from the site.
+func (c *AdminClient) Remove(ctx context.Context, id string) (ServersResponse, error) {
+	var out ServersResponse
+	err := c.do(ctx, http.MethodPost, "/admin/v1/remove", RemoveRequest{ID: id}, &out)
+	return out, err
+}
+
+func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) error {
+	if len(c.Addrs) == 0 {
+		return errors.New("node: admin client has no addresses")
+	}
+	var body []byte
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("node: encode admin request: %w", err)
+		}
+		body = b
+	}
+	var lastErr error
+	for _, addr := range c.Addrs {
+		req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, bytes.NewReader(body))
+		if err != nil {
+			return fmt.Errorf("node: admin request: %w", err)
+		}
+		if in != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			lastErr = fmt.Errorf("node: admin %s %s at %s: %w", method, path, addr, err)
+			if ctx.Err() != nil {
+				return lastErr
+			}
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if err != nil {
+			lastErr = fmt.Errorf("node: admin %s at %s: read: %w", path, addr, err)
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			ae := &AdminError{}
+			if json.Unmarshal(b, ae) != nil || ae.Message == "" {
+				ae = &AdminError{Code: CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b))}
+			}
+			return fmt.Errorf("%w: %s at %s: %w", ErrAdmin, path, addr, ae)
+		}
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("node: admin %s at %s: decode: %w", path, addr, err)
+		}
+		return nil
+	}
+	return lastErr
+}

@@ -1,0 +1,326 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrConfig wraps every configuration validation error.
+var ErrConfig = errors.New("node: invalid config")
+
+// Defaults for Config fields left empty. Documented in node/CONFIG.md.
+const (
+	DefaultListen    = "127.0.0.1:8443"
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "text"
+)
+
+// Config is a node's configuration: a JSON file (strict: unknown fields are
+// an error) with flags overriding it. Every field is documented with its
+// default in node/CONFIG.md.
+type Config struct {
+	// NodeID is the Raft server ID, unique within the site. Required.
+	NodeID string `json:"node_id"`
+	// KMEID is the site's KME ID; node certificates carry it as kme:<KMEID>. Required.
+	KMEID string `json:"kme_id"`
+	// Listen is the one TLS port: ETSI API, admin, internal, metrics and Raft.
+	Listen string `json:"listen"`
+	// Advertise is the host:port other nodes dial (Raft address = API
+	// address). Default: Listen, which then must not be a wildcard address.
+	Advertise string `json:"advertise"`
+	// DataDir holds the Raft log, stable store and snapshots. Required.
+	DataDir string `json:"data_dir"`
+	// TLS is the node's PKI material.
+	TLS TLSFiles `json:"tls"`
+	// KEKFile is a file holding the site key-encryption key (mode 0600).
+	KEKFile string `json:"kek_file"`
+	// KEKEnv names an environment variable holding the KEK (hex), used when
+	// KEKFile is empty.
+	KEKEnv string `json:"kek_env"`
+	// Bootstrap is the static site: node ID → advertised address, the same
+	// on every node. Empty for a node that will be joined at run time.
+	Bootstrap map[string]string `json:"bootstrap"`
+	// Peers are the other sites: KME ID → addresses of its nodes.
+	Peers map[string][]string `json:"peers"`
+	// SeedListen is the plain-HTTP seed-compatible listener ("" = off).
+	SeedListen string `json:"seed_listen"`
+	// Raft timing and durability.
+	Raft RaftTiming `json:"raft"`
+	// Log output.
+	Log LogConfig `json:"log"`
+
+	// Listener, when set, is used instead of binding Listen (tests and
+	// embedding; not part of the file format).
+	Listener net.Listener `json:"-"`
+	// Logger, when set, receives every log record instead of stderr (tests
+	// and embedding; log.level/log.format then do not apply to it).
+	Logger *slog.Logger `json:"-"`
+}
+
+// TLSFiles are paths to PEM files.
+type TLSFiles struct {
+	CA   string `json:"ca"`   // CA bundle that signs nodes, SAEs and operators
+	Cert string `json:"cert"` // node certificate (carries kme:<KME ID>)
+	Key  string `json:"key"`  // node private key
+}
+
+// RaftTiming tunes hashicorp/raft. Zero values take raft's defaults.
+type RaftTiming struct {
+	HeartbeatTimeout   Duration `json:"heartbeat_timeout"`
+	ElectionTimeout    Duration `json:"election_timeout"`
+	LeaderLeaseTimeout Duration `json:"leader_lease_timeout"`
+	SnapshotInterval   Duration `json:"snapshot_interval"`
+	SnapshotThreshold  uint64   `json:"snapshot_threshold"`
+	TrailingLogs       uint64   `json:"trailing_logs"`
+	// NoSync disables fsync of the Raft log (tests only: loses I4).
+	NoSync bool `json:"no_sync"`
+}
+
+// LogConfig selects log level, format and the audit stream.
+type LogConfig struct {
+	Level     string `json:"level"`      // debug, info, warn, error
+	Format    string `json:"format"`     // text or json
+	AuditFile string `json:"audit_file"` // ETSI audit records ("" = main log)
+}
+
+// Duration is a time.Duration written as a Go duration string ("1s", "500ms").
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"1s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// LoadConfig reads a JSON config file strictly: unknown fields, trailing
+// data and duplicate top-level keys are errors. It does not validate; call
+// Validate after applying flags.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig decodes a JSON config strictly.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: trailing data after the JSON object", ErrConfig)
+	}
+	return c, nil
+}
+
+// WithDefaults fills empty fields with their defaults.
+func (c Config) WithDefaults() Config {
+	if c.Listen == "" && c.Listener == nil {
+		c.Listen = DefaultListen
+	}
+	if c.Advertise == "" {
+		switch {
+		case c.Listener != nil:
+			c.Advertise = c.Listener.Addr().String()
+		default:
+			c.Advertise = c.Listen
+		}
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	return c
+}
+
+// Validate checks a config (after WithDefaults) and reports every problem
+// found, each naming its field.
+func (c Config) Validate() error {
+	var errs []string
+	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	if err := checkName(c.NodeID); err != nil {
+		add("node_id: %v", err)
+	}
+	if err := checkName(c.KMEID); err != nil {
+		add("kme_id: %v", err)
+	}
+	if c.Listener == nil {
+		if err := checkHostPort(c.Listen, true); err != nil {
+			add("listen: %v", err)
+		}
+	}
+	if err := checkHostPort(c.Advertise, false); err != nil {
+		add("advertise: %v", err)
+	}
+	if c.DataDir == "" {
+		add("data_dir: required")
+	}
+	if c.TLS.CA == "" {
+		add("tls.ca: required")
+	}
+	if c.TLS.Cert == "" {
+		add("tls.cert: required")
+	}
+	if c.TLS.Key == "" {
+		add("tls.key: required")
+	}
+	if c.KEKFile == "" && c.KEKEnv == "" {
+		add("kek_file or kek_env: one is required")
+	}
+	if c.KEKFile != "" && c.KEKEnv != "" {
+		add("kek_file and kek_env: set only one")
+	}
+	if len(c.Bootstrap) > 0 {
+		addrs := map[string]string{}
+		for _, id := range sortedKeys(c.Bootstrap) {
+			a := c.Bootstrap[id]
+			if err := checkName(id); err != nil {
+				add("bootstrap: node %q: %v", id, err)
+			}
+			if err := checkHostPort(a, false); err != nil {
+				add("bootstrap.%s: %v", id, err)
+			}
+			if other, dup := addrs[a]; dup {
+				add("bootstrap: nodes %q and %q share address %s", other, id, a)
+			}
+			addrs[a] = id
+		}
+		if a, ok := c.Bootstrap[c.NodeID]; !ok {
+			add("bootstrap: does not list this node %q (every node of a static site lists all nodes; a node joined later lists none)", c.NodeID)
+		} else if a != c.Advertise {
+			add("bootstrap.%s: address %s differs from advertise %s", c.NodeID, a, c.Advertise)
+		}
+	}
+	for _, kme := range sortedKeys(c.Peers) {
+		if err := checkName(kme); err != nil {
+			add("peers: KME %q: %v", kme, err)
+		}
+		if kme == c.KMEID {
+			add("peers: %q is this site's own KME ID", kme)
+		}
+		if len(c.Peers[kme]) == 0 {
+			add("peers.%s: no addresses", kme)
+		}
+		for _, a := range c.Peers[kme] {
+			if err := checkHostPort(a, false); err != nil {
+				add("peers.%s: %v", kme, err)
+			}
+		}
+	}
+	if c.SeedListen != "" {
+		if err := checkHostPort(c.SeedListen, true); err != nil {
+			add("seed_listen: %v", err)
+		}
+		if c.SeedListen == c.Listen {
+			add("seed_listen: same address as listen")
+		}
+	}
+	r := c.Raft
+	for name, d := range map[string]Duration{
+		"raft.heartbeat_timeout": r.HeartbeatTimeout, "raft.election_timeout": r.ElectionTimeout,
+		"raft.leader_lease_timeout": r.LeaderLeaseTimeout, "raft.snapshot_interval": r.SnapshotInterval,
+	} {
+		if d < 0 {
+			add("%s: negative", name)
+		} else if d > 0 && d.D() < 5*time.Millisecond {
+			add("%s: %v is below 5ms", name, d.D())
+		}
+	}
+	if r.LeaderLeaseTimeout > 0 && r.HeartbeatTimeout > 0 && r.LeaderLeaseTimeout > r.HeartbeatTimeout {
+		add("raft.leader_lease_timeout (%v) must not exceed raft.heartbeat_timeout (%v)", r.LeaderLeaseTimeout.D(), r.HeartbeatTimeout.D())
+	}
+	if r.ElectionTimeout > 0 && r.HeartbeatTimeout > 0 && r.ElectionTimeout < r.HeartbeatTimeout {
+		add("raft.election_timeout (%v) must not be below raft.heartbeat_timeout (%v)", r.ElectionTimeout.D(), r.HeartbeatTimeout.D())
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format: %q is not text or json", c.Log.Format)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	sort.Strings(errs)
+	return fmt.Errorf("%w:\n  %s", ErrConfig, strings.Join(errs, "\n  "))
+}
+
+func checkName(s string) error {
+	if s == "" {
+		return errors.New("required")
+	}
+	if len(s) > 128 || strings.ContainsAny(s, "/\\: \t\n\x00") {
+		return fmt.Errorf("%q: 1-128 characters, no '/', '\\', ':' or whitespace", s)
+	}
+	return nil
+}
+
+// checkHostPort accepts host:port; a wildcard or empty host only when
+// listening (wildcard=true).
+func checkHostPort(s string, wildcard bool) error {
+	if s == "" {
+		return errors.New("required (host:port)")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 || (!wildcard && p == 0) {
+		return fmt.Errorf("%q: bad port", s)
+	}
+	if !wildcard {
+		if host == "" {
+			return fmt.Errorf("%q: host required (other nodes dial this address)", s)
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("%q: wildcard address cannot be dialled; set an address other nodes can reach", s)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,302 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"qkdkms/etsi/pki"
+	"qkdkms/raftstore"
+)
+
+// testPKI is a demo PKI in a temp dir: the CA, node certificates for any
+// (KME, node) pair, an operator per KME and SAE certificates.
+type testPKI struct {
+	dir string
+	ca  *pki.CA
+	mu  sync.Mutex
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pki")
+	ca, err := pki.Init(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPKI{dir: dir, ca: ca}
+}
+
+func (p *testPKI) caFile() string { return filepath.Join(p.dir, "ca.crt") }
+
+// node issues (once) a certificate for node name of kme; returns cert, key paths.
+func (p *testPKI) node(t *testing.T, kme, name string) (string, string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	file := kme + "-" + name
+	crt := filepath.Join(p.dir, file+".crt")
+	if _, err := pki.LoadLeaf(p.dir, file); err != nil {
+		l, err := p.ca.IssueNode(name, kme, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Write(p.dir, file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return crt, filepath.Join(p.dir, file+".key")
+}
+
+func (p *testPKI) operator(t *testing.T, kme string) (string, string) {
+	t.Helper()
+	name := "op-" + kme
+	l, err := p.ca.IssueOperator(name, kme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Write(p.dir, name); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
+}
+
+func (p *testPKI) clientTLS(t *testing.T, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki.ClientConfig(cert, p.ca.Pool())
+}
+
+func (p *testPKI) adminClient(t *testing.T, kme string, addrs ...string) *AdminClient {
+	t.Helper()
+	crt, key := p.operator(t, kme)
+	c, err := NewAdminClient(addrs, p.caFile(), crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// testSite is a site of in-process nodes on loopback.
+type testSite struct {
+	t      *testing.T
+	pki    *testPKI
+	kme    string
+	kek    string
+	peers  map[string][]string
+	mu     sync.Mutex
+	nodes  map[string]*Node
+	addrs  map[string]string
+	dirs   map[string]string
+	logger *slog.Logger
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	defer func() { _ = recover() }() // a log line after the test ended
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newTestSite starts n bootstrapped nodes of KME kme.
+func newTestSite(t *testing.T, p *testPKI, kme string, n int, peers map[string][]string) *testSite {
+	t.Helper()
+	s := &testSite{t: t, pki: p, kme: kme, peers: peers, nodes: map[string]*Node{}, addrs: map[string]string{},
+		dirs: map[string]string{}, logger: testLogger(t)}
+	s.kek = filepath.Join(t.TempDir(), kme+".kek")
+	if _, err := raftstore.GenerateKEK(s.kek); err != nil {
+		t.Fatal(err)
+	}
+	lns := map[string]net.Listener{}
+	boot := map[string]string{}
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("n%d", i)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns[id] = ln
+		boot[id] = ln.Addr().String()
+		s.addrs[id] = ln.Addr().String()
+		s.dirs[id] = filepath.Join(t.TempDir(), kme+"-"+id)
+	}
+	for _, id := range sortedKeys(boot) {
+		s.start(id, lns[id], boot)
+	}
+	t.Cleanup(s.closeAll)
+	return s
+}
+
+func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Config {
+	crt, key := s.pki.node(s.t, s.kme, id)
+	return Config{
+		NodeID:    id,
+		KMEID:     s.kme,
+		Listener:  ln,
+		DataDir:   s.dirs[id],
+		TLS:       TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key},
+		KEKFile:   s.kek,
+		Bootstrap: boot,
+		Peers:     s.peers,
+		Raft: RaftTiming{
+			HeartbeatTimeout:   Duration(300 * time.Millisecond),
+			ElectionTimeout:    Duration(300 * time.Millisecond),
+			LeaderLeaseTimeout: Duration(150 * time.Millisecond),
+		},
+		Logger: s.logger,
+	}
+}
+
+func (s *testSite) start(id string, ln net.Listener, boot map[string]string) *Node {
+	s.t.Helper()
+	n, err := New(context.Background(), s.config(id, ln, boot))
+	if err != nil {
+		s.t.Fatalf("start %s/%s: %v", s.kme, id, err)
+	}
+	n.Start()
+	s.mu.Lock()
+	s.nodes[id] = n
+	s.mu.Unlock()
+	return n
+}
+
+// restart starts node id again on its old address and data dir.
+func (s *testSite) restart(id string) *Node {
+	s.t.Helper()
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the old socket may linger for a moment
+		if ln, err = net.Listen("tcp", s.addrs[id]); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		s.t.Fatalf("relisten %s: %v", s.addrs[id], err)
+	}
+	return s.start(id, ln, nil)
+}
+
+func (s *testSite) node(id string) *Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodes[id]
+}
+
+func (s *testSite) drop(id string) {
+	s.mu.Lock()
+	delete(s.nodes, id)
+	s.mu.Unlock()
+}
+
+func (s *testSite) live() []*Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*Node
+	for _, id := range sortedKeys(s.nodes) {
+		out = append(out, s.nodes[id])
+	}
+	return out
+}
+
+func (s *testSite) allAddrs() []string {
+	var out []string
+	for _, id := range sortedKeys(s.addrs) {
+		out = append(out, s.addrs[id])
+	}
+	return out
+}
+
+// leader waits until the live nodes agree on a leader among them.
+func (s *testSite) leader() *Node {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range s.live() {
+			if n.Store().IsLeader() {
+				agree := true
+				for _, m := range s.live() {
+					if id, _ := m.Store().Leader(); id != n.ID() {
+						agree = false
+					}
+				}
+				if agree {
+					return n
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.t.Fatalf("site %s: no leader within 30s", s.kme)
+	return nil
+}
+
+func (s *testSite) follower() *Node {
+	s.t.Helper()
+	l := s.leader()
+	for _, n := range s.live() {
+		if n != l {
+			return n
+		}
+	}
+	s.t.Fatal("no follower")
+	return nil
+}
+
+// waitDigests waits until every live node applied the same index and has
+// the same digest, and returns it.
+func (s *testSite) waitDigests() string {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last []string
+	for time.Now().Before(deadline) {
+		last = last[:0]
+		var idx0 uint64
+		var d0 string
+		same := true
+		for i, n := range s.live() {
+			idx, d := n.Store().Digest()
+			last = append(last, fmt.Sprintf("%s@%d=%.12s", n.ID(), idx, d))
+			if i == 0 {
+				idx0, d0 = idx, d
+			} else if idx != idx0 || d != d0 {
+				same = false
+			}
+		}
+		if same && len(last) > 0 {
+			return d0
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.t.Fatalf("site %s: digests never converged: %v", s.kme, last)
+	return ""
+}
+
+func (s *testSite) closeAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, n := range s.live() {
+		n.Kill()
+	}
+	_ = ctx
+}
+
+func httpClient(cfg *tls.Config) *http.Client {
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+}
