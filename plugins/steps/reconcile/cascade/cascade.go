@@ -111,10 +111,13 @@ const (
 type pass struct {
 	k, nb  int
 	ts     int      // tree slots per block: 2·nextpow2(k)
-	perm   []uint32 // permuted position → key position (nil: identity)
+	perm   []uint32 // permuted position → key position (nil: identity or halves)
+	sel    bits.Vec // halves: the first block's positions
+	rank   []uint32 // halves: selected bits before each word
 	inv    []uint32 // key position → permuted position (Bob; nil: identity)
 	bv     bits.Vec // key in permuted order
-	st     []uint8  // node states, block b's heap index h at b·ts+h
+	st     []uint8  // node states, block b's heap index h at b·ts+h (Bob, lazily)
+	root   []uint8  // root states until st is allocated
 	pend   []cand   // candidates (Bob)
 	nbytes int
 }
@@ -160,10 +163,15 @@ func (c *cascade) blockSizes() {
 func (c *cascade) build(permSeed []byte) {
 	for i := range c.ps {
 		p := &c.ps[i]
-		if i == 0 {
+		switch {
+		case i == 0:
 			p.bv = c.key
-		} else {
+		case 2*p.k >= c.n && c.n > 1:
+			c.halves(p, bits.NewRNG(permSeed, fmt.Sprintf("qkdkms/cascade/pass/%d", i)))
+		default:
 			p.perm = bits.NewRNG(permSeed, fmt.Sprintf("qkdkms/cascade/pass/%d", i)).Perm(c.n)
+		}
+		if p.perm != nil {
 			p.bv = bits.New(c.n)
 			kw := c.key.W
 			bw := p.bv.W
@@ -178,9 +186,164 @@ func (c *cascade) build(permSeed []byte) {
 			}
 		}
 		if c.role == steps.Bob {
-			p.st = make([]uint8, p.nb*p.ts)
+			p.root = make([]uint8, p.nb)
 		}
 	}
+}
+
+// halves sets up a pass whose blocks are two random halves: a random subset
+// S (the larger of a random subset and its complement) followed by the rest,
+// each in key order. Only the split matters for detecting errors, so this
+// costs one random bit per position instead of a full permutation, and the
+// position maps are rank/select on the subset's bitmap; the block size
+// becomes |S| (n/2 ± O(√n)).
+func (c *cascade) halves(p *pass, r *bits.RNG) {
+	n := c.n
+	sel := bits.New(n)
+	for i := range sel.W {
+		sel.W[i] = r.Uint64()
+	}
+	tail := uint64(1)<<uint(n%64) - 1
+	if n%64 == 0 {
+		tail = ^uint64(0)
+	}
+	sel.W[len(sel.W)-1] &= tail
+	if ones := sel.Ones(); 2*ones < n {
+		for i := range sel.W {
+			sel.W[i] = ^sel.W[i]
+		}
+		sel.W[len(sel.W)-1] &= tail
+	}
+	p.sel = sel
+	p.rank = make([]uint32, len(sel.W)+1)
+	for i, w := range sel.W {
+		p.rank[i+1] = p.rank[i] + uint32(mbits.OnesCount64(w))
+	}
+	p.k = int(p.rank[len(sel.W)])
+	p.nb = (n + p.k - 1) / p.k
+	p.ts = 2 << uint(mbits.Len(uint(p.k-1)))
+}
+
+// ensureBV builds the key in the pass's order for a halves pass on first use
+// (its top-level parities need only the subset bitmap).
+func (p *pass) ensureBV(key bits.Vec) {
+	if p.rank == nil || p.bv.W != nil {
+		return
+	}
+	n := key.N
+	tail := uint64(1)<<uint(n%64) - 1
+	if n%64 == 0 {
+		tail = ^uint64(0)
+	}
+	sel := p.sel
+	p.bv = bits.New(n)
+	bw := p.bv.W
+	oi, oj := 0, p.k
+	for w, m := range sel.W {
+		kw := key.W[w]
+		um := ^m
+		if w == len(sel.W)-1 {
+			um &= tail
+		}
+		for m != 0 {
+			b := uint(mbits.TrailingZeros64(m))
+			m &= m - 1
+			bw[oi>>6] |= (kw >> b & 1) << (uint(oi) & 63)
+			oi++
+		}
+		for um != 0 {
+			b := uint(mbits.TrailingZeros64(um))
+			um &= um - 1
+			bw[oj>>6] |= (kw >> b & 1) << (uint(oj) & 63)
+			oj++
+		}
+	}
+}
+
+// blockParity returns the parity of the key's bits in top-level block b.
+func (p *pass) blockParity(b int, key bits.Vec) uint8 {
+	if p.rank != nil && p.bv.W == nil {
+		var x uint64
+		for w, m := range p.sel.W {
+			x ^= key.W[w] & m
+		}
+		ps := uint8(mbits.OnesCount64(x) & 1)
+		if b == 0 {
+			return ps
+		}
+		return ps ^ key.Parity(0, key.N)
+	}
+	lo, hi := p.blockRange(b, key.N)
+	return p.bv.Parity(lo, hi)
+}
+
+// idx maps a key position to its position in the pass's order.
+func (p *pass) idx(x int) int {
+	switch {
+	case p.inv != nil:
+		return int(p.inv[x])
+	case p.rank != nil:
+		w := x >> 6
+		m := p.sel.W[w]
+		below := uint64(1)<<(uint(x)&63) - 1
+		r := int(p.rank[w]) + mbits.OnesCount64(m&below)
+		if m>>(uint(x)&63)&1 == 1 {
+			return r
+		}
+		return p.k + x - r
+	}
+	return x
+}
+
+// pos maps a position in the pass's order to the key position.
+func (p *pass) pos(t int) int {
+	switch {
+	case p.perm != nil:
+		return int(p.perm[t])
+	case p.rank != nil:
+		sel := t < p.k
+		if !sel {
+			t -= p.k
+		}
+		// first word w with count(w+1) > t, count = selected or unselected prefix
+		cnt := func(w int) int {
+			if sel {
+				return int(p.rank[w])
+			}
+			return 64*w - int(p.rank[w])
+		}
+		lo, hi := 0, len(p.sel.W)
+		for lo < hi {
+			mid := (lo + hi) / 2
+			if cnt(mid+1) > t {
+				hi = mid
+			} else {
+				lo = mid + 1
+			}
+		}
+		m := p.sel.W[lo]
+		if !sel {
+			m = ^m
+		}
+		for r := t - cnt(lo); r > 0; r-- {
+			m &= m - 1
+		}
+		return lo*64 + mbits.TrailingZeros64(m)
+	}
+	return t
+}
+
+// tree returns the node states of pass p, allocating them (and moving the
+// root states in) on first use.
+func (p *pass) tree() []uint8 {
+	if p.st == nil {
+		p.st = make([]uint8, p.nb*p.ts)
+		for b, s := range p.root {
+			p.st[b*p.ts+1] = s
+		}
+		p.root = nil
+	}
+	return p.st
 }
 
 func (p *pass) blockRange(b, n int) (int, int) {
@@ -254,8 +417,7 @@ func (c *cascade) aliceFirst() (steps.Result, error) {
 			nb-- // the last block's parity follows from the total parity
 		}
 		for b := 0; b < nb; b++ {
-			lo, hi := p.blockRange(b, c.n)
-			par.Set(idx, p.bv.Parity(lo, hi))
+			par.Set(idx, p.blockParity(b, c.key))
 			idx++
 		}
 	}
@@ -304,6 +466,7 @@ func (c *cascade) aliceAnswer(msg []byte) (steps.Result, error) {
 		if !ok {
 			return steps.Result{}, fmt.Errorf("%w: cascade: query %d names no block", steps.ErrProtocol, i)
 		}
+		p.ensureBV(c.key)
 		ans.Set(i, p.bv.Parity(lo, hi))
 	}
 	if err := r.Done(); err != nil {
@@ -320,12 +483,15 @@ func (c *cascade) bobFirst(msg []byte) error {
 	r := wire.Reader{B: msg}
 	permSeed := r.Raw(32)
 	par := r.Vec()
-	if err := r.Done(); err != nil || par.N != c.topCount() {
-		return fmt.Errorf("%w: cascade: first message (want %d parities): %v", steps.ErrProtocol, c.topCount(), err)
+	if err := r.Done(); err != nil {
+		return fmt.Errorf("%w: cascade: first message: %w", steps.ErrProtocol, err)
 	}
-	c.m.Leaked += uint64(par.N)
 	c.build(permSeed)
 	c.built = true
+	if par.N != c.topCount() {
+		return fmt.Errorf("%w: cascade: first message has %d parities, want %d", steps.ErrProtocol, par.N, c.topCount())
+	}
+	c.m.Leaked += uint64(par.N)
 	var total uint8
 	idx := 0
 	for i := range c.ps {
@@ -340,12 +506,11 @@ func (c *cascade) bobFirst(msg []byte) error {
 				idx++
 			}
 			acc ^= a
-			lo, hi := p.blockRange(b, c.n)
 			s := uint8(known)
-			if a != p.bv.Parity(lo, hi) {
+			if a != p.blockParity(b, c.key) {
 				s |= diff
 			}
-			p.st[b*p.ts+1] = s
+			p.root[b] = s
 		}
 		if i == 0 {
 			total = acc
@@ -364,11 +529,12 @@ func (c *cascade) bobAnswers(msg []byte) error {
 	c.m.Leaked += uint64(ans.N)
 	for i, q := range c.queries {
 		p := &c.ps[q.p]
+		p.ensureBV(c.key)
 		s := uint8(known)
 		if ans.Get(i) != p.bv.Parity(int(q.lo), int(q.hi)) {
 			s |= diff
 		}
-		p.st[int(q.b)*p.ts+int(q.h)] = s
+		p.tree()[int(q.b)*p.ts+int(q.h)] = s
 	}
 	c.queries = c.queries[:0]
 	for i, w := range c.waiting {
@@ -409,7 +575,7 @@ func (c *cascade) bobRun() (steps.Result, error) {
 			c.cur++
 			p := &c.ps[c.cur]
 			for b := 0; b < p.nb; b++ {
-				if p.st[b*p.ts+1]&diff != 0 {
+				if p.rootState(b)&diff != 0 {
 					lo, hi := p.blockRange(b, c.n)
 					p.pend = append(p.pend, cand{uint32(b), 1, uint32(lo), uint32(hi)})
 				}
@@ -445,7 +611,7 @@ func (c *cascade) bobRun() (steps.Result, error) {
 func (c *cascade) descend(j int, cd cand) bool {
 	p := &c.ps[j]
 	base := int(cd.b) * p.ts
-	st := p.st
+	st := p.tree()
 	h := int(cd.h)
 	if st[base+h]&(known|diff) != known|diff {
 		return false
@@ -478,11 +644,7 @@ func (c *cascade) descend(j int, cd cand) bool {
 		}
 		h, lo = r, mid
 	}
-	src := lo
-	if p.perm != nil {
-		src = int(p.perm[lo])
-	}
-	c.flip(src)
+	c.flip(p.pos(lo))
 	return false
 }
 
@@ -492,14 +654,19 @@ func (c *cascade) flip(x int) {
 	c.m.Corrected++
 	for j := range c.ps {
 		p := &c.ps[j]
-		t := x
-		if p.inv != nil {
-			t = int(p.inv[x])
-		}
-		if j > 0 {
+		t := p.idx(x)
+		if j > 0 && p.bv.W != nil {
 			p.bv.Flip(t)
 		}
 		b := t / p.k
+		if p.st == nil {
+			p.root[b] ^= diff
+			if p.root[b]&diff != 0 && j <= c.cur {
+				lo, hi := p.blockRange(b, c.n)
+				p.pend = append(p.pend, cand{uint32(b), 1, uint32(lo), uint32(hi)})
+			}
+			continue
+		}
 		base := b * p.ts
 		lo, hi := p.blockRange(b, c.n)
 		h := 1
@@ -523,4 +690,11 @@ func (c *cascade) flip(x int) {
 			}
 		}
 	}
+}
+
+func (p *pass) rootState(b int) uint8 {
+	if p.st == nil {
+		return p.root[b]
+	}
+	return p.st[b*p.ts+1]
 }
