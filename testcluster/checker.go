@@ -71,6 +71,11 @@ type Report struct {
 	SecondFetch       int `json:"second_fetch"`        // a slave fetched the same key twice
 	ByteMismatch      int `json:"byte_mismatch"`       // dec_keys bytes differ from enc_keys bytes
 
+	// LostAfterAmbiguousDec counts issued keys never fetched whose dec_keys
+	// call was ambiguous (the KME may have handed them out and erased them;
+	// the answer was lost). Reported, not a violation.
+	LostAfterAmbiguousDec int `json:"lost_after_ambiguous_dec"`
+
 	// Burned keys versus the keys whose fate the clients could not know:
 	// BurnAllowance counts keys asked for by ambiguous enc_keys calls and by
 	// enc_keys calls answered 503 (DESIGN §4: a failed relay burns them).
@@ -231,6 +236,14 @@ func Check(h *History, cfg CheckConfig) *Report {
 			}
 		}
 	}
+	ambiguousDec := map[string]bool{}
+	for _, o := range ops {
+		if o.Kind == OpDec && o.Outcome == Ambiguous {
+			for _, id := range o.KeyIDs {
+				ambiguousDec[id] = true
+			}
+		}
+	}
 	ids := make([]string, 0, len(issuedBy))
 	for id := range issuedBy {
 		ids = append(ids, id)
@@ -238,6 +251,10 @@ func Check(h *History, cfg CheckConfig) *Report {
 	sort.Strings(ids)
 	for _, id := range ids {
 		t, ok := fetchedBy[id]
+		if !ok && ambiguousDec[id] {
+			r.LostAfterAmbiguousDec++
+			continue
+		}
 		if !ok || t.After(deadline) {
 			r.NotFetchable++
 			if ok {
@@ -335,6 +352,9 @@ func (r *Report) Markdown(title string) string {
 	row("dec_keys for never-issued keys", r.DecNeverIssued)
 	row("second successful fetches", r.SecondFetch)
 	row("byte mismatches", r.ByteMismatch)
+	if r.LostAfterAmbiguousDec > 0 {
+		row("unfetched after an ambiguous dec_keys (not a violation)", r.LostAfterAmbiguousDec)
+	}
 	row("burned (allowance: ambiguous + 503 keys)", fmt.Sprintf("%d (≤ %d)", r.Burned, r.BurnAllowance))
 	for _, p := range []string{PhaseBefore, PhaseDuring, PhaseAfter} {
 		if l, ok := r.Latency[p]; ok {

@@ -83,6 +83,10 @@ func TestCheckSyntheticHistories(t *testing.T) {
 			s.enc(OK, 200, key(2))
 			s.dec("jkl", key(1))
 		}},
+		{name: "key lost to an ambiguous dec_keys is reported, not a violation", clean: true, build: func(s *synth) {
+			s.enc(OK, 200, key(1))
+			s.h.Add(Op{Kind: OpDec, Master: "ghi", Slave: "jkl", KeyIDs: []string{key(1).ID}, Start: s.now, End: s.tick(time.Second), Outcome: Ambiguous})
+		}},
 		{name: "issued key fetched too late after healing", want: func(r *Report) int { return r.NotFetchable }, build: func(s *synth) {
 			s.h.MarkAt(s.tick(time.Second), EventFault, "kill leader")
 			s.enc(OK, 200, key(1))

@@ -699,3 +699,28 @@ func freePorts(n int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// SAE returns a workload client for SAE name talking to the nodes of site.
+func (c *Cluster) SAE(name, site string) (*SAE, error) {
+	s := c.Layout.Site(site)
+	if s == nil {
+		return nil, fmt.Errorf("%w: site %s", ErrUnknownNode, site)
+	}
+	h, err := c.HTTPClient(name)
+	if err != nil {
+		return nil, err
+	}
+	return &SAE{ID: name, HTTP: h, Addrs: s.Addrs()}, nil
+}
+
+// NodeOf names the node advertising addr ("" when none).
+func (c *Cluster) NodeOf(addr string) string {
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if n.Advertise == addr {
+				return n.ID
+			}
+		}
+	}
+	return ""
+}
