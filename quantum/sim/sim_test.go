@@ -486,3 +486,20 @@ func BenchmarkSimFrame(b *testing.B) {
 	b.ReportMetric(float64(b.N)*n/sec, "pulses/s")
 	b.ReportMetric(sec/float64(b.N), "s/frame")
 }
+
+func TestStreamLinkContextCancel(t *testing.T) {
+	ca, cb := net.Pipe()
+	defer ca.Close()
+	defer cb.Close()
+	l := NewStreamLink(cb)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := l.RecvFrame(ctx) // nothing ever arrives
+		errc <- err
+	}()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("RecvFrame after cancel: %v", err)
+	}
+}
