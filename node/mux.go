@@ -134,24 +134,35 @@ func (m *mux) close() error {
 	return err
 }
 
-// chanListener is a net.Listener fed by the mux.
+// chanListener is a net.Listener fed by the mux. Closing it stops its
+// Accept without touching the socket, which the mux owns (closing the HTTP
+// server must not close Raft's listener, nor the other way round).
 type chanListener struct {
-	m  *mux
-	ch chan net.Conn
+	m      *mux
+	ch     chan net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func newChanListener(m *mux, ch chan net.Conn) *chanListener {
+	return &chanListener{m: m, ch: ch, closed: make(chan struct{})}
 }
 
 func (l *chanListener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.ch:
 		return c, nil
+	case <-l.closed:
+		return nil, ErrMuxClosed
 	case <-l.m.done:
 		return nil, ErrMuxClosed
 	}
 }
 
-// Close is a no-op: the mux owns the socket (closing the HTTP server or the
-// Raft transport must not close the other's listener).
-func (l *chanListener) Close() error { return nil }
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
 
 func (l *chanListener) Addr() net.Addr { return l.m.ln.Addr() }
 
@@ -160,7 +171,7 @@ func (l *chanListener) Addr() net.Addr { return l.m.ln.Addr() }
 // node certificate, offers only RaftALPN and requires the server to carry
 // this site's KME identity.
 type streamLayer struct {
-	chanListener
+	*chanListener
 	dialCfg *tls.Config
 	advert  net.Addr
 	track   *connTracker // nil: untracked
@@ -172,7 +183,7 @@ func newStreamLayer(m *mux, clientCfg *tls.Config, advertise net.Addr) *streamLa
 	cfg := clientCfg.Clone()
 	cfg.NextProtos = []string{RaftALPN}
 	cfg.VerifyConnection = requireKME(m.kmeID)
-	return &streamLayer{chanListener: chanListener{m: m, ch: m.raftCh}, dialCfg: cfg, advert: advertise}
+	return &streamLayer{chanListener: newChanListener(m, m.raftCh), dialCfg: cfg, advert: advertise}
 }
 
 func (s *streamLayer) Addr() net.Addr {

@@ -160,7 +160,7 @@ func (n *Node) Start() {
 		n.serveWG.Add(1)
 		go func() {
 			defer n.serveWG.Done()
-			err := n.httpSrv.Serve(&chanListener{m: n.mux, ch: n.mux.httpCh})
+			err := n.httpSrv.Serve(newChanListener(n.mux, n.mux.httpCh))
 			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, ErrMuxClosed) {
 				n.logger.Error("HTTP server stopped", "err", err)
 			}
