@@ -1,0 +1,453 @@
+package testcluster
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"qkdkms/etsi/pki"
+)
+
+// DemoOptions configures RunDemo. Zero values take the `make run` layout.
+type DemoOptions struct {
+	Binary           string // default: this executable
+	Dir              string // default .demo
+	Nodes            int    // per site, default 3
+	Sender, Receiver string
+	SenderPort       int // default 8443
+	ReceiverPort     int // default 9443
+	SenderSeedPort   int // default 8000
+	ReceiverSeedPort int // default 8001
+	// Refresh is the status screen period (default 1 s).
+	Refresh time.Duration
+	// Plain prints the status as appended text blocks instead of redrawing
+	// the terminal (default: redraw when stdout is a terminal).
+	Plain bool
+	// Feed keeps every connection's pool topped up to max_key_count with
+	// random blocks through the admin block import. A stand-in for sites
+	// with no QKD link configured; the status screen says so.
+	Feed bool
+	// ExtraArgs are appended to every `qkdkms serve`.
+	ExtraArgs []string
+}
+
+// RunDemo is `qkdkms demo`: the CLI shape for the dispatch table.
+func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o DemoOptions
+	fs.StringVar(&o.Dir, "dir", ".demo", "demo directory: pki/, data/, logs/, config/, kek/")
+	fs.StringVar(&o.Binary, "bin", "", "qkdkms binary for the nodes (default: this executable)")
+	fs.IntVar(&o.Nodes, "nodes", 3, "nodes per site")
+	fs.StringVar(&o.Sender, "sender", DefaultSender, "KME ID of the first site")
+	fs.StringVar(&o.Receiver, "receiver", DefaultReceiver, "KME ID of the second site")
+	fs.IntVar(&o.SenderPort, "sender-port", 8443, "ETSI mTLS port of the first site's node 1 (node i: +i-1)")
+	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "ETSI mTLS port of the second site's node 1")
+	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "seed plain-HTTP port of the first site (0 on either = seed API off)")
+	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
+	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
+	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
+	fs.BoolVar(&o.Feed, "feed", false, "top pools up with random blocks via admin import (stand-in for a QKD link)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
+		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
+		fmt.Fprintln(stderr, "and the commands to try. Ctrl-C stops everything; a second run keeps the keys.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	if err := Demo(ctx, o, stdout); err != nil {
+		fmt.Fprintf(stderr, "qkdkms demo: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Demo starts the demo cluster, shows its status until ctx ends, then
+// stops every node (SIGTERM, wait).
+func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		o.Binary = exe
+	}
+	if o.Dir == "" {
+		o.Dir = ".demo"
+	}
+	if o.Refresh <= 0 {
+		o.Refresh = time.Second
+	}
+	for _, p := range []int{o.SenderSeedPort, o.ReceiverSeedPort} {
+		if p < 0 {
+			return fmt.Errorf("seed ports must be ≥ 0")
+		}
+	}
+	c, err := New(Options{
+		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sender: o.Sender, Receiver: o.Receiver,
+		SenderPort: o.SenderPort, ReceiverPort: o.ReceiverPort,
+		Seed:           o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0,
+		SenderSeedPort: o.SenderSeedPort, ReceiverSeedPort: o.ReceiverSeedPort,
+		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "qkdkms demo: starting %d+%d nodes in %s (logs in %s)\n", len(c.Nodes(c.Sender())), len(c.Nodes(c.Receiver())), c.Layout.Dir, filepath.Join(c.Layout.Dir, "logs"))
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if err := c.StartNode(n.ID); err != nil {
+				c.StopAll()
+				return err
+			}
+		}
+	}
+	defer func() {
+		fmt.Fprintln(stdout, "\nqkdkms demo: stopping the nodes (SIGTERM)…")
+		c.StopAll()
+		fmt.Fprintln(stdout, "qkdkms demo: stopped; data kept in", filepath.Join(c.Layout.Dir, "data"))
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = c.WaitLeaders(wctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("sites did not come up: %w\n%s", err, c.TailLogs(15))
+	}
+	d := &demoScreen{c: c, o: o, out: stdout, redraw: !o.Plain && isTerminal(stdout)}
+	if !d.redraw {
+		fmt.Fprint(stdout, d.commands())
+	}
+	var feeder *demoFeeder
+	if o.Feed {
+		feeder = &demoFeeder{c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	}
+	t := time.NewTicker(o.Refresh)
+	defer t.Stop()
+	for {
+		if feeder != nil {
+			feeder.feed(ctx)
+		}
+		d.draw(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+type demoScreen struct {
+	c      *Cluster
+	o      DemoOptions
+	out    io.Writer
+	redraw bool
+	n      int
+}
+
+// connStats are one connection's pool figures from the leader's metrics.
+type connStats struct {
+	stored, bits, issued, burned, erased, blocks float64
+}
+
+// siteView is what the status screen shows for one site.
+type siteView struct {
+	leader string
+	nodes  []nodeView
+	conns  map[string]*connStats // "master→slave"
+	link   []string              // link/QKD metrics, "name value"
+}
+
+type nodeView struct {
+	id, state, addr string
+	term, commit    float64
+	pid             int
+}
+
+func (d *demoScreen) collect(ctx context.Context, site *Site) siteView {
+	v := siteView{conns: map[string]*connStats{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	v.nodes = make([]nodeView, len(site.Nodes))
+	for i, n := range site.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nv := nodeView{id: n.ID, addr: n.Addr(), state: "down", pid: d.c.Pid(n.ID)}
+			if nv.pid != 0 {
+				nv.state = "starting"
+			}
+			cctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
+			defer cancel()
+			m, err := d.c.Metrics(cctx, n.ID)
+			if err == nil {
+				for _, s := range []string{"leader", "follower", "candidate", "shutdown"} {
+					if m[`qkdkms_raft_state{state="`+s+`"}`] == 1 {
+						nv.state = s
+					}
+				}
+				nv.term, nv.commit = m["qkdkms_raft_term"], m["qkdkms_raft_commit_index"]
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			v.nodes[i] = nv
+			if err != nil || m["qkdkms_raft_is_leader"] != 1 {
+				return
+			}
+			v.leader = n.ID
+			for k, val := range m {
+				name, labels := splitMetric(k)
+				switch {
+				case strings.HasPrefix(name, "qkdkms_pool_") || strings.HasPrefix(name, "qkdkms_keys_") || name == "qkdkms_blocks_added_total":
+					key := labels["master"] + "→" + labels["slave"]
+					cs := v.conns[key]
+					if cs == nil {
+						cs = &connStats{}
+						v.conns[key] = cs
+					}
+					switch name {
+					case "qkdkms_pool_stored_keys":
+						cs.stored = val
+					case "qkdkms_pool_stored_bits":
+						cs.bits = val
+					case "qkdkms_keys_issued":
+						cs.issued = val
+					case "qkdkms_keys_burned_total":
+						cs.burned = val
+					case "qkdkms_keys_erased_total":
+						cs.erased = val
+					case "qkdkms_blocks_added_total":
+						cs.blocks = val
+					}
+				case strings.HasPrefix(name, "qkdkms_link_") || strings.HasPrefix(name, "qkdkms_qkd_") ||
+					strings.HasPrefix(name, "qkdkms_session_") || strings.Contains(name, "qber") || strings.Contains(name, "key_rate"):
+					if !strings.HasSuffix(name, "_bucket") {
+						v.link = append(v.link, fmt.Sprintf("%s %s", k, strconv.FormatFloat(val, 'g', 4, 64)))
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Strings(v.link)
+	return v
+}
+
+func (d *demoScreen) draw(ctx context.Context) {
+	var b strings.Builder
+	d.n++
+	if d.redraw {
+		b.WriteString("\x1b[H\x1b[2J")
+		b.WriteString(d.commands())
+	} else if d.n%10 != 1 {
+		return // plain mode: a block every 10 refreshes
+	}
+	fmt.Fprintf(&b, "── status %s ──\n", time.Now().Format("15:04:05"))
+	for _, s := range d.c.Layout.Sites {
+		v := d.collect(ctx, s)
+		leader := v.leader
+		if leader == "" {
+			leader = "(none: election or minority)"
+		}
+		fmt.Fprintf(&b, "site %-14s leader %s\n", s.KMEID, leader)
+		for _, n := range v.nodes {
+			fmt.Fprintf(&b, "  %-16s %-21s %-9s term %-3.0f commit %-6.0f pid %d\n", n.id, n.addr, n.state, n.term, n.commit, n.pid)
+		}
+		keys := make([]string, 0, len(v.conns))
+		for k := range v.conns {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		if len(keys) == 0 {
+			b.WriteString("  connections: none yet (register one: see above)\n")
+		}
+		for _, k := range keys {
+			cs := v.conns[k]
+			fmt.Fprintf(&b, "  %-12s stored %4.0f keys (%6.0f bits)  issued %4.0f  erased %5.0f  burned %3.0f  blocks %4.0f\n",
+				k, cs.stored, cs.bits, cs.issued, cs.erased, cs.burned, cs.blocks)
+		}
+		if len(v.link) == 0 {
+			if d.o.Feed {
+				b.WriteString("  link: none configured; pools fed by random admin block imports (--feed)\n")
+			} else {
+				b.WriteString("  link: no QKD link metrics exported\n")
+			}
+		}
+		for _, l := range v.link {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
+	}
+	b.WriteString("Ctrl-C stops all nodes (data kept for the next run).\n")
+	fmt.Fprint(d.out, b.String())
+}
+
+// commands is the block of commands to try, with this demo's ports.
+func (d *demoScreen) commands() string {
+	c := d.c
+	var b strings.Builder
+	pkiDir := relPath(c.Layout.PKIDir)
+	snd, rcv := c.Layout.Site(c.Sender()), c.Layout.Site(c.Receiver())
+	b.WriteString("qkdkms demo — two KME sites on loopback\n\n")
+	if snd.SeedAddr != "" && rcv.SeedAddr != "" {
+		sp, rp := portOf(snd.SeedAddr), portOf(rcv.SeedAddr)
+		fmt.Fprintf(&b, "Seed API (plain HTTP, as in the seed's README):\n")
+		fmt.Fprintf(&b, "  curl --location 'http://localhost:%s/register_connection' --header 'Content-Type: application/json' \\\n", sp)
+		fmt.Fprintf(&b, "    --data '{\"source_KME_ID\": \"%s\", \"target_KME_ID\": \"%s\", \"master_SAE_ID\": \"ghi\", \"slave_SAE_ID\": \"jkl\",\n", c.Sender(), c.Receiver())
+		b.WriteString("      \"key_size\": 8, \"max_keys_count\": 10, \"max_key_per_request\": 1, \"max_SAE_ID_count\": 0}'\n")
+		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?slave_host=jkl' --data ''\n", sp)
+		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?key_id=KEY_ID' --data ''\n\n", rp)
+	}
+	m, s := snd.Nodes[0].Addr(), rcv.Nodes[0].Addr()
+	if len(snd.Nodes) > 1 {
+		m = snd.Nodes[1].Addr() // a follower, most of the time: it forwards to the leader
+	}
+	fmt.Fprintf(&b, "ETSI GS QKD 014 over mutual TLS (any node of a site answers):\n")
+	ghi := fmt.Sprintf("--cert %s/ghi.crt --key %s/ghi.key --cacert %s/ca.crt", pkiDir, pkiDir, pkiDir)
+	jkl := fmt.Sprintf("--cert %s/jkl.crt --key %s/jkl.key --cacert %s/ca.crt", pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "  curl %s https://%s/api/v1/keys/jkl/status\n", ghi, snd.Nodes[0].Addr())
+	fmt.Fprintf(&b, "  curl %s -H 'Content-Type: application/json' -d '{\"number\":1}' https://%s/api/v1/keys/jkl/enc_keys\n", ghi, m)
+	fmt.Fprintf(&b, "  curl %s 'https://%s/api/v1/keys/ghi/dec_keys?key_ID=KEY_ID'\n", jkl, s)
+	fmt.Fprintf(&b, "  %s sae status --help    # the Go SAE client (qkdkms sae status|enc|dec)\n", relPath(d.c.opts.Binary))
+	fmt.Fprintf(&b, "More SAE certificates: %s certs sae NAME --pki %s\n\n", relPath(d.c.opts.Binary), pkiDir)
+	return b.String()
+}
+
+func portOf(addr string) string {
+	i := strings.LastIndexByte(addr, ':')
+	return addr[i+1:]
+}
+
+func relPath(p string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	if r, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(r, "..") {
+		return r
+	}
+	return p
+}
+
+// splitMetric splits `name{a="x",b="y"}` into name and labels.
+func splitMetric(k string) (string, map[string]string) {
+	i := strings.IndexByte(k, '{')
+	if i < 0 {
+		return k, nil
+	}
+	labels := map[string]string{}
+	for _, kv := range strings.Split(strings.TrimSuffix(k[i+1:], "}"), ",") {
+		name, val, ok := strings.Cut(kv, "=")
+		if ok {
+			labels[strings.TrimSpace(name)] = strings.Trim(val, `"`)
+		}
+	}
+	return k[:i], labels
+}
+
+// demoFeeder tops pools up with random blocks through the admin import: a
+// stand-in for a QKD link. It reads each connection's max_key_count and
+// key_size from ETSI status with a master certificate it issues from the
+// demo CA.
+type demoFeeder struct {
+	c    *Cluster
+	log  *slog.Logger
+	ca   *pki.CA
+	http map[string]*http.Client
+}
+
+func (f *demoFeeder) feed(ctx context.Context) {
+	c := f.c
+	for _, site := range c.Layout.Sites {
+		l, err := c.Leader(ctx, site.KMEID)
+		if err != nil {
+			continue
+		}
+		m, err := c.Metrics(ctx, l)
+		if err != nil {
+			continue
+		}
+		for k, stored := range m {
+			name, labels := splitMetric(k)
+			if name != "qkdkms_pool_stored_keys" {
+				continue
+			}
+			master, slave := labels["master"], labels["slave"]
+			st, err := f.status(ctx, site, master, slave)
+			if err != nil || st.SourceKME != site.KMEID || st.KeySize <= 0 {
+				continue // feed from the master's site only
+			}
+			missing := st.MaxKeyCount - int(stored)
+			if missing <= 0 {
+				continue
+			}
+			bits := missing * st.KeySize
+			if bits%8 != 0 {
+				bits += 8 - bits%8
+			}
+			bits = min(bits, 1<<16)
+			if err := c.FillPool(ctx, site.KMEID, master, slave, bits/8, 8, bits/8); err != nil {
+				f.log.Warn("feed", "err", err)
+			}
+		}
+	}
+}
+
+func (f *demoFeeder) status(ctx context.Context, site *Site, master, slave string) (Status, error) {
+	var st Status
+	if f.ca == nil {
+		ca, err := pki.Load(f.c.Layout.PKIDir)
+		if err != nil {
+			return st, err
+		}
+		f.ca, f.http = ca, map[string]*http.Client{}
+	}
+	h := f.http[master]
+	if h == nil {
+		leaf, err := f.ca.IssueSAE(master)
+		if err != nil {
+			return st, err
+		}
+		cert, err := leaf.TLS()
+		if err != nil {
+			return st, err
+		}
+		h = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(cert, f.ca.Pool())}}
+		f.http[master] = h
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+site.Nodes[0].Addr()+"/api/v1/keys/"+slave+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	_, err = doJSON(h, req, &st)
+	return st, err
+}
