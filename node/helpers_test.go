@@ -99,6 +99,7 @@ type testSite struct {
 	nodes  map[string]*Node
 	addrs  map[string]string
 	dirs   map[string]string
+	lns    map[string]net.Listener
 	logger *slog.Logger
 }
 
@@ -117,30 +118,46 @@ func (w tWriter) Write(p []byte) (int, error) {
 // newTestSite starts n bootstrapped nodes of KME kme.
 func newTestSite(t *testing.T, p *testPKI, kme string, n int, peers map[string][]string) *testSite {
 	t.Helper()
-	s := &testSite{t: t, pki: p, kme: kme, peers: peers, nodes: map[string]*Node{}, addrs: map[string]string{},
-		dirs: map[string]string{}, logger: testLogger(t)}
+	s := allocSite(t, p, kme, n)
+	s.boot(peers)
+	return s
+}
+
+// allocSite reserves the listeners of n nodes (so peers can be configured
+// before any node starts); boot starts them.
+func allocSite(t *testing.T, p *testPKI, kme string, n int) *testSite {
+	t.Helper()
+	s := &testSite{t: t, pki: p, kme: kme, nodes: map[string]*Node{}, addrs: map[string]string{},
+		dirs: map[string]string{}, lns: map[string]net.Listener{}, logger: testLogger(t)}
 	s.kek = filepath.Join(t.TempDir(), kme+".kek")
 	if _, err := raftstore.GenerateKEK(s.kek); err != nil {
 		t.Fatal(err)
 	}
-	lns := map[string]net.Listener{}
-	boot := map[string]string{}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		lns[id] = ln
-		boot[id] = ln.Addr().String()
+		s.lns[id] = ln
 		s.addrs[id] = ln.Addr().String()
 		s.dirs[id] = filepath.Join(t.TempDir(), kme+"-"+id)
 	}
-	for _, id := range sortedKeys(boot) {
-		s.start(id, lns[id], boot)
-	}
 	t.Cleanup(s.closeAll)
 	return s
+}
+
+func (s *testSite) boot(peers map[string][]string) {
+	s.t.Helper()
+	s.peers = peers
+	boot := map[string]string{}
+	for id, a := range s.addrs {
+		boot[id] = a
+	}
+	for _, id := range sortedKeys(s.lns) {
+		s.start(id, s.lns[id], boot)
+	}
+	s.lns = nil
 }
 
 func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Config {
@@ -289,12 +306,12 @@ func (s *testSite) waitDigests() string {
 }
 
 func (s *testSite) closeAll() {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	for _, n := range s.live() {
 		n.Kill()
 	}
-	_ = ctx
+	for _, ln := range s.lns {
+		ln.Close()
+	}
 }
 
 func httpClient(cfg *tls.Config) *http.Client {

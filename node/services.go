@@ -1,25 +1,53 @@
 package node
 
-import "net/http"
+import (
+	"net/http"
 
-// services are the handlers and background duties built on the store.
-// Handlers left nil are not mounted.
+	"qkdkms/etsi"
+	"qkdkms/node/kme"
+)
+
+// services are the handlers and background duties built on the store:
+// the KME backend (leader forwarding, inter-KME protocol, block import),
+// the ETSI handler on it, and the seed-compatible handler.
 type services struct {
+	kme        *kme.KME
 	etsi       http.Handler // /api/v1/keys/
 	internal   http.Handler // /internal/
 	adminExtra http.Handler // /admin/v1/blocks
 	seed       http.Handler // plain-HTTP seed listener
-	stopFns    []func()
 }
 
+// newServices builds the KME backend. peerClient presents the node
+// certificate and requires a kme: identity of the server (same-site
+// forwarding and peer sites; the KME checks which one per call).
 func newServices(n *Node, peerClient *http.Client) *services {
-	return &services{}
+	k := kme.New(kme.Config{
+		KMEID:      n.cfg.KMEID,
+		Site:       n.store,
+		Peers:      n.cfg.Peers,
+		HTTPClient: peerClient,
+		Logger:     n.logger.With("component", "kme"),
+	})
+	s := &services{
+		kme:        k,
+		internal:   k.InternalHandler(),
+		adminExtra: k.AdminHandler(),
+		etsi: etsi.NewHandler(k, etsi.Options{
+			Audit: n.audit,
+			Log:   n.logger.With("component", "etsi"),
+		}),
+	}
+	if n.cfg.SeedListen != "" {
+		s.seed = etsi.NewSeedHandler(k, n.audit)
+	}
+	return s
 }
 
 func (s *services) start() {}
 
 func (s *services) stop() {
-	for _, f := range s.stopFns {
-		f()
+	if s.kme != nil {
+		_ = s.kme.Close()
 	}
 }
