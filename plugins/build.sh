@@ -1,0 +1,36 @@
+#!/bin/sh
+# Builds the step plugins to WASM and writes OUTDIR/manifest.json.
+# Usage: plugins/build.sh OUTDIR   (run from anywhere inside the repository)
+set -eu
+out=${1:?usage: plugins/build.sh OUTDIR}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$here/.."
+go=${GO:-go}
+# name kind version, one line per plugin (first of each kind is the default)
+list='sift sift 1.0.0
+estimate estimate 1.0.0
+cascade reconcile 1.0.0
+cascade-yanetal reconcile 1.0.0
+verify verify 1.0.0
+amplify amplify 1.0.0'
+entries=""
+echo "$list" | while read -r name kind version; do
+	GOOS=wasip1 GOARCH=wasm CGO_ENABLED=0 "$go" build -trimpath -buildmode=c-shared \
+		-o "$out/$name.wasm" "./plugins/wasm/$name"
+done
+{
+	printf '{\n  "abi": 1,\n  "plugins": [\n'
+	first=1
+	echo "$list" | while read -r name kind version; do
+		sum=$(sha256sum "$out/$name.wasm" | cut -d' ' -f1)
+		[ $first -eq 1 ] || printf ',\n'
+		first=0
+		printf '    {"name": "%s", "step": "%s", "version": "%s", "abi": 1, "file": "%s.wasm", "sha256": "%s"}' \
+			"$name" "$kind" "$version" "$name" "$sum"
+	done
+	printf '\n  ]\n}\n'
+} > "$out/manifest.json.tmp"
+mv "$out/manifest.json.tmp" "$out/manifest.json"
+echo "plugins: $(ls "$out"/*.wasm | wc -l) modules and manifest.json in $out"

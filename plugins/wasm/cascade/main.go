@@ -1,0 +1,11 @@
+// Command cascade is the cascade step as a WASM plugin (plugins/ABI.md).
+package main
+
+import (
+	"qkdkms/plugins/sdk"
+	"qkdkms/plugins/steps/reconcile/cascade"
+)
+
+func init() { sdk.Register(cascade.New) }
+
+func main() {}
