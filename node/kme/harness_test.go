@@ -37,6 +37,7 @@ type tnode struct {
 	trans *raft.InmemTransport
 	store *raftstore.Store
 	kme   *KME
+	tsite *timingSite
 	srv   *httptest.Server
 	h     atomic.Pointer[http.Handler]
 	dead  atomic.Bool
@@ -62,6 +63,7 @@ type worldOpts struct {
 	nodes  int  // per site
 	noSync bool // fsync off in the bolt log store
 	quiet  bool // discard logs (benchmarks)
+	timing bool // record Site call latencies
 }
 
 type tbWriter struct{ tb testing.TB }
@@ -159,11 +161,20 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 				tb.Fatal(err)
 			}
 			n.store = st
+			var site raftstore.Site = st
+			if opts.timing {
+				n.tsite = &timingSite{Site: st}
+				site = n.tsite
+			}
+			hc := w.client(n.name, id)
+			if n.tsite != nil {
+				hc.Transport = timingRT{hc.Transport, n.tsite}
+			}
 			n.kme = New(Config{
 				KMEID:      id,
-				Site:       st,
+				Site:       site,
 				Peers:      peers,
-				HTTPClient: w.client(n.name, id),
+				HTTPClient: hc,
 				ResolveAddr: func(a string) string {
 					if u, ok := w.urls.Load(a); ok {
 						return u.(string)
@@ -185,10 +196,15 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 // handler is a node's HTTPS mux: the ETSI API and the internal endpoints;
 // when the site is cut off, calls from other sites are dropped.
 func (n *tnode) handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/keys/", etsi.NewHandler(n.kme, etsi.Options{Timeout: 10 * time.Second}))
+	api := etsi.NewHandler(n.kme, etsi.Options{Timeout: 10 * time.Second})
 	in := n.kme.InternalHandler()
-	mux.Handle("/internal/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Like node's mux: no path cleaning (no redirects), the ETSI handler
+	// answers everything outside /internal/ (JSON 404s included).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/internal/") {
+			api.ServeHTTP(w, r)
+			return
+		}
 		if n.site.cut.Load() && strings.HasPrefix(r.URL.Path, "/internal/v1/peer/") {
 			if hj, ok := w.(http.Hijacker); ok {
 				if c, _, err := hj.Hijack(); err == nil {
@@ -199,8 +215,7 @@ func (n *tnode) handler() http.Handler {
 			panic(http.ErrAbortHandler)
 		}
 		in.ServeHTTP(w, r)
-	}))
-	return mux
+	})
 }
 
 // client is an mTLS client with the named node certificate.

@@ -58,7 +58,7 @@ type Config struct {
 	// (default 3s, and never past the caller's deadline).
 	RelayTimeout time.Duration
 	// RelayWorkers is the number of relay requests in flight per peer site
-	// (default 4). Each request carries every assignment queued meanwhile.
+	// (default 8). Each request carries every assignment queued meanwhile.
 	RelayWorkers int
 	// MaxRelayBatch caps the assignments in one relay request (default 512).
 	MaxRelayBatch int
@@ -115,7 +115,7 @@ func New(cfg Config) *KME {
 		cfg.RelayTimeout = 3 * time.Second
 	}
 	if cfg.RelayWorkers <= 0 {
-		cfg.RelayWorkers = 4
+		cfg.RelayWorkers = 8
 	}
 	if cfg.MaxRelayBatch <= 0 {
 		cfg.MaxRelayBatch = 512
@@ -407,6 +407,12 @@ func (k *KME) localDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) 
 	if in.RequestID == "" {
 		return nil, fmt.Errorf("%w: empty request ID", etsi.ErrBadRequest)
 	}
+	if r.Seed {
+		return k.seedDecKeys(ctx, in)
+	}
+	if r.SlaveSAE == "" || r.MasterSAE == "" {
+		return nil, fmt.Errorf("%w: no caller", etsi.ErrUnauthorized)
+	}
 	keys, err := k.site.ConsumeKeys(ctx, raftstore.ConsumeRequest{
 		RequestID: in.RequestID,
 		Caller:    r.SlaveSAE,
@@ -417,6 +423,41 @@ func (k *KME) localDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) 
 		return nil, err
 	}
 	return toETSIKeys(keys), nil
+}
+
+// seedDecKeys serves the seed API's get_key by key_id, which names no
+// caller: the keys are fetched on behalf of a slave they were issued to.
+// The Site contract cannot look a key's owner up, so the connections that
+// end at this site are tried in turn (slave SAE on behalf of master SAE);
+// a refused attempt consumes nothing. The first attempt that does not find
+// the key at all ends the search. Limitation: for a multicast key, the
+// share consumed is that of the first named slave (in connection order)
+// that has its own connection, not necessarily the primary slave's.
+func (k *KME) seedDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) {
+	conns, err := k.site.Connections(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range conns {
+		if c.TargetKME != k.id {
+			continue
+		}
+		keys, err := k.site.ConsumeKeys(ctx, raftstore.ConsumeRequest{
+			RequestID: fmt.Sprintf("%s/%d", in.RequestID, i),
+			Caller:    c.SlaveSAE,
+			MasterSAE: c.MasterSAE,
+			KeyIDs:    in.KeyIDs,
+		})
+		switch {
+		case err == nil:
+			return toETSIKeys(keys), nil
+		case errors.Is(err, raftstore.ErrNotAuthorized):
+			continue
+		default:
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: no slave at %s may still fetch these keys", etsi.ErrKeysNotFound, k.id)
 }
 
 // RegisterConnection registers a connection at both sites: the peer site

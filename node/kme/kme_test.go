@@ -420,3 +420,31 @@ func TestInternalAuth(t *testing.T) {
 		}
 	}
 }
+
+// The seed API's get_key by key_id names no caller: the key goes to the
+// slave it was issued to, once.
+func TestSeedDecKeys(t *testing.T) {
+	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
+	ctx := ctxT(t)
+	w.register(ctx, siteA, w.connection(siteA, siteB, "other-m", "other-s"))
+	w.register(ctx, siteA, w.connection(siteA, siteB, "m", "s"))
+	w.importBits(ctx, siteA, "m", "s", 32*2)
+	keys, err := w.sites[siteA].follower(0).kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "m", SlaveSAE: "s", Number: 1, Size: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := w.sites[siteB].follower(1).kme
+	if _, err := fb.DecKeys(ctx, etsi.DecRequest{KeyIDs: []string{keys[0].KeyID}}); !errors.Is(err, etsi.ErrUnauthorized) {
+		t.Fatalf("no caller without Seed: want ErrUnauthorized, got %v", err)
+	}
+	got, err := fb.DecKeys(ctx, etsi.DecRequest{KeyIDs: []string{keys[0].KeyID}, Seed: true})
+	if err != nil || !bytes.Equal(got[0].Bits, keys[0].Bits) {
+		t.Fatalf("seed fetch: %v", err)
+	}
+	if _, err := fb.DecKeys(ctx, etsi.DecRequest{KeyIDs: []string{keys[0].KeyID}, Seed: true}); !errors.Is(err, etsi.ErrKeysNotFound) {
+		t.Fatalf("second seed fetch: want ErrKeysNotFound, got %v", err)
+	}
+	if _, err := fb.DecKeys(ctx, etsi.DecRequest{KeyIDs: []string{newUUID()}, Seed: true}); !errors.Is(err, etsi.ErrKeysNotFound) {
+		t.Fatalf("unknown key: want ErrKeysNotFound, got %v", err)
+	}
+}
