@@ -124,6 +124,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("multicast", s.testMulticast)
 	t.Run("insufficient", s.testInsufficient)
 	t.Run("reverse", s.testReverse)
+	t.Run("concurrent", s.testConcurrent)
 	t.Run("accounting", func(t *testing.T) { s.checkStatus(t, s.m, s.s) })
 }
 
@@ -724,4 +725,83 @@ func (s *suite) testReverse(t *testing.T) {
 	s.refused(t, call{site: S, sae: s.rs, method: http.MethodPost, path: "/api/v1/keys/" + s.rm + "/dec_keys", body: idsBody(keys[0].KeyID)}, []int{http.StatusBadRequest, http.StatusUnauthorized}, "")
 	s.dec(t, M, s.rs, s.rm, keys)
 	s.checkStatus(t, s.rm, s.rs)
+}
+
+// testConcurrent: 16 masters' requests at once on one connection, then
+// their slaves' fetches at once: every key issued once, every key fetched
+// with the master's bytes.
+func (s *suite) testConcurrent(t *testing.T) {
+	M, S := &s.h.Master, &s.h.Slave
+	const workers, rounds, per = 16, 2, 2
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var all []etsi.KeyObject
+	errs := make(chan error, workers*rounds)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				r, err := s.do(t, call{site: M, sae: s.m, method: http.MethodPost, path: "/api/v1/keys/" + s.s + "/enc_keys",
+					body: []byte(fmt.Sprintf(`{"number":%d}`, per))})
+				if err != nil || r.code != http.StatusOK {
+					errs <- fmt.Errorf("enc_keys: %v %d %s", err, r.code, r.body)
+					return
+				}
+				var kc etsi.KeyContainer
+				if err := json.Unmarshal(r.body, &kc); err != nil || len(kc.Keys) != per {
+					errs <- fmt.Errorf("enc_keys answer %s: %v", r.body, err)
+					return
+				}
+				mu.Lock()
+				all = append(all, kc.Keys...)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.used[s.m] += len(all) * keySize1
+	for _, k := range all {
+		if s.issuedIDs[k.KeyID] || s.issuedBits[k.Key] {
+			t.Errorf("I1: key %s (or its bits) issued twice", k.KeyID)
+		}
+		s.issuedIDs[k.KeyID], s.issuedBits[k.Key] = true, true
+	}
+	s.mu.Unlock()
+	errs = make(chan error, len(all))
+	for i := 0; i < len(all); i += per {
+		wg.Add(1)
+		go func(want []etsi.KeyObject) {
+			defer wg.Done()
+			ids := make([]string, len(want))
+			for j, k := range want {
+				ids[j] = k.KeyID
+			}
+			r, err := s.do(t, call{site: S, sae: s.s, method: http.MethodPost, path: "/api/v1/keys/" + s.m + "/dec_keys", body: idsBody(ids...)})
+			if err != nil || r.code != http.StatusOK {
+				errs <- fmt.Errorf("dec_keys: %v %d %s", err, r.code, r.body)
+				return
+			}
+			var kc etsi.KeyContainer
+			if err := json.Unmarshal(r.body, &kc); err != nil || len(kc.Keys) != len(want) {
+				errs <- fmt.Errorf("dec_keys answer %s: %v", r.body, err)
+				return
+			}
+			for j := range want {
+				if kc.Keys[j].KeyID != want[j].KeyID || kc.Keys[j].Key != want[j].Key {
+					errs <- fmt.Errorf("I2: key %s differs at the slave site", want[j].KeyID)
+				}
+			}
+		}(all[i:min(i+per, len(all))])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
