@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -106,8 +107,46 @@ type burnCmd struct {
 	KeyIDs []string `json:"key_ids"`
 }
 
+// batchCmd carries many encoded commands in one log entry. Its body is
+// binary, not JSON: uvarint count, then per member uvarint length + bytes.
 type batchCmd struct {
-	Cmds [][]byte `json:"cmds"`
+	Cmds [][]byte
+}
+
+func encodeBatch(cmds [][]byte) []byte {
+	n := 2 + binary.MaxVarintLen64
+	for _, c := range cmds {
+		n += binary.MaxVarintLen64 + len(c)
+	}
+	buf := make([]byte, 0, n)
+	buf = append(buf, byte(cmdBatch), cmdVersion)
+	buf = binary.AppendUvarint(buf, uint64(len(cmds)))
+	for _, c := range cmds {
+		buf = binary.AppendUvarint(buf, uint64(len(c)))
+		buf = append(buf, c...)
+	}
+	return buf
+}
+
+func decodeBatch(b []byte) (*batchCmd, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n == 0 || n > uint64(len(b)) {
+		return nil, fmt.Errorf("%w: batch: bad count", errUndecodable)
+	}
+	b = b[k:]
+	out := &batchCmd{Cmds: make([][]byte, 0, n)}
+	for i := uint64(0); i < n; i++ {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l < 2 || l > uint64(len(b)-k) {
+			return nil, fmt.Errorf("%w: batch member %d: bad length", errUndecodable, i)
+		}
+		out.Cmds = append(out.Cmds, b[k:k+int(l)])
+		b = b[k+int(l):]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: batch: trailing data", errUndecodable)
+	}
+	return out, nil
 }
 
 func encodeCmd(t cmdType, body any) ([]byte, error) {
@@ -136,8 +175,6 @@ func newCmdBody(t cmdType) any {
 		return &consumeCmd{}
 	case cmdBurn:
 		return &burnCmd{}
-	case cmdBatch:
-		return &batchCmd{}
 	}
 	return nil
 }
@@ -152,6 +189,10 @@ func decodeCmd(data []byte) (cmdType, any, error) {
 	t := cmdType(data[0])
 	if data[1] != cmdVersion {
 		return t, nil, fmt.Errorf("%w: %s version %d unsupported", errUndecodable, t, data[1])
+	}
+	if t == cmdBatch {
+		b, err := decodeBatch(data[2:])
+		return t, b, err
 	}
 	body := newCmdBody(t)
 	if body == nil {

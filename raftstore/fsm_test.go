@@ -341,7 +341,7 @@ func TestFSMIssueRecordConsume(t *testing.T) {
 	// Batch: one result per member.
 	b1, _ := encodeCmd(cmdBurn, &burnCmd{KeyIDs: []string{"r1-k0"}})
 	b2, _ := encodeCmd(cmdConsume, &consumeCmd{RequestID: "c3", Caller: "s", MasterSAE: "m", KeyIDs: []string{"r1-k0"}})
-	bd, _ := encodeCmd(cmdBatch, &batchCmd{Cmds: [][]byte{b1, b2}})
+	bd := encodeBatch([][]byte{b1, b2})
 	s.idx++
 	br := s.f.Apply(&raft.Log{Index: s.idx, Data: bd}).([]result)
 	if len(br) != 2 || br[0].err != nil || !errors.Is(br[1].err, ErrKeyNotFound) {
@@ -440,6 +440,9 @@ func TestDecodeStrict(t *testing.T) {
 		"field":    append([]byte{byte(cmdBurn), 1}, []byte(`{"key_ids":[],"x":1}`)...),
 		"trailing": append(append([]byte(nil), good...), []byte(`{}`)...),
 		"type":     append([]byte{byte(cmdBurn), 1}, []byte(`{"key_ids":"a"}`)...),
+		"batch0":   {byte(cmdBatch), 1, 0},
+		"batchlen": {byte(cmdBatch), 1, 1, 9, byte(cmdBurn), 1},
+		"batchtr":  append(encodeBatch([][]byte{good}), 0),
 	} {
 		if _, _, err := decodeCmd(data); err == nil {
 			t.Errorf("%s: decoded", name)

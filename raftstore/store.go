@@ -27,10 +27,13 @@ var ErrClosed = errors.New("raftstore: store closed")
 const (
 	maxBatchOps   = 1024
 	maxBatchBytes = 1 << 20
-	maxInFlight   = 2
 	logCacheSize  = 512
 	snapRetain    = 2
 )
+
+// maxInFlight bounds the Raft entries being applied at once (tunable in
+// benchmarks).
+var maxInFlight = 2
 
 // Store is one node's replica of the site state. It implements Admin.
 type Store struct {
@@ -366,13 +369,7 @@ func (s *Store) applyBatch(batch []*op) {
 		for i, o := range batch {
 			cmds[i] = o.data
 		}
-		var err error
-		if data, err = encodeCmd(cmdBatch, batchCmd{Cmds: cmds}); err != nil {
-			for _, o := range batch {
-				o.done <- result{err: err}
-			}
-			return
-		}
+		data = encodeBatch(cmds)
 	}
 	start := time.Now()
 	f := s.raft.Apply(data, 0)
