@@ -89,6 +89,7 @@ type auditRec struct {
 	number, size                           int
 	status                                 int
 	outcome                                string
+	backendErr                             string
 }
 
 func (h *handler) wrap(call string, fn func(http.ResponseWriter, *http.Request, *auditRec)) http.HandlerFunc {
@@ -119,6 +120,9 @@ func logAudit(ctx context.Context, l *slog.Logger, rec *auditRec, start time.Tim
 	}
 	if rec.number > 0 {
 		attrs = append(attrs, slog.Int("number", rec.number), slog.Int("size", rec.size))
+	}
+	if rec.backendErr != "" {
+		attrs = append(attrs, slog.String("backend_error", rec.backendErr))
 	}
 	l.LogAttrs(ctx, level, "etsi call", attrs...)
 }
@@ -190,12 +194,27 @@ func (h *handler) failRequest(w http.ResponseWriter, rec *auditRec, err error) {
 // failBackend maps a Backend error to its HTTP answer.
 func (h *handler) failBackend(w http.ResponseWriter, rec *auditRec, err error) {
 	code, msg := BackendStatus(err)
-	detail := map[string]any{"reason": err.Error()}
-	if code == http.StatusServiceUnavailable && !errors.Is(err, ErrInsufficientKeys) && !errors.Is(err, ErrUnavailable) {
+	rec.backendErr = err.Error()
+	// The backend's own words only where they help the caller fix the
+	// request; otherwise a fixed reason (no internals in answers).
+	var reason string
+	switch {
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrConflict), errors.Is(err, ErrInsufficientKeys):
+		reason = err.Error()
+	case errors.Is(err, ErrUnknownSAE):
+		reason = "no connection between these SAEs at this KME"
+	case errors.Is(err, ErrUnauthorized):
+		reason = "the caller is not named as a slave for one or more of the keys"
+	case errors.Is(err, ErrKeysNotFound):
+		reason = "unknown, already fetched, or issued by another master"
+	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		h.log.Warn("etsi backend unavailable", "call", rec.call, "sae", rec.sae, "err", err)
+		reason = "the KME cannot serve this request now; retry later"
+	default:
 		h.log.Error("etsi backend failure", "call", rec.call, "sae", rec.sae, "err", err)
-		detail = map[string]any{"reason": "internal error"}
+		reason = "internal error"
 	}
-	h.fail(w, rec, code, msg, detail)
+	h.fail(w, rec, code, msg, map[string]any{"reason": reason})
 }
 
 // BackendStatus maps a Backend error to the HTTP status and message the
