@@ -232,22 +232,19 @@ func (k *KME) run(ctx context.Context, op string, in, out any, local func(contex
 
 func (k *KME) resolveBase(raftAddr string) string { return baseURL(k.resolve(raftAddr)) }
 
-// forward posts op to the leader's /internal/v1/forward/{op}. Transport
-// errors that may have reached the leader are final for non-idempotent ops
-// (enc_keys, dec_keys): ErrUnavailable, never a second attempt.
+// forward posts op to the leader's /internal/v1/forward/{op}. Every
+// operation is idempotent (enc_keys and dec_keys carry the request ID chosen
+// at the first node, and the store answers a repeated ID with the first
+// result), so a transport error is retried like not-leader: at whatever
+// node leads by then, until the caller's deadline.
 func (k *KME) forward(ctx context.Context, base, op string, in, out any) error {
 	err := k.post(ctx, base+"/internal/v1/forward/"+op, in, out, nil)
 	var te *transportError
 	if errors.As(err, &te) {
-		if te.dial || idempotent(op) {
-			return fmt.Errorf("%w: forward %s: %v", raftstore.ErrNoLeader, op, te.err)
-		}
-		return fmt.Errorf("%w: forward %s to leader: %v", etsi.ErrUnavailable, op, te.err)
+		return fmt.Errorf("%w: forward %s: %v", raftstore.ErrNoLeader, op, te.err)
 	}
 	return err
 }
-
-func idempotent(op string) bool { return op != opEncKeys && op != opDecKeys }
 
 // transportError: the request got no HTTP answer. dial is true when it
 // provably never left this node.

@@ -81,6 +81,10 @@ type KME struct {
 
 	importMu sync.Mutex // serializes block imports (pools must stay in step)
 
+	reqMu    sync.Mutex
+	inflight map[string]*encCall  // enc_keys request IDs being served here
+	burned   map[string]time.Time // enc_keys request IDs whose keys were burned
+
 	closeOnce sync.Once
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -130,6 +134,8 @@ func New(cfg Config) *KME {
 		peers:      map[string]*peer{},
 		connCache:  map[string]cachedConn{},
 		issueLocks: map[string]*sync.Mutex{},
+		inflight:   map[string]*encCall{},
+		burned:     map[string]time.Time{},
 		done:       make(chan struct{}),
 	}
 	for id, addrs := range cfg.Peers {
@@ -286,11 +292,62 @@ func (k *KME) EncKeys(ctx context.Context, r etsi.EncRequest) ([]etsi.Key, error
 	return out, err
 }
 
+// localEncKeys runs enc_keys on the leader. A request ID already being
+// served here (a forwarding retry racing its first attempt) shares the
+// first attempt's outcome; a request ID whose keys were burned is refused.
 func (k *KME) localEncKeys(ctx context.Context, in encArgs) ([]etsi.Key, error) {
-	r := in.EncRequest
 	if in.RequestID == "" {
 		return nil, fmt.Errorf("%w: empty request ID", etsi.ErrBadRequest)
 	}
+	k.reqMu.Lock()
+	if c, ok := k.inflight[in.RequestID]; ok {
+		k.reqMu.Unlock()
+		select {
+		case <-c.done:
+			return c.keys, c.err
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", etsi.ErrUnavailable, ctx.Err())
+		}
+	}
+	if _, ok := k.burned[in.RequestID]; ok {
+		k.reqMu.Unlock()
+		return nil, fmt.Errorf("%w: request %s failed and its keys were burned", etsi.ErrUnavailable, in.RequestID)
+	}
+	c := &encCall{done: make(chan struct{})}
+	k.inflight[in.RequestID] = c
+	k.reqMu.Unlock()
+	c.keys, c.err = k.encKeysOnce(ctx, in)
+	k.reqMu.Lock()
+	delete(k.inflight, in.RequestID)
+	k.reqMu.Unlock()
+	close(c.done)
+	return c.keys, c.err
+}
+
+type encCall struct {
+	done chan struct{}
+	keys []etsi.Key
+	err  error
+}
+
+// noteBurned remembers a burned request ID for a while (retries of it come
+// within the caller's deadline).
+func (k *KME) noteBurned(requestID string) {
+	k.reqMu.Lock()
+	defer k.reqMu.Unlock()
+	now := time.Now()
+	if len(k.burned) > 1024 {
+		for id, at := range k.burned {
+			if now.Sub(at) > time.Minute {
+				delete(k.burned, id)
+			}
+		}
+	}
+	k.burned[requestID] = now
+}
+
+func (k *KME) encKeysOnce(ctx context.Context, in encArgs) ([]etsi.Key, error) {
+	r := in.EncRequest
 	if r.Number <= 0 || r.Size <= 0 || r.Size%8 != 0 {
 		return nil, fmt.Errorf("%w: number and size must be positive, size a multiple of 8", etsi.ErrBadRequest)
 	}
@@ -339,6 +396,10 @@ func (k *KME) localEncKeys(ctx context.Context, in encArgs) ([]etsi.Key, error) 
 		if errors.Is(err, raftstore.ErrConnectionNotFound) {
 			k.forget(r.MasterSAE, r.SlaveSAE)
 		}
+		if errors.Is(err, raftstore.ErrKeyNotFound) {
+			// A retried request whose keys were burned after a failed relay.
+			return nil, fmt.Errorf("%w: %v", etsi.ErrUnavailable, err)
+		}
 		return nil, err
 	}
 	// From here on the keys exist: never report not-leader (that would make
@@ -349,6 +410,7 @@ func (k *KME) localEncKeys(ctx context.Context, in encArgs) ([]etsi.Key, error) 
 		err = p.wait(it)
 	}
 	if err != nil {
+		k.noteBurned(in.RequestID)
 		k.burnAfterFailedRelay(p, issued.Assignment, err)
 		return nil, fmt.Errorf("%w: relay to %s failed, %d keys burned", etsi.ErrUnavailable, c.TargetKME, len(ids))
 	}
