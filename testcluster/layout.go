@@ -200,15 +200,14 @@ func Generate(o LayoutOptions) (*Layout, error) {
 			if o.ListenFn != nil {
 				n.Listen = o.ListenFn(s, i)
 			}
-			if s.SeedPort != 0 && i == 1 {
-				n.SeedListen = net.JoinHostPort(s.Host, strconv.Itoa(s.SeedPort))
-				site.SeedAddr = n.SeedListen
-			}
-			if o.SeedFn != nil {
+			switch {
+			case o.SeedFn != nil:
 				n.SeedListen = o.SeedFn(s, i)
-				if n.SeedListen != "" && site.SeedAddr == "" {
-					site.SeedAddr = n.SeedListen
-				}
+			case s.SeedPort != 0 && i == 1:
+				n.SeedListen = net.JoinHostPort(s.Host, strconv.Itoa(s.SeedPort))
+			}
+			if n.SeedListen != "" && site.SeedAddr == "" {
+				site.SeedAddr = n.SeedListen
 			}
 			n.ConfigPath = filepath.Join(dir, "config", n.ID+".json")
 			n.DataDir = filepath.Join(dir, "data", n.ID)

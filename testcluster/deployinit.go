@@ -1,0 +1,135 @@
+package testcluster
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// ComposeHost is the service/host name of node i of a site in the compose
+// deployment: the KME ID with '_' turned into '-', then "-i"
+// (sender_app → sender-app-1).
+func ComposeHost(kmeID string, i int) string {
+	return strings.ReplaceAll(kmeID, "_", "-") + "-" + strconv.Itoa(i)
+}
+
+// ComposePort is the TLS port every node listens on inside its container.
+const ComposePort = 8443
+
+// InitOptions configures DemoInitLayout.
+type InitOptions struct {
+	Out              string
+	Nodes            int
+	Sender, Receiver string
+	SAEs             []string
+	// Compose: node i of a site is host ComposeHost(kme, i), listening on
+	// 0.0.0.0:8443; node 1 serves the seed API on 0.0.0.0:SeedPort.
+	// Otherwise loopback ports as in the demo.
+	Compose                          bool
+	SenderPort, ReceiverPort         int
+	SenderSeedPort, ReceiverSeedPort int
+	LogLevel                         string
+}
+
+// DemoInitLayout writes the PKI, KEKs and configs for two sites.
+func DemoInitLayout(o InitOptions) (*Layout, error) {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Sender == "" {
+		o.Sender = DefaultSender
+	}
+	if o.Receiver == "" {
+		o.Receiver = DefaultReceiver
+	}
+	if o.SAEs == nil {
+		o.SAEs = []string{"ghi", "jkl"}
+	}
+	lo := LayoutOptions{
+		Dir: o.Out,
+		Sites: []SiteSpec{
+			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: o.SenderPort, SeedPort: o.SenderSeedPort},
+			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: o.ReceiverPort, SeedPort: o.ReceiverSeedPort},
+		},
+		SAEs:     o.SAEs,
+		LogLevel: o.LogLevel,
+	}
+	if o.Compose {
+		lo.AdvertiseFn = func(s SiteSpec, i int) string {
+			return net.JoinHostPort(ComposeHost(s.KMEID, i), strconv.Itoa(ComposePort))
+		}
+		lo.ListenFn = func(SiteSpec, int) string { return "0.0.0.0:" + strconv.Itoa(ComposePort) }
+		lo.SeedFn = func(s SiteSpec, i int) string {
+			if i != 1 || s.SeedPort == 0 {
+				return ""
+			}
+			return "0.0.0.0:" + strconv.Itoa(s.SeedPort)
+		}
+	}
+	return Generate(lo)
+}
+
+// DemoInit is `qkdkms demo-init`: the CLI shape for the dispatch table. The
+// compose deployment's init service runs it (`demo-init --out /qkd
+// --compose`) before the nodes start; running it again keeps the CA, the
+// certificates and the KEKs.
+func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo-init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o InitOptions
+	var saes string
+	fs.StringVar(&o.Out, "out", ".demo", "directory to write pki/, kek/, config/ into")
+	fs.IntVar(&o.Nodes, "nodes", 3, "nodes per site")
+	fs.StringVar(&o.Sender, "sender", DefaultSender, "KME ID of the first site")
+	fs.StringVar(&o.Receiver, "receiver", DefaultReceiver, "KME ID of the second site")
+	fs.StringVar(&saes, "sae", "ghi,jkl", "comma-separated SAE IDs to issue client certificates for")
+	fs.BoolVar(&o.Compose, "compose", false, "docker-compose naming: host <kme>-<i> (underscores as dashes), listen 0.0.0.0:8443")
+	fs.IntVar(&o.SenderPort, "sender-port", 8443, "first site's node 1 port (loopback mode)")
+	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "second site's node 1 port (loopback mode)")
+	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "first site's seed API port on node 1 (0 = off)")
+	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "second site's seed API port on node 1 (0 = off)")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "node log level")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: qkdkms demo-init [flags]")
+		fmt.Fprintln(stderr, "Writes a demo PKI, site KEKs and node configs for two sites (kept if present).")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	o.SAEs = nil
+	for _, s := range strings.Split(saes, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.SAEs = append(o.SAEs, s)
+		}
+	}
+	if o.Compose {
+		o.SenderPort, o.ReceiverPort = ComposePort, ComposePort
+	}
+	l, err := DemoInitLayout(o)
+	if err != nil {
+		fmt.Fprintf(stderr, "qkdkms demo-init: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wrote %s: PKI in %s\n", l.Dir, l.PKIDir)
+	for _, s := range l.Sites {
+		for _, n := range s.Nodes {
+			fmt.Fprintf(stdout, "  %-16s %-24s config %s\n", n.ID, n.Advertise, n.ConfigPath)
+		}
+		if s.SeedAddr != "" {
+			fmt.Fprintf(stdout, "  %-16s seed API on %s\n", s.KMEID, s.SeedAddr)
+		}
+	}
+	return 0
+}
