@@ -320,6 +320,9 @@ func (n *Node) Ready() (bool, string) {
 	if applied < commit {
 		return false, fmt.Sprintf("applying: %d of %d", applied, commit)
 	}
+	if n.store.IsLeader() && st["leader_ready"] != "true" {
+		return false, "new leader: waiting for its barrier"
+	}
 	return true, ""
 }
 

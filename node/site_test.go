@@ -69,6 +69,23 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 		t.Fatalf("servers after remove: %+v, %v", res, err)
 	}
 
+	// Removing the leader itself, asked through a follower: the site goes on
+	// with two voters under a new leader.
+	res, err = admin.Remove(ctx, leader.ID())
+	if err != nil {
+		t.Fatalf("remove the leader: %v", err)
+	}
+	leader.Kill()
+	site.drop(leader.ID())
+	newLeader := site.leader()
+	if newLeader.ID() == leader.ID() {
+		t.Fatal("removed leader still leads")
+	}
+	waitFor(t, "two servers", func() bool {
+		r, err := admin.Servers(ctx)
+		return err == nil && len(r.Servers) == 2 && r.Leader == newLeader.ID()
+	})
+
 	// Bad requests are refused without forwarding.
 	if _, err := admin.Join(ctx, "", "127.0.0.1:1"); !errors.Is(err, ErrAdmin) || !strings.Contains(err.Error(), CodeBadRequest) {
 		t.Errorf("join without id: %v", err)
