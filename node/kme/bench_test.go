@@ -28,7 +28,7 @@ func BenchmarkETSIRoundTrip(b *testing.B) {
 }
 
 func benchRoundTrip(b *testing.B, pairs int, leaderOnly bool) {
-	w := newWorld(b, worldOpts{nodes: 3, quiet: true, timing: os.Getenv("KME_BENCH_TIMING") != "", noSync: os.Getenv("KME_BENCH_NOSYNC") != ""}, siteA, siteB)
+	w := newWorld(b, worldOpts{nodes: 3, quiet: true, raftDefaults: true, timing: os.Getenv("KME_BENCH_TIMING") != "", noSync: os.Getenv("KME_BENCH_NOSYNC") != ""}, siteA, siteB)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	masters := make([]*sae, pairs)
@@ -94,7 +94,9 @@ func benchRoundTrip(b *testing.B, pairs int, leaderOnly bool) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	b.ReportMetric((cpuTime()-cpu0).Seconds()/elapsed.Seconds(), "cpu-cores")
+	cpu := (cpuTime() - cpu0).Seconds()
+	b.ReportMetric(cpu/elapsed.Seconds(), "cpu-cores")
+	b.ReportMetric(cpu*1000/float64(b.N), "cpu-ms/pair")
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("%d of %d pairs failed, first: %v", n, b.N, firstErr.Load())
 	}

@@ -64,6 +64,9 @@ type worldOpts struct {
 	noSync bool // fsync off in the bolt log store
 	quiet  bool // discard logs (benchmarks)
 	timing bool // record Site call latencies
+	// raftDefaults keeps hashicorp/raft's production timeouts (1s) instead
+	// of the fast test timeouts (benchmarks: no elections under CPU load).
+	raftDefaults bool
 }
 
 type tbWriter struct{ tb testing.TB }
@@ -143,6 +146,10 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 			}
 		}
 		for _, n := range s.nodes {
+			hb, el, lease := 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+			if opts.raftDefaults {
+				hb, el, lease = 0, 0, 0
+			}
 			st, err := raftstore.Open(context.Background(), raftstore.Config{
 				NodeID:             n.name,
 				DataDir:            tb.TempDir(),
@@ -151,9 +158,9 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 				Bootstrap:          servers,
 				Logger:             slog.New(slog.DiscardHandler), // raft's connection errors after kills are noise here
 				NoSync:             opts.noSync,
-				HeartbeatTimeout:   200 * time.Millisecond,
-				ElectionTimeout:    200 * time.Millisecond,
-				LeaderLeaseTimeout: 100 * time.Millisecond,
+				HeartbeatTimeout:   hb,
+				ElectionTimeout:    el,
+				LeaderLeaseTimeout: lease,
 				CommitTimeout:      5 * time.Millisecond,
 				RaftLogLevel:       "error",
 			})

@@ -6,15 +6,43 @@
 // (grouped into batches), burning keys whose relay failed, and importing
 // identical key blocks at both sites.
 //
-// Internal HTTP endpoints (all POST, JSON, served by InternalHandler under
-// /internal/):
+// Internal HTTP endpoints, served by InternalHandler under /internal/. All
+// are POST with a JSON body (unknown fields and trailing data refused) and
+// need a verified client certificate with a kme:<KME ID> URI SAN: no such
+// identity → 401, the wrong one → 403. Errors answer
+// {"code": ..., "message": ...}; code is one of not_leader (421),
+// no_leader, unavailable, insufficient_keys (503), unknown_sae,
+// unauthorized (401), keys_not_found, conflict, bad_request (400),
+// forbidden (403). The code, not the status, carries the error across hops.
+// A caller's remaining time travels in X-Qkdkms-Deadline-Ms.
 //
-//	/internal/v1/forward/{op}  same-site nodes only: run op on this node if
-//	                           it is the leader, else answer not_leader
-//	/internal/v1/peer/{op}     peer-site KMEs only: assignments, burn,
-//	                           register, block
-//	/internal/v1/admin/blocks  same-site nodes only: import a block at both
-//	                           sites (see ImportBlock)
+//	/internal/v1/forward/{op}   callers: this site's nodes. Runs op on this
+//	    node if it leads, else answers not_leader (the caller retries at the
+//	    leader). ops and bodies → answers:
+//	      connection      {"master_SAE_ID","slave_SAE_ID"} → ConnectionInfo
+//	      connections_of  {"SAE_ID"} → [ConnectionInfo]
+//	      enc_keys        EncRequest fields + "request_id" → [{"KeyID","Bits"(base64)}]
+//	      dec_keys        DecRequest fields + "request_id" → [{"KeyID","Bits"}]
+//	      register_connection  ConnectionInfo → {}
+//	      import_block    {"master_SAE_ID","slave_SAE_ID","block_id","bits"} → {}
+//	      and the four peer ops below (a peer call that reached a follower).
+//	    (etsi.EncRequest/DecRequest/ConnectionInfo travel with their Go
+//	    field names.)
+//	/internal/v1/peer/{op}      callers: configured peer sites. Runs op on
+//	    this site's leader (forwarding from a follower); a follower names the
+//	    leader's URL in X-Qkdkms-Leader so the peer goes there next time.
+//	      assignments {"assignments":[raftstore.Assignment]} → {"results":[code or ""]}
+//	                  (RecordAssignment of each, in order per connection)
+//	      burn        {"key_IDs":[...]} → {}
+//	      register    {"connection": raftstore.Connection} → {}
+//	      block       {"master_SAE_ID","slave_SAE_ID","block_id","bits"} → {}
+//	    The peer's identity comes from its certificate and must be the
+//	    source (assignments) or the other end (register, block) of each
+//	    connection named.
+//	/internal/v1/admin/blocks   callers: this site's nodes or operators
+//	    (kme-admin:<KME ID>). {"master_SAE_ID","slave_SAE_ID","block_id",
+//	    "bits"(base64)} → {"block_id","bits"(count)}; see ImportBlock.
+//	    AdminHandler serves the same for node to mount at /admin/v1/blocks.
 package kme
 
 import (
