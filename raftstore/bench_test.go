@@ -95,7 +95,7 @@ func BenchmarkSiteIssue(b *testing.B) {
 	}
 	for _, n := range []int{1, 3} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			stores := tcpSite(b, n, false)
+			stores := tcpSite(b, n, os.Getenv("RAFTSTORE_NOSYNC") != "")
 			l := waitLeader(b, stores)
 			ctx := context.Background()
 			if err := l.RegisterConnection(ctx, benchConn); err != nil {

@@ -303,3 +303,87 @@ func TestFailover(t *testing.T) {
 		t.Errorf("stored bits %d > %d", st.StoredBits, want)
 	}
 }
+
+// TestLeaderChangesAndMembership: subscribers see true on the new leader
+// after a graceful shutdown hands leadership over; Join and Remove change
+// the configuration; a joined node catches up to the same digest.
+func TestLeaderChangesAndMembership(t *testing.T) {
+	ctx := ctxT(t)
+	c := storetest.MakeCluster(t, 3)
+	l := c.Leader(t)
+	if err := l.RegisterConnection(ctx, testConn); err != nil {
+		t.Fatal(err)
+	}
+	lid, _ := l.Leader()
+	subs := map[string]<-chan bool{}
+	for i, s := range c.Stores {
+		subs[c.IDs[i]] = s.LeaderChanges(ctx)
+	}
+	if v := <-subs[lid]; !v {
+		t.Fatal("leader's subscription did not start with true")
+	}
+	if err := l.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Stores[c.Index(lid)] = nil
+	if _, ok := <-subs[lid]; ok {
+		// false may arrive before the channel closes
+		for range subs[lid] {
+		}
+	}
+	// Exactly one of the others announces leadership.
+	got := make(chan string, 2)
+	for id, ch := range subs {
+		if id == lid {
+			continue
+		}
+		go func() {
+			for v := range ch {
+				if v {
+					got <- id
+					return
+				}
+			}
+		}()
+	}
+	var newID string
+	select {
+	case newID = <-got:
+	case <-ctx.Done():
+		t.Fatal("no node announced leadership after graceful shutdown")
+	}
+	nl := c.Store(newID)
+	if !nl.IsLeader() {
+		t.Fatalf("%s announced leadership but is not leader", newID)
+	}
+	// Remove the stopped node, then a fresh node joins.
+	if err := nl.Remove(ctx, lid); err != nil {
+		t.Fatal(err)
+	}
+	srvs, err := nl.Servers(ctx)
+	if err != nil || len(srvs) != 2 {
+		t.Fatalf("servers after remove: %v %v", srvs, err)
+	}
+	for _, f := range c.Followers() {
+		if err := f.Join(ctx, "x", "y"); !errors.Is(err, raftstore.ErrNotLeader) {
+			t.Fatalf("join on follower: %v", err)
+		}
+	}
+	if err := nl.AddBlock(ctx, raftstore.Block{ConnectionID: testConn.ID(), BlockID: "b", Bits: randBlock(t, 64)}); err != nil {
+		t.Fatal(err)
+	}
+	nid, ns := c.AddNode(t)
+	if err := nl.Join(ctx, nid, nid); err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.Join(ctx, nid, nid); err != nil {
+		t.Fatalf("second join: %v", err)
+	}
+	c.WaitDigestsEqual(t)
+	if _, d := ns.Digest(); d == "" {
+		t.Fatal("joined node has no state")
+	}
+	if st := ns.LocalConnections(); len(st) != 1 || st[0].StoredBits != 64*8 {
+		t.Fatalf("joined node state %+v", st)
+	}
+}

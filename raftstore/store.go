@@ -33,7 +33,7 @@ const (
 
 // maxInFlight bounds the Raft entries being applied at once (tunable in
 // benchmarks).
-var maxInFlight = 2
+var maxInFlight = 4
 
 // Store is one node's replica of the site state. It implements Admin.
 type Store struct {
@@ -108,7 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.bolt, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync,
-		BoltOptions: &bbolt.Options{Timeout: 2 * time.Second}})
+		BoltOptions: &bbolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}})
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open raft.db: %w", err)
 	}
@@ -138,6 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	rc.Logger = hl
 	rc.NotifyCh = s.notify
 	rc.NoLegacyTelemetry = true
+	rc.BatchApplyCh = true
 	if cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	}

@@ -231,6 +231,32 @@ func (c *Cluster) reconnect() {
 	}
 }
 
+// AddNode starts a new, empty node (no bootstrap) connected to the others.
+// It becomes part of the site once the leader Joins it (id, id as address).
+func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
+	t.Helper()
+	i := len(c.IDs)
+	id := fmt.Sprintf("node%d", i)
+	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
+	cfg := c.cfgs[0]
+	cfg.NodeID, cfg.DataDir, cfg.Transport, cfg.Bootstrap = id, t.TempDir(), tr, nil
+	cfg.Logger = cfg.Logger.With("node", id)
+	c.mu.Lock()
+	c.IDs = append(c.IDs, id)
+	c.Trans = append(c.Trans, tr)
+	c.group = append(c.group, 0)
+	c.cfgs = append(c.cfgs, cfg)
+	c.Stores = append(c.Stores, nil)
+	c.mu.Unlock()
+	c.reconnect()
+	s, err := raftstore.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("open %s: %v", id, err)
+	}
+	c.Stores[i] = s
+	return id, s
+}
+
 // Crash stops node id abruptly (no leadership transfer). Its data stays.
 func (c *Cluster) Crash(id string) {
 	i := c.Index(id)
