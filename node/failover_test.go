@@ -19,12 +19,12 @@ import (
 
 // etsiSAE is an SAE talking HTTPS to nodes with its own certificate.
 type etsiSAE struct {
-	t    *testing.T
+	t    testing.TB
 	id   string
 	http *http.Client
 }
 
-func newSAE(t *testing.T, p *testPKI, id string) *etsiSAE {
+func newSAE(t testing.TB, p *testPKI, id string) *etsiSAE {
 	t.Helper()
 	l, err := p.ca.IssueSAE(id)
 	if err != nil {

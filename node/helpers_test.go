@@ -25,7 +25,7 @@ type testPKI struct {
 	mu  sync.Mutex
 }
 
-func newTestPKI(t *testing.T) *testPKI {
+func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "pki")
 	ca, err := pki.Init(dir)
@@ -38,7 +38,7 @@ func newTestPKI(t *testing.T) *testPKI {
 func (p *testPKI) caFile() string { return filepath.Join(p.dir, "ca.crt") }
 
 // node issues (once) a certificate for node name of kme; returns cert, key paths.
-func (p *testPKI) node(t *testing.T, kme, name string) (string, string) {
+func (p *testPKI) node(t testing.TB, kme, name string) (string, string) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -56,7 +56,7 @@ func (p *testPKI) node(t *testing.T, kme, name string) (string, string) {
 	return crt, filepath.Join(p.dir, file+".key")
 }
 
-func (p *testPKI) operator(t *testing.T, kme string) (string, string) {
+func (p *testPKI) operator(t testing.TB, kme string) (string, string) {
 	t.Helper()
 	name := "op-" + kme
 	l, err := p.ca.IssueOperator(name, kme)
@@ -69,7 +69,7 @@ func (p *testPKI) operator(t *testing.T, kme string) (string, string) {
 	return filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
 }
 
-func (p *testPKI) clientTLS(t *testing.T, certFile, keyFile string) *tls.Config {
+func (p *testPKI) clientTLS(t testing.TB, certFile, keyFile string) *tls.Config {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -78,7 +78,7 @@ func (p *testPKI) clientTLS(t *testing.T, certFile, keyFile string) *tls.Config 
 	return pki.ClientConfig(cert, p.ca.Pool())
 }
 
-func (p *testPKI) adminClient(t *testing.T, kme string, addrs ...string) *AdminClient {
+func (p *testPKI) adminClient(t testing.TB, kme string, addrs ...string) *AdminClient {
 	t.Helper()
 	crt, key := p.operator(t, kme)
 	c, err := NewAdminClient(addrs, p.caFile(), crt, key)
@@ -90,7 +90,7 @@ func (p *testPKI) adminClient(t *testing.T, kme string, addrs ...string) *AdminC
 
 // testSite is a site of in-process nodes on loopback.
 type testSite struct {
-	t      *testing.T
+	t      testing.TB
 	pki    *testPKI
 	kme    string
 	kek    string
@@ -103,11 +103,15 @@ type testSite struct {
 	logger *slog.Logger
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+func testLogger(t testing.TB) *slog.Logger {
+	lvl := slog.LevelInfo
+	if _, bench := t.(*testing.B); bench {
+		lvl = slog.LevelError // benchmark logs are always printed
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: lvl}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	defer func() { _ = recover() }() // a log line after the test ended
@@ -116,7 +120,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // newTestSite starts n bootstrapped nodes of KME kme.
-func newTestSite(t *testing.T, p *testPKI, kme string, n int, peers map[string][]string) *testSite {
+func newTestSite(t testing.TB, p *testPKI, kme string, n int, peers map[string][]string) *testSite {
 	t.Helper()
 	s := allocSite(t, p, kme, n)
 	s.boot(peers)
@@ -125,7 +129,7 @@ func newTestSite(t *testing.T, p *testPKI, kme string, n int, peers map[string][
 
 // allocSite reserves the listeners of n nodes (so peers can be configured
 // before any node starts); boot starts them.
-func allocSite(t *testing.T, p *testPKI, kme string, n int) *testSite {
+func allocSite(t testing.TB, p *testPKI, kme string, n int) *testSite {
 	t.Helper()
 	s := &testSite{t: t, pki: p, kme: kme, nodes: map[string]*Node{}, addrs: map[string]string{},
 		dirs: map[string]string{}, lns: map[string]net.Listener{}, logger: testLogger(t)}
@@ -315,5 +319,5 @@ func (s *testSite) closeAll() {
 }
 
 func httpClient(cfg *tls.Config) *http.Client {
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
 }
