@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
+	mrand "math/rand/v2"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -446,5 +449,88 @@ func TestSeedDecKeys(t *testing.T) {
 	}
 	if _, err := fb.DecKeys(ctx, etsi.DecRequest{KeyIDs: []string{newUUID()}, Seed: true}); !errors.Is(err, etsi.ErrKeysNotFound) {
 		t.Fatalf("unknown key: want ErrKeysNotFound, got %v", err)
+	}
+}
+
+// Leaders of both sites die while masters keep calling enc_keys through
+// followers: calls may fail (503) while there is no leader, but every key a
+// master received is fetched by its slave with the same bytes, once, and
+// no key is issued twice.
+func TestLeaderLossUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
+	ctx := ctxT(t)
+	const pairs = 4
+	var masters, slaves []*sae
+	for i := range pairs {
+		masters = append(masters, w.sae(fmt.Sprintf("lm%d", i)))
+		slaves = append(slaves, w.sae(fmt.Sprintf("ls%d", i)))
+		w.register(ctx, siteA, w.connection(siteA, siteB, masters[i].id, slaves[i].id))
+		w.importBits(ctx, siteA, masters[i].id, slaves[i].id, 32*400)
+	}
+	type got struct {
+		pair int
+		key  keyObj
+	}
+	var mu sync.Mutex
+	var received []got
+	var failures int
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Any live node of A; a killed node's connection errors count as failures.
+				a := w.sites[siteA]
+				n := a.nodes[mrand.IntN(len(a.nodes))]
+				if n.dead.Load() {
+					continue
+				}
+				c, cancel := context.WithTimeout(ctx, 5*time.Second)
+				enc, err := masters[i].enc(c, n, slaves[i].id, map[string]any{"number": 2})
+				cancel()
+				mu.Lock()
+				if err != nil {
+					failures++
+				} else {
+					for _, k := range enc.Keys {
+						received = append(received, got{i, k})
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	w.sites[siteA].leader().kill()
+	time.Sleep(700 * time.Millisecond)
+	w.sites[siteB].leader().kill()
+	w.sites[siteB].waitLeader(t)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d keys received, %d failed calls", len(received), failures)
+	if len(received) == 0 {
+		t.Fatal("no key issued at all")
+	}
+	led := newLedger(t)
+	for _, g := range received {
+		led.add(container{Keys: []keyObj{g.key}})
+		dec, err := slaves[g.pair].dec(ctx, w.sites[siteB].follower(0), masters[g.pair].id, g.key.KeyID)
+		if err != nil {
+			t.Fatalf("slave cannot fetch %s the master received: %v", g.key.KeyID, err)
+		}
+		if dec.Keys[0].Key != g.key.Key {
+			t.Fatalf("key %s differs between sites", g.key.KeyID)
+		}
 	}
 }
