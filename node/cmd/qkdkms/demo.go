@@ -1,0 +1,8 @@
+package main
+
+import "qkdkms/testcluster"
+
+func init() {
+	register("demo", "run the two-site demo (make run): demo [flags]", testcluster.RunDemo)
+	register("demo-init", "write a demo layout (PKI, KEKs, node configs): demo-init [flags]", testcluster.DemoInit)
+}
