@@ -1,0 +1,54 @@
+//go:build e2e
+
+package testcluster
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExperimentScenariosShort runs a short version of every process-mode
+// scenario (make e2e) and checks every counter of the checker.
+func TestExperimentScenariosShort(t *testing.T) {
+	needBinary(t)
+	names := ScenarioNames()
+	if s := os.Getenv("TESTCLUSTER_SCENARIOS"); s != "" {
+		names = strings.Split(s, ",")
+	}
+	out := t.TempDir()
+	if d := os.Getenv("TESTCLUSTER_REPORT_DIR"); d != "" {
+		out = d
+	}
+	results, err := Experiment(context.Background(), names, ExperimentOptions{
+		Binary: binary, Out: out, Duration: 12 * time.Second, FetchWindow: 15 * time.Second,
+		Rate: 20, Number: 2, KeyBits: 256,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(filepath.Join(out, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", md)
+	for _, r := range results {
+		if !r.OK() {
+			t.Errorf("%s: error %q, violations %v", r.Scenario, r.Err, r.Report.Violations)
+		}
+		for _, p := range r.Plots {
+			if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
+				t.Errorf("%s: plot %s missing", r.Scenario, p)
+			}
+		}
+		if r.Report != nil && r.Report.ByKind[OpEnc].Successes == 0 {
+			t.Errorf("%s: no enc_keys succeeded", r.Scenario)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "report.json")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,165 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Env is what a scenario's fault function works with.
+type Env struct {
+	C *Cluster
+	H *History
+	// Site is the site the fault targets (the master site unless the
+	// scenario says otherwise).
+	Site string
+}
+
+// Scenario is a named fault run during a workload. Fault runs alongside the
+// workload and must return (healed) before ctx ends; it records EventFault
+// and EventHeal marks in the history.
+type Scenario struct {
+	Name        string
+	Description string
+	// Slave targets the slave site instead of the master site.
+	Slave bool
+	Fault func(ctx context.Context, e *Env) error
+}
+
+// Scenarios are the process-mode scenarios, by name.
+var Scenarios = map[string]Scenario{
+	"none": {
+		Name: "none", Description: "no fault: the baseline",
+		Fault: func(ctx context.Context, e *Env) error { return nil },
+	},
+	"leader-kill": {
+		Name: "leader-kill", Description: "SIGKILL the master site's leader every 5 s, restart it 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error { return killRestart(ctx, e, "", time.Second) })
+		},
+	},
+	"slave-leader-kill": {
+		Name: "slave-leader-kill", Slave: true, Description: "SIGKILL the slave site's leader every 5 s, restart it 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error { return killRestart(ctx, e, "", time.Second) })
+		},
+	},
+	"follower-kill": {
+		Name: "follower-kill", Description: "SIGKILL a follower of the master site, restart it 2 s later, every 5 s",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error {
+				l, err := e.C.WaitLeader(ctx, e.Site)
+				if err != nil {
+					return err
+				}
+				for _, id := range e.C.Nodes(e.Site) {
+					if id != l {
+						return killRestart(ctx, e, id, 2*time.Second)
+					}
+				}
+				return nil
+			})
+		},
+	},
+	"leader-stop": {
+		Name: "leader-stop", Description: "SIGSTOP the master site's leader for 5 s, then SIGCONT",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(EventFault, "SIGSTOP "+l)
+			if err := e.C.Stop(l); err != nil {
+				return err
+			}
+			sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err = e.C.Cont(l)
+			e.H.Mark(EventHeal, "SIGCONT "+l)
+			return err
+		},
+	},
+	"site-restart": {
+		Name: "site-restart", Description: "SIGKILL all nodes of the master site at once, restart them 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			ids := e.C.Nodes(e.Site)
+			e.H.Mark(EventFault, "SIGKILL every node of "+e.Site)
+			for _, id := range ids {
+				if err := e.C.Kill(id); err != nil {
+					return err
+				}
+			}
+			sleep(context.WithoutCancel(ctx), time.Second)
+			for _, id := range ids {
+				if err := e.C.StartNode(id); err != nil {
+					return err
+				}
+			}
+			e.H.Mark(EventHeal, "restarted "+e.Site)
+			return nil
+		},
+	},
+}
+
+// ScenarioNames lists the scenarios in a stable order.
+func ScenarioNames() []string {
+	out := make([]string, 0, len(Scenarios))
+	for n := range Scenarios {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// killRestart SIGKILLs node id (the site's leader when id is "") and
+// restarts it after down.
+func killRestart(ctx context.Context, e *Env, id string, down time.Duration) error {
+	if id == "" {
+		l, err := e.C.WaitLeader(ctx, e.Site)
+		if err != nil {
+			return err
+		}
+		id = l
+	}
+	e.H.Mark(EventFault, "SIGKILL "+id)
+	if err := e.C.Kill(id); err != nil {
+		return err
+	}
+	sleep(context.WithoutCancel(ctx), down)
+	if err := e.C.StartNode(id); err != nil {
+		return err
+	}
+	e.H.Mark(EventHeal, "restart "+id)
+	return nil
+}
+
+// every runs f after each period until ctx ends, leaving one period of
+// quiet at the end (no fault starts in the last period).
+func every(ctx context.Context, period time.Duration, f func() error) error {
+	dl, hasDL := ctx.Deadline()
+	for {
+		if !sleep(ctx, period) {
+			return nil
+		}
+		if hasDL && time.Until(dl) < period {
+			return nil
+		}
+		if err := f(); err != nil {
+			return fmt.Errorf("fault: %w", err)
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
