@@ -214,14 +214,15 @@ func checkID(id string) error {
 }
 
 // SAEID returns the SAE ID a verified client certificate carries: the URI
-// SAN "sae:<ID>", else the subject CN.
+// SAN "sae:<ID>", else the subject CN. Node (kme:) and operator (kme-admin:)
+// certificates are never SAEs.
 func SAEID(cert *x509.Certificate) (string, error) {
 	for _, u := range cert.URIs {
 		if u.Scheme == saeScheme && u.Opaque != "" {
 			return u.Opaque, nil
 		}
 	}
-	if cert.Subject.CommonName != "" && KMEID(cert) == "" {
+	if cert.Subject.CommonName != "" && KMEID(cert) == "" && OperatorKME(cert) == "" {
 		return cert.Subject.CommonName, nil
 	}
 	return "", ErrNoIdentity

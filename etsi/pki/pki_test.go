@@ -101,6 +101,13 @@ func TestCNFallbackAndBadNames(t *testing.T) {
 			t.Errorf("IssueSAE(%q) accepted", bad)
 		}
 	}
+	op, err := ca.IssueOperator("alice", "sender_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := SAEID(parse(t, op)); err == nil {
+		t.Fatalf("operator certificate read as SAE %q", id)
+	}
 	if _, err := l.TLS(); err != nil {
 		t.Fatal(err)
 	}
