@@ -133,8 +133,9 @@ type fsm struct {
 	st    *fsmState
 	index uint64
 
-	applied uint64 // commands applied (batch members count singly)
-	batches uint64
+	applied  uint64 // commands applied (batch members count singly)
+	restores uint64 // snapshots restored (at start or installed from the leader)
+	batches  uint64
 }
 
 func newFSM() *fsm { return &fsm{st: newState()} }
@@ -786,6 +787,7 @@ type snapReq struct {
 
 type snapState struct {
 	Version int        `json:"version"`
+	Index   uint64     `json:"index"` // last command index applied
 	Now     int64      `json:"now"`
 	Conns   []snapConn `json:"conns"`
 	Keys    []snapKey  `json:"keys"`
@@ -864,7 +866,9 @@ type fsmSnapshot struct{ s *snapState }
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return &fsmSnapshot{s: f.st.export()}, nil
+	s := f.st.export()
+	s.Index = f.index
+	return &fsmSnapshot{s: s}, nil
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -891,6 +895,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.st = st
+	f.index = s.Index
+	f.restores++
 	f.mu.Unlock()
 	return nil
 }
@@ -929,5 +935,6 @@ func (f *fsm) stats() map[string]string {
 		"fsm_requests":     fmt.Sprint(len(f.st.reqs)),
 		"fsm_applied_cmds": fmt.Sprint(f.applied),
 		"fsm_batches":      fmt.Sprint(f.batches),
+		"fsm_restores":     fmt.Sprint(f.restores),
 	}
 }
