@@ -35,28 +35,34 @@ func mulShoup(a, w, ws uint32) uint32 {
 	return a*w - q*P
 }
 
-// tables holds, for a transform of size n, the twiddles ω^j (j < n/2) for
-// the forward and the inverse transform and their Shoup quotients.
+// tables holds the twiddles of a transform of size n, stage by stage and
+// contiguous: tw[h+j] = ω_{2h}^j for the stage with half-size h (j < h), with
+// their Shoup quotients. The inverse transform uses ω_{2h}^{-j} =
+// P − ω_{2h}^{h−j}, whose quotient is the bitwise complement.
 type tables struct {
 	n          int
-	w, ws      []uint32 // forward: ω_n^j
-	iw, iws    []uint32 // inverse: ω_n^-j
-	scale      uint32   // n^-1 · R (R = 2^32 mod P, undoes Montgomery)
+	tw, tws    []uint32
+	scale      uint32 // n^-1 · R (R = 2^32 mod P, undoes Montgomery)
 	scaleShoup uint32
 }
 
 func newTables(logn uint) *tables {
 	n := 1 << logn
+	t := &tables{n: n, tw: make([]uint32, n), tws: make([]uint32, n)}
 	h := n / 2
-	t := &tables{n: n, w: make([]uint32, h), ws: make([]uint32, h), iw: make([]uint32, h), iws: make([]uint32, h)}
 	om := powmod(root, uint64(P-1)>>logn)
-	iom := powmod(om, uint64(P-2))
-	x, y := uint64(1), uint64(1)
+	x := uint64(1)
 	for j := 0; j < h; j++ {
-		t.w[j], t.ws[j] = uint32(x), shoup(uint32(x))
-		t.iw[j], t.iws[j] = uint32(y), shoup(uint32(y))
+		t.tw[h+j] = uint32(x)
 		x = x * om % uint64(P)
-		y = y * iom % uint64(P)
+	}
+	for hh := h / 2; hh >= 1; hh /= 2 {
+		for j := 0; j < hh; j++ {
+			t.tw[hh+j] = t.tw[2*hh+2*j]
+		}
+	}
+	for i := 1; i < n; i++ {
+		t.tws[i] = shoup(t.tw[i])
 	}
 	ninv := powmod(uint64(n), uint64(P-2))
 	r := (uint64(1) << 32) % uint64(P)
@@ -70,7 +76,6 @@ func newTables(logn uint) *tables {
 func (t *tables) forward(a []uint32) {
 	n := t.n
 	for half := n / 2; half >= 1; half >>= 1 {
-		stride := (n / 2) / half
 		if half == 1 {
 			for i := 0; i < n; i += 2 {
 				u, v := a[i], a[i+1]
@@ -86,18 +91,20 @@ func (t *tables) forward(a []uint32) {
 			}
 			continue
 		}
+		w := t.tw[half : 2*half : 2*half]
+		ws := t.tws[half : 2*half : 2*half]
 		for start := 0; start < n; start += 2 * half {
 			x := a[start : start+half : start+half]
 			y := a[start+half : start+2*half : start+2*half]
+			y = y[:len(x)]
 			for j := range x {
 				u, v := x[j], y[j]
 				s := u + v
 				if s >= twoP {
 					s -= twoP
 				}
-				k := j * stride
 				x[j] = s
-				y[j] = mulShoup(u-v+twoP, t.w[k], t.ws[k])
+				y[j] = mulShoup(u-v+twoP, w[j], ws[j])
 			}
 		}
 	}
@@ -108,7 +115,6 @@ func (t *tables) forward(a []uint32) {
 func (t *tables) inverse(a []uint32) {
 	n := t.n
 	for half := 1; half < n; half <<= 1 {
-		stride := (n / 2) / half
 		if half == 1 {
 			for i := 0; i < n; i += 2 {
 				u, v := a[i], a[i+1]
@@ -124,13 +130,28 @@ func (t *tables) inverse(a []uint32) {
 			}
 			continue
 		}
+		w := t.tw[half : 2*half : 2*half]
+		ws := t.tws[half : 2*half : 2*half]
 		for start := 0; start < n; start += 2 * half {
 			x := a[start : start+half : start+half]
 			y := a[start+half : start+2*half : start+2*half]
-			for j := range x {
-				k := j * stride
+			y = y[:len(x)]
+			// j = 0: twiddle 1
+			{
+				u, v := x[0], y[0]
+				s := u + v
+				if s >= twoP {
+					s -= twoP
+				}
+				d := u - v + twoP
+				if d >= twoP {
+					d -= twoP
+				}
+				x[0], y[0] = s, d
+			}
+			for j := 1; j < len(x); j++ {
 				u := x[j]
-				v := mulShoup(y[j], t.iw[k], t.iws[k])
+				v := mulShoup(y[j], P-w[half-j], ^ws[half-j])
 				s := u + v
 				if s >= twoP {
 					s -= twoP
