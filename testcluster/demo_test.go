@@ -3,6 +3,9 @@ package testcluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +51,7 @@ func TestDemoRunsTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := DemoOptions{Binary: binary, Dir: dir, SenderPort: sp, ReceiverPort: rp,
-		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1], Refresh: 200 * time.Millisecond, Plain: true}
+		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1], Refresh: 200 * time.Millisecond, Plain: true, Feed: true}
 	var caBefore []byte
 	for run := 1; run <= 2; run++ {
 		out := &syncBuffer{}
@@ -56,8 +59,14 @@ func TestDemoRunsTwice(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- Demo(ctx, opts, out) }()
 		deadline := time.After(60 * time.Second)
+		// The second run must show the connection (and its pool) the first
+		// run registered: the data survived the restart.
+		want := "site receiver_app   leader receiver_app-"
+		if run == 2 {
+			want = "ghi→jkl"
+		}
 		for !(strings.Contains(out.String(), "site sender_app     leader sender_app-") &&
-			strings.Contains(out.String(), "site receiver_app   leader receiver_app-")) {
+			strings.Contains(out.String(), want)) {
 			select {
 			case err := <-done:
 				cancel()
@@ -68,6 +77,9 @@ func TestDemoRunsTwice(t *testing.T) {
 				t.Fatalf("run %d: no leaders on the status screen:\n%s", run, out.String())
 			case <-time.After(100 * time.Millisecond):
 			}
+		}
+		if run == 1 {
+			seedWorkflow(t, seeds[0], seeds[1])
 		}
 		cancel()
 		if err := <-done; err != nil {
@@ -95,4 +107,64 @@ func TestDemoRunsTwice(t *testing.T) {
 			}
 		}
 	}
+}
+
+// seedWorkflow runs the seed README's three curl lines (as HTTP requests,
+// same methods, bodies and headers) against the demo: register, get a key
+// at the master side, fetch it by ID at the slave side; the bytes match.
+func seedWorkflow(t *testing.T, senderPort, receiverPort int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	post := func(url, ctype, body string) (int, map[string]any) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// curl --data sets this Content-Type unless --header overrides it.
+		req.Header.Set("Content-Type", ctype)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	code, m := post(fmt.Sprintf("http://localhost:%d/register_connection", senderPort), "application/json", `{
+  "source_KME_ID": "sender_app",
+  "target_KME_ID": "receiver_app",
+  "master_SAE_ID": "ghi",
+  "slave_SAE_ID": "jkl",
+  "key_size": 8,
+  "max_keys_count": 10,
+  "max_key_per_request": 1,
+  "max_SAE_ID_count": 0
+
+}`)
+	if code != http.StatusOK {
+		t.Fatalf("register_connection: %d %v", code, m)
+	}
+	// The demo feeder fills the pool; get_key answers 503 until it has.
+	var master map[string]any
+	for {
+		code, master = post(fmt.Sprintf("http://127.0.0.1:%d/get_key?slave_host=jkl", senderPort), "application/x-www-form-urlencoded", "")
+		if code == http.StatusOK {
+			break
+		}
+		if code != http.StatusServiceUnavailable || ctx.Err() != nil {
+			t.Fatalf("master get_key: %d %v", code, master)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	id, _ := master["key_id"].(string)
+	code, slave := post(fmt.Sprintf("http://127.0.0.1:%d/get_key?key_id=%s", receiverPort, id), "application/x-www-form-urlencoded", "")
+	if code != http.StatusOK {
+		t.Fatalf("slave get_key: %d %v", code, slave)
+	}
+	if slave["key_id"] != id || slave["key_data"] != master["key_data"] || master["key_data"] == "" {
+		t.Fatalf("slave got %v, master got %v", slave, master)
+	}
+	t.Logf("seed workflow: key %s = %v at both sites", id, master["key_data"])
 }
