@@ -32,12 +32,14 @@ const (
 	opPeerBurn        = "burn"
 	opPeerRegister    = "register"
 	opPeerBlock       = "block"
+	opPeerStatus      = "status"
 )
 
 // Request bodies of the internal endpoints (the etsi request types travel
 // as they are: EncRequest, DecRequest, ConnectionInfo).
 type (
 	connArgs struct {
+		From   string `json:"from,omitempty"` // peer status: set from the caller's certificate
 		Master string `json:"master_SAE_ID"`
 		Slave  string `json:"slave_SAE_ID"`
 	}

@@ -46,8 +46,10 @@ type tnode struct {
 type tsite struct {
 	id    string
 	nodes []*tnode
-	// cut makes this site's servers drop every peer (inter-site) call.
-	cut atomic.Bool
+	// cut makes this site's servers drop every peer (inter-site) call;
+	// cutOnly, when set, limits that to paths with this prefix.
+	cut     atomic.Bool
+	cutOnly atomic.Value // string
 }
 
 type world struct {
@@ -212,7 +214,8 @@ func (n *tnode) handler() http.Handler {
 			api.ServeHTTP(w, r)
 			return
 		}
-		if n.site.cut.Load() && strings.HasPrefix(r.URL.Path, "/internal/v1/peer/") {
+		only, _ := n.site.cutOnly.Load().(string)
+		if n.site.cut.Load() && strings.HasPrefix(r.URL.Path, "/internal/v1/peer/") && strings.HasPrefix(r.URL.Path, only) {
 			if hj, ok := w.(http.Hijacker); ok {
 				if c, _, err := hj.Hijack(); err == nil {
 					c.Close()

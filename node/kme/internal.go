@@ -14,6 +14,7 @@ import (
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
+	"qkdkms/raftstore"
 )
 
 // maxBody bounds internal request and answer bodies (a relay batch of 512
@@ -212,6 +213,11 @@ func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
 			err = k.localPeerBlock(ctx, in)
 			out = struct{}{}
 		}
+	case opPeerStatus:
+		var in connArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localPeerStatus(ctx, in.From, in)
+		}
 	default:
 		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
 		return
@@ -270,6 +276,18 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 			in.From = from
 			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerBlock(ctx, in) })
 			out = struct{}{}
+		}
+	case opPeerStatus:
+		var in connArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			var st raftstore.ConnectionStatus
+			err = k.run(ctx, op, in, &st, func(ctx context.Context) error {
+				var err error
+				st, err = k.localPeerStatus(ctx, in.From, in)
+				return err
+			})
+			out = st
 		}
 	default:
 		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)

@@ -36,6 +36,7 @@
 //	      burn        {"key_IDs":[...]} → {}
 //	      register    {"connection": raftstore.Connection} → {}
 //	      block       {"master_SAE_ID","slave_SAE_ID","block_id","bits"} → {}
+//	      status      {"master_SAE_ID","slave_SAE_ID"} → raftstore.ConnectionStatus
 //	    The peer's identity comes from its certificate and must be the
 //	    source (assignments) or the other end (register, block) of each
 //	    connection named.
@@ -107,7 +108,8 @@ type KME struct {
 	connCache  map[string]cachedConn
 	issueLocks map[string]*sync.Mutex // per connection: issue + enqueue in carve order
 
-	importMu sync.Mutex // serializes block imports (pools must stay in step)
+	importMu      sync.Mutex        // serializes block imports (pools must stay in step)
+	pendingImport map[string]string // connection ID → block ID whose import is half done (under importMu)
 
 	reqMu    sync.Mutex
 	inflight map[string]*encCall  // enc_keys request IDs being served here
@@ -153,18 +155,19 @@ func New(cfg Config) *KME {
 		cfg.MaxRelayBatch = 512
 	}
 	k := &KME{
-		id:         cfg.KMEID,
-		site:       cfg.Site,
-		client:     cfg.HTTPClient,
-		resolve:    cfg.ResolveAddr,
-		log:        cfg.Logger.With("kme", cfg.KMEID),
-		cfg:        cfg,
-		peers:      map[string]*peer{},
-		connCache:  map[string]cachedConn{},
-		issueLocks: map[string]*sync.Mutex{},
-		inflight:   map[string]*encCall{},
-		burned:     map[string]time.Time{},
-		done:       make(chan struct{}),
+		id:            cfg.KMEID,
+		site:          cfg.Site,
+		client:        cfg.HTTPClient,
+		resolve:       cfg.ResolveAddr,
+		log:           cfg.Logger.With("kme", cfg.KMEID),
+		cfg:           cfg,
+		peers:         map[string]*peer{},
+		connCache:     map[string]cachedConn{},
+		issueLocks:    map[string]*sync.Mutex{},
+		inflight:      map[string]*encCall{},
+		pendingImport: map[string]string{},
+		burned:        map[string]time.Time{},
+		done:          make(chan struct{}),
 	}
 	for id, addrs := range cfg.Peers {
 		p := &peer{kme: k, id: id}

@@ -534,3 +534,54 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// An import that reached only the slave site must be completed with the
+// same block before any other block, or the two pools would diverge.
+func TestImportOutOfStep(t *testing.T) {
+	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
+	ctx := ctxT(t)
+	w.register(ctx, siteA, w.connection(siteA, siteB, "m", "s"))
+	// Import through the slave site (B): B adds first, then A, which is cut off.
+	fb := w.sites[siteB].follower(0).kme
+	bits := func() []byte { b := make([]byte, 64); rand.Read(b); return b }
+	first, other := bits(), bits()
+	w.sites[siteA].cutOnly.Store("/internal/v1/peer/block")
+	w.sites[siteA].cut.Store(true)
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	err := fb.ImportBlock(short, "m", "s", "blk-1", first)
+	cancel()
+	if !errors.Is(err, etsi.ErrUnavailable) {
+		t.Fatalf("import with the master site cut off: want ErrUnavailable, got %v", err)
+	}
+	w.sites[siteA].cut.Store(false)
+	if a, b := w.connStatus(ctx, siteA, "m", "s"), w.connStatus(ctx, siteB, "m", "s"); a.AddedBlocks != 0 || b.AddedBlocks != 1 {
+		t.Fatalf("half-done import: master %d blocks, slave %d", a.AddedBlocks, b.AddedBlocks)
+	}
+	// Another block is refused, through either site.
+	for _, k := range []*KME{fb, w.sites[siteA].follower(1).kme} {
+		if err := k.ImportBlock(ctx, "m", "s", "blk-2", other); !errors.Is(err, etsi.ErrConflict) {
+			t.Fatalf("other block while out of step (via %s): want ErrConflict, got %v", k.KMEID(), err)
+		}
+	}
+	// The same block completes the import; then the pools agree.
+	if err := fb.ImportBlock(ctx, "m", "s", "blk-1", first); err != nil {
+		t.Fatalf("re-import: %v", err)
+	}
+	if err := fb.ImportBlock(ctx, "m", "s", "blk-2", other); err != nil {
+		t.Fatalf("next import: %v", err)
+	}
+	a, b := w.connStatus(ctx, siteA, "m", "s"), w.connStatus(ctx, siteB, "m", "s")
+	if a.AddedBlocks != 2 || b.AddedBlocks != 2 || a.StoredBits != b.StoredBits {
+		t.Fatalf("after completing: master %+v, slave %+v", a, b)
+	}
+	keys, err := w.sites[siteA].follower(0).kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "m", SlaveSAE: "s", Number: 4, Size: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		got, err := fb.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "s", MasterSAE: "m", KeyIDs: []string{k.KeyID}})
+		if err != nil || !bytes.Equal(got[0].Bits, k.Bits) {
+			t.Fatalf("key %s: %v (equal %v)", k.KeyID, err, err == nil && bytes.Equal(got[0].Bits, k.Bits))
+		}
+	}
+}

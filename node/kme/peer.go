@@ -318,6 +318,20 @@ func (k *KME) localPeerRegister(ctx context.Context, in peerRegisterArgs) error 
 	return nil
 }
 
+// localPeerStatus answers a peer's question about a connection joining
+// the two sites (pool level, blocks added).
+func (k *KME) localPeerStatus(ctx context.Context, from string, in connArgs) (raftstore.ConnectionStatus, error) {
+	s, err := k.site.Connection(ctx, in.Master, in.Slave)
+	if err != nil {
+		return raftstore.ConnectionStatus{}, err
+	}
+	c := s.Connection
+	if !((c.SourceKME == from && c.TargetKME == k.id) || (c.TargetKME == from && c.SourceKME == k.id)) {
+		return raftstore.ConnectionStatus{}, fmt.Errorf("%w: connection %s does not join %s and %s", etsi.ErrUnauthorized, c.ID(), from, k.id)
+	}
+	return s, nil
+}
+
 // localPeerBlock adds a block the peer site imports at both sites.
 func (k *KME) localPeerBlock(ctx context.Context, in blockArgs) error {
 	s, err := k.site.Connection(ctx, in.Master, in.Slave)
@@ -371,6 +385,27 @@ func (k *KME) localImport(ctx context.Context, in blockArgs) error {
 	if p == nil || other == k.id {
 		return fmt.Errorf("%w: connection %s has no peer site configured here", etsi.ErrBadRequest, c.ID())
 	}
+	// Both pools must hold the same blocks in the same order (keys are
+	// ranges of the block stream). A half-done import (slave site only)
+	// must be completed with the same block before any other.
+	var ps raftstore.ConnectionStatus
+	if err := p.call(ctx, opPeerStatus, connArgs{Master: in.Master, Slave: in.Slave}, &ps); err != nil {
+		return fmt.Errorf("pool status at %s: %w", other, err)
+	}
+	slaveAdded, masterAdded := s.AddedBlocks, ps.AddedBlocks
+	if c.SourceKME == k.id {
+		slaveAdded, masterAdded = ps.AddedBlocks, s.AddedBlocks
+	}
+	pending := k.pendingImport[c.ID()]
+	if slaveAdded != masterAdded && pending != in.BlockID {
+		hint := "unknown here"
+		if pending != "" {
+			hint = pending
+		}
+		return fmt.Errorf("%w: pools out of step: slave site %s holds %d blocks, master site %s %d; import the block whose import failed first (%s)",
+			etsi.ErrConflict, c.TargetKME, slaveAdded, c.SourceKME, masterAdded, hint)
+	}
+	k.pendingImport[c.ID()] = in.BlockID
 	remote := func() error {
 		if err := p.call(ctx, opPeerBlock, blockArgs{From: k.id, Master: in.Master, Slave: in.Slave, BlockID: in.BlockID, Bits: in.Bits}, &struct{}{}); err != nil {
 			return fmt.Errorf("import block at %s: %w", other, err)
@@ -387,6 +422,7 @@ func (k *KME) localImport(ctx context.Context, in blockArgs) error {
 			return err
 		}
 	}
+	delete(k.pendingImport, c.ID())
 	k.log.Info("block imported", "master", in.Master, "slave", in.Slave, "block_id", in.BlockID, "bits", len(in.Bits)*8)
 	return nil
 }
