@@ -49,7 +49,8 @@ func withLeader(t *testing.T, c *storetest.Cluster, fn func(s *raftstore.Store) 
 	t.Helper()
 	for i := 0; ; i++ {
 		err := fn(c.Leader(t))
-		if err == nil || i > 50 || !(errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader)) {
+		if err == nil || i > 100 || !(errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader) ||
+			errors.Is(err, raftstore.ErrClosed)) {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -176,12 +177,17 @@ type issuer struct {
 	mu    sync.Mutex
 	ids   map[string]bool
 	bits  map[string]bool
+	reqs  map[string]bool
 	fails int
 }
 
 func (is *issuer) issue(ctx context.Context, t *testing.T, s *raftstore.Store, n int) error {
-	kids := ids(n)
-	iss, err := s.IssueKeys(ctx, raftstore.IssueRequest{RequestID: uuid.NewString(), MasterSAE: "saeA", SlaveSAE: "saeB",
+	return is.issueReq(ctx, t, s, uuid.NewString(), ids(n))
+}
+
+// issueReq issues with a fixed request ID, so callers can retry it.
+func (is *issuer) issueReq(ctx context.Context, t *testing.T, s *raftstore.Store, req string, kids []string) error {
+	iss, err := s.IssueKeys(ctx, raftstore.IssueRequest{RequestID: req, MasterSAE: "saeA", SlaveSAE: "saeB",
 		Slaves: []string{"saeB"}, Size: 256, KeyIDs: kids})
 	is.mu.Lock()
 	defer is.mu.Unlock()
@@ -189,6 +195,10 @@ func (is *issuer) issue(ctx context.Context, t *testing.T, s *raftstore.Store, n
 		is.fails++
 		return err
 	}
+	if is.reqs[req] {
+		return nil // a retry returned the first result again
+	}
+	is.reqs[req] = true
 	for _, k := range iss.Keys {
 		if is.ids[k.KeyID] || is.bits[string(k.Bits)] {
 			t.Errorf("key %s issued twice", k.KeyID)
@@ -220,7 +230,7 @@ func TestFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	is := &issuer{ids: map[string]bool{}, bits: map[string]bool{}}
+	is := &issuer{ids: map[string]bool{}, bits: map[string]bool{}, reqs: map[string]bool{}}
 	round := func(n int) {
 		for i := 0; i < n; i++ {
 			if err := withLeader(t, c, func(s *raftstore.Store) error { return is.issue(ctx, t, s, 4) }); err != nil {
@@ -230,10 +240,27 @@ func TestFailover(t *testing.T) {
 	}
 	round(10)
 
-	// 1. Leader loss.
+	// 1. Leader loss while four callers issue concurrently; each retries
+	// its request (same ID) on whichever node leads until it succeeds.
 	old := c.Leader(t)
 	oldID, _ := old.Leader()
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				req, kids := uuid.NewString(), ids(2)
+				if err := withLeader(t, c, func(s *raftstore.Store) error { return is.issueReq(ctx, t, s, req, kids) }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
 	c.Crash(oldID)
+	wg.Wait()
 	round(10)
 	c.Restart(t, oldID)
 	round(5)

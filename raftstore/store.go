@@ -51,10 +51,12 @@ type Store struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 
-	ready  atomic.Bool // leader and barrier done for this term
-	subsMu sync.Mutex
-	subs   map[chan bool]struct{}
-	last   bool // last value published
+	ready    atomic.Bool // leader and barrier done for this term
+	isLeader atomic.Bool // last value raft notified
+	kick     chan struct{}
+	subsMu   sync.Mutex
+	subs     map[chan bool]struct{}
+	last     bool // last value published
 
 	closeOnce sync.Once
 	closeErr  error
@@ -88,7 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		logger = slog.Default()
 	}
 	s := &Store{cfg: cfg, log: logger.With("node", cfg.NodeID), kek: append([]byte(nil), cfg.KEK...), fsm: newFSM(),
-		notify: make(chan bool, 1), queue: make(chan *op, 4096), stop: make(chan struct{}), subs: map[chan bool]struct{}{}}
+		notify: make(chan bool, 1), kick: make(chan struct{}, 1), queue: make(chan *op, 4096), stop: make(chan struct{}), subs: map[chan bool]struct{}{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -180,8 +182,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}
 	ok = true
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.batcher()
+	go s.pumpNotify()
 	go s.watchLeader()
 	return s, nil
 }
@@ -251,26 +254,50 @@ func waitFuture(ctx context.Context, f raft.Future) error {
 	}
 }
 
+// pumpNotify drains raft's NotifyCh at once (raft blocks on it) and
+// wakes watchLeader, which may be busy with a barrier.
+func (s *Store) pumpNotify() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case v := <-s.notify:
+			s.isLeader.Store(v)
+			if !v {
+				s.ready.Store(false)
+			}
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 func (s *Store) watchLeader() {
 	defer s.wg.Done()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case leader := <-s.notify:
-			if leader {
-				if err := s.raft.Barrier(0).Error(); err != nil || s.raft.State() != raft.Leader {
-					s.log.Warn("barrier after election failed", "err", err)
-					continue
-				}
-				s.ready.Store(true)
-				s.log.Info("became leader")
-			} else {
-				s.ready.Store(false)
-				s.log.Info("lost leadership")
-			}
-			s.publish(leader)
+		case <-s.kick:
 		}
+		if !s.isLeader.Load() {
+			s.ready.Store(false)
+			s.publish(false)
+			continue
+		}
+		if err := s.raft.Barrier(0).Error(); err != nil {
+			s.log.Warn("barrier after election failed", "err", err)
+			continue // a leadership change kicked us again
+		}
+		if !s.isLeader.Load() || s.raft.State() != raft.Leader {
+			continue
+		}
+		s.ready.Store(true)
+		s.log.Info("became leader")
+		s.publish(true)
 	}
 }
 
@@ -279,6 +306,9 @@ func (s *Store) publish(v bool) {
 	defer s.subsMu.Unlock()
 	if v == s.last {
 		return
+	}
+	if !v {
+		s.log.Info("lost leadership")
 	}
 	s.last = v
 	for ch := range s.subs {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +40,9 @@ func WithLogLevel(l slog.Level) Option { return func(o *options) { o.level = l }
 // Quiet discards node logs.
 func Quiet() Option { return func(o *options) { o.silent = true } }
 
-// Cluster is a site of in-memory nodes. Node i has ID "node<i>".
+// Cluster is a site of in-memory nodes. Node i has ID "node<i>". Stores[i]
+// is nil while node i is down; read it directly only when no other
+// goroutine crashes or restarts nodes (else use Leader, Followers, Store).
 type Cluster struct {
 	t      testing.TB
 	KEK    []byte
@@ -127,17 +130,18 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 
 // Shutdown stops every running node (no leadership transfer).
 func (c *Cluster) Shutdown() {
+	c.mu.Lock()
+	stores := slices.Clone(c.Stores)
+	clear(c.Stores)
+	c.mu.Unlock()
 	var wg sync.WaitGroup
-	for i := range c.Stores {
-		if s := c.Stores[i]; s != nil {
+	for _, s := range stores {
+		if s != nil {
 			wg.Add(1)
 			go func() { defer wg.Done(); _ = s.Close() }()
 		}
 	}
 	wg.Wait()
-	for i := range c.Stores {
-		c.Stores[i] = nil
-	}
 }
 
 // Index returns node id's position.
@@ -152,7 +156,12 @@ func (c *Cluster) Index(id string) int {
 }
 
 // Store returns node id's store (nil while down).
-func (c *Cluster) Store(id string) *raftstore.Store { return c.Stores[c.Index(id)] }
+func (c *Cluster) Store(id string) *raftstore.Store {
+	i := c.Index(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Stores[i]
+}
 
 // Config returns node i's config (e.g. its DataDir).
 func (c *Cluster) Config(i int) raftstore.Config { return c.cfgs[i] }
@@ -163,8 +172,8 @@ func (c *Cluster) Leader(t testing.TB) *raftstore.Store {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, s := range c.Stores {
-			if s == nil || !s.IsLeader() {
+		for _, s := range c.running() {
+			if !s.IsLeader() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -183,8 +192,22 @@ func (c *Cluster) Leader(t testing.TB) *raftstore.Store {
 // Followers returns the running nodes that are not leader right now.
 func (c *Cluster) Followers() []*raftstore.Store {
 	var out []*raftstore.Store
+	for _, s := range c.running() {
+		if !s.IsLeader() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// running returns the stores that are up (safe while other goroutines
+// Crash or Restart nodes).
+func (c *Cluster) running() []*raftstore.Store {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*raftstore.Store
 	for _, s := range c.Stores {
-		if s != nil && !s.IsLeader() {
+		if s != nil {
 			out = append(out, s)
 		}
 	}
@@ -260,9 +283,12 @@ func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 // Crash stops node id abruptly (no leadership transfer). Its data stays.
 func (c *Cluster) Crash(id string) {
 	i := c.Index(id)
-	if s := c.Stores[i]; s != nil {
+	c.mu.Lock()
+	s := c.Stores[i]
+	c.Stores[i] = nil
+	c.mu.Unlock()
+	if s != nil {
 		_ = s.Close()
-		c.Stores[i] = nil
 	}
 }
 
@@ -286,7 +312,9 @@ func (c *Cluster) Restart(t testing.TB, id string) *raftstore.Store {
 	if err != nil {
 		t.Fatalf("restart %s: %v", id, err)
 	}
+	c.mu.Lock()
 	c.Stores[i] = s
+	c.mu.Unlock()
 	return s
 }
 
@@ -301,10 +329,7 @@ func (c *Cluster) WaitDigestsEqual(t testing.TB) string {
 		var d0 string
 		same := true
 		last = ""
-		for _, s := range c.Stores {
-			if s == nil {
-				continue
-			}
+		for _, s := range c.running() {
 			idx, d := s.Digest()
 			last += fmt.Sprintf(" %d:%.12s", idx, d)
 			if d0 == "" {
