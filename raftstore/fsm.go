@@ -65,6 +65,16 @@ type connState struct {
 	erased     int64
 	added      int64
 	burnedBits int64
+	holes      []hole // ranges behind carve skipped by relays, reserved for late ones
+}
+
+// hole is a range of the pool stream before the carve position that no
+// recorded assignment covers yet (slave site): the master skipped it
+// (burned it) or its relay is still on the way. A late assignment may fill
+// it; after reqTableAge (leader clock) it is burned.
+type hole struct {
+	start, end int64
+	at         int64
 }
 
 type keyRec struct {
@@ -348,7 +358,7 @@ func (st *fsmState) release(k *keyRec) {
 func (cs *connState) prune() {
 	kept := cs.blocks[:0]
 	for _, b := range cs.blocks {
-		if b.end() <= cs.carve && b.refs <= 0 {
+		if b.end() <= cs.carve && b.refs <= 0 && !cs.overlapsHole(b.start, b.end()) {
 			cs.recent = append(cs.recent, b.id)
 			continue
 		}
@@ -359,6 +369,15 @@ func (cs *connState) prune() {
 	if n := len(cs.recent); n > recentCap {
 		cs.recent = append([]string(nil), cs.recent[n-recentCap:]...)
 	}
+}
+
+func (cs *connState) overlapsHole(start, end int64) bool {
+	for _, h := range cs.holes {
+		if h.start < end && start < h.end {
+			return true
+		}
+	}
+	return false
 }
 
 // finalize removes a key that is no longer fetchable and no longer pinned.
@@ -404,6 +423,9 @@ func (st *fsmState) remember(key string, at int64, code int, caller string, keyI
 // limit, unpinning their keys. Master-side keys whose retry window ended are
 // erased here.
 func (st *fsmState) evict() {
+	for _, cs := range st.conns {
+		cs.burnOldHoles(st.now)
+	}
 	n := 0
 	for n < len(st.order) && (len(st.order)-n > reqTableCap || st.order[n].at < st.now-int64(reqTableAge)) {
 		e := st.order[n]
@@ -571,27 +593,76 @@ func (st *fsmState) record(c *recordCmd) result {
 	}
 	id := Connection{MasterSAE: a.MasterSAE, SlaveSAE: a.SlaveSAE}.ID()
 	cs := st.conns[id]
-	skipped := int64(0)
-	pos := cs.carve
 	for _, kr := range a.Keys {
-		skipped += kr.Offset - pos
+		end := kr.Offset + int64(kr.Bits)
+		if end <= cs.carve {
+			cs.fill(kr.Offset, end)
+		} else {
+			if kr.Offset > cs.carve {
+				cs.holes = append(cs.holes, hole{start: cs.carve, end: kr.Offset, at: c.At})
+			}
+			cs.carve = end
+		}
 		k := &keyRec{id: kr.KeyID, conn: id, role: roleSlave, master: a.MasterSAE, named: slices.Clone(a.Slaves),
 			pending: slices.Clone(a.Slaves), off: kr.Offset, bits: kr.Bits, issuedAt: a.IssuedAt.UnixNano(),
 			requestID: a.RequestID}
 		st.keys[k.id] = k
 		st.acquire(k)
-		pos = kr.Offset + int64(kr.Bits)
 	}
-	cs.carve = pos
 	cs.live += int64(len(a.Keys))
-	if skipped > 0 {
-		// Ranges the master skipped were burned there: burn them here too.
-		cs.burnedBits += skipped
-		cs.burned += (skipped + int64(cs.conn.KeySize) - 1) / int64(cs.conn.KeySize)
-	}
 	cs.prune()
 	st.remember(rk, c.At, 0, "", nil)
 	return result{}
+}
+
+// inHole reports whether [start, end) lies inside one hole.
+func (cs *connState) inHole(start, end int64) bool {
+	for _, h := range cs.holes {
+		if start >= h.start && end <= h.end {
+			return true
+		}
+	}
+	return false
+}
+
+// fill removes [start, end) from the hole containing it.
+func (cs *connState) fill(start, end int64) {
+	for i, h := range cs.holes {
+		if start >= h.start && end <= h.end {
+			var repl []hole
+			if h.start < start {
+				repl = append(repl, hole{start: h.start, end: start, at: h.at})
+			}
+			if end < h.end {
+				repl = append(repl, hole{start: end, end: h.end, at: h.at})
+			}
+			cs.holes = slices.Replace(cs.holes, i, i+1, repl...)
+			return
+		}
+	}
+}
+
+// burnOldHoles burns holes no late assignment filled in time.
+func (cs *connState) burnOldHoles(now int64) {
+	if len(cs.holes) == 0 {
+		return
+	}
+	kept := cs.holes[:0]
+	burned := false
+	for _, h := range cs.holes {
+		if h.at < now-int64(reqTableAge) {
+			n := h.end - h.start
+			cs.burnedBits += n
+			cs.burned += (n + int64(cs.conn.KeySize) - 1) / int64(cs.conn.KeySize)
+			burned = true
+			continue
+		}
+		kept = append(kept, h)
+	}
+	cs.holes = kept
+	if burned {
+		cs.prune()
+	}
 }
 
 func (st *fsmState) recordCheck(a *Assignment) result {
@@ -610,14 +681,18 @@ func (st *fsmState) recordCheck(a *Assignment) result {
 		return result{err: err}
 	}
 	ids := make([]string, len(a.Keys))
-	pos := cs.carve
+	pos := int64(0)
 	for i, kr := range a.Keys {
 		ids[i] = kr.KeyID
-		if kr.Bits <= 0 || kr.Bits%8 != 0 || kr.Offset%8 != 0 {
+		if kr.Bits <= 0 || kr.Bits%8 != 0 || kr.Offset%8 != 0 || kr.Offset < 0 {
 			return invalid("record: key %s has bad range", kr.KeyID)
 		}
 		if kr.Offset < pos {
-			return invalid("record: key %s range at %d lies before position %d (already assigned or burned)", kr.KeyID, kr.Offset, pos)
+			return invalid("record: key ranges overlap or are out of order at %s", kr.KeyID)
+		}
+		end := kr.Offset + int64(kr.Bits)
+		if kr.Offset < cs.carve && !(end <= cs.carve && cs.inHole(kr.Offset, end)) {
+			return invalid("record: key %s range [%d, %d) already assigned or burned", kr.KeyID, kr.Offset, end)
 		}
 		if _, ok := st.keys[kr.KeyID]; ok {
 			return invalid("record: key ID %s already in use", kr.KeyID)
@@ -761,6 +836,13 @@ type snapConn struct {
 	BurnedBits int64       `json:"burned_bits"`
 	Blocks     []snapBlock `json:"blocks"`
 	Recent     []string    `json:"recent"`
+	Holes      []snapHole  `json:"holes"`
+}
+
+type snapHole struct {
+	Start int64 `json:"start"`
+	End   int64 `json:"end"`
+	At    int64 `json:"at"`
 }
 
 type snapKey struct {
@@ -801,6 +883,9 @@ func (st *fsmState) export() *snapState {
 	for _, cs := range st.conns {
 		sc := snapConn{Conn: cs.conn, End: cs.end, Carve: cs.carve, Live: cs.live, Burned: cs.burned,
 			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent)}
+		for _, h := range cs.holes {
+			sc.Holes = append(sc.Holes, snapHole{Start: h.start, End: h.end, At: h.at})
+		}
 		for _, b := range cs.blocks {
 			sc.Blocks = append(sc.Blocks, snapBlock{ID: b.id, Start: b.start, Bytes: b.bytes, Wrapped: b.wrapped, Sealed: b.sealed})
 		}
@@ -831,6 +916,9 @@ func importState(s *snapState) (*fsmState, error) {
 	for _, sc := range s.Conns {
 		cs := &connState{conn: sc.Conn, end: sc.End, carve: sc.Carve, live: sc.Live, burned: sc.Burned,
 			erased: sc.Erased, added: sc.Added, burnedBits: sc.BurnedBits, recent: sc.Recent}
+		for _, h := range sc.Holes {
+			cs.holes = append(cs.holes, hole{start: h.Start, end: h.End, at: h.At})
+		}
 		for _, b := range sc.Blocks {
 			if len(b.Sealed) != sealedLen(b.Bytes) {
 				return nil, fmt.Errorf("raftstore: snapshot block %s malformed", b.ID)

@@ -305,11 +305,25 @@ func TestFSMIssueRecordConsume(t *testing.T) {
 	if r := s.apply(cmdRecord, &recordCmd{Assignment: *r3.assignment}); r.err != nil {
 		t.Fatal(r.err)
 	}
-	if r := s.apply(cmdRecord, &recordCmd{Assignment: *r2.assignment}); !errors.Is(r.err, ErrInvalid) {
-		t.Fatalf("late record of skipped range: %v", r.err)
-	}
 	st := s.f.st.conns[fConn.ID()].status()
-	if st.BurnedKeys != 1 || st.IssuedKeys != 3 || st.StoredBits != 0 {
+	if st.BurnedKeys != 0 || st.IssuedKeys != 3 || st.StoredBits != 0 || len(s.f.st.conns[fConn.ID()].holes) != 1 {
+		t.Fatalf("slave status %+v holes %v", st, s.f.st.conns[fConn.ID()].holes)
+	}
+	// r2's relay arrives late (out of order): it fills the hole.
+	if r := s.apply(cmdRecord, &recordCmd{At: s.at, Assignment: *r2.assignment}); r.err != nil {
+		t.Fatalf("late record: %v", r.err)
+	}
+	if h := s.f.st.conns[fConn.ID()].holes; len(h) != 0 {
+		t.Fatalf("holes left: %v", h)
+	}
+	dup := *r2.assignment
+	dup.RequestID, dup.Keys = "dup", []KeyRange{{KeyID: "other", Offset: dup.Keys[0].Offset, Bits: 64}}
+	if r := s.apply(cmdRecord, &recordCmd{At: s.at, Assignment: dup}); !errors.Is(r.err, ErrInvalid) {
+		t.Fatalf("second assignment of a range: %v", r.err)
+	}
+	// The master burned r2: so does the slave site when told.
+	s.apply(cmdBurn, &burnCmd{At: s.at, KeyIDs: []string{"r2-k0"}})
+	if st := s.f.st.conns[fConn.ID()].status(); st.BurnedKeys != 1 || st.IssuedKeys != 3 {
 		t.Fatalf("slave status %+v", st)
 	}
 	// Not authorized: nothing changes.
@@ -371,11 +385,12 @@ func TestFSMMulticastAndDelete(t *testing.T) {
 	h.apply(cmdUpdate, &registerCmd{Conn: c})
 	rec := &recordCmd{Assignment: Assignment{RequestID: "a1", MasterSAE: "m", SlaveSAE: "s", Slaves: []string{"s", "t"},
 		Keys: []KeyRange{{KeyID: "k1", Offset: 64, Bits: 64}}}}
+	rec.At = h.at
 	if r := h.apply(cmdRecord, rec); r.err != nil {
 		t.Fatal(r.err)
 	}
-	if st := h.f.st.conns[fConn.ID()].status(); st.BurnedKeys != 1 {
-		t.Fatalf("skipped range not burned: %+v", st)
+	if st := h.f.st.conns[fConn.ID()].status(); st.BurnedKeys != 0 || len(h.f.st.conns[fConn.ID()].holes) != 1 {
+		t.Fatalf("skipped range: %+v", st)
 	}
 	for i, caller := range []string{"s", "t"} {
 		r := h.apply(cmdConsume, &consumeCmd{At: h.at, RequestID: caller, Caller: caller, MasterSAE: "m", KeyIDs: []string{"k1"}})
@@ -389,6 +404,14 @@ func TestFSMMulticastAndDelete(t *testing.T) {
 		if h.f.st.keys["k1"].state != want {
 			t.Fatalf("after %s: state %d", caller, h.f.st.keys["k1"].state)
 		}
+	}
+	// Nobody filled the skipped range in time: it is burned and its
+	// block dropped once the key's retry window is over too.
+	h.at += int64(3 * reqTableAge)
+	h.apply(cmdBurn, &burnCmd{At: h.at})
+	cs := h.f.st.conns[fConn.ID()]
+	if st := cs.status(); st.BurnedKeys != 1 || len(cs.holes) != 0 || st.StoredBits != 128 {
+		t.Fatalf("after aging: %+v holes %v blocks %d", st, cs.holes, len(cs.blocks))
 	}
 	if r := h.apply(cmdDelete, &deleteCmd{Master: "m", Slave: "s"}); r.err != nil {
 		t.Fatal(r.err)
@@ -464,3 +487,33 @@ type memSink struct{ bytes.Buffer }
 func (m *memSink) ID() string    { return "mem" }
 func (m *memSink) Cancel() error { return nil }
 func (m *memSink) Close() error  { return nil }
+
+// TestFSMHoleKeepsBlock: a block wholly inside a hole stays until the late
+// assignment arrives, and the late key reads the right bits.
+func TestFSMHoleKeepsBlock(t *testing.T) {
+	h := setup(t)
+	rec := func(req, kid string, off int64) result {
+		return h.apply(cmdRecord, &recordCmd{At: h.at, Assignment: Assignment{RequestID: req, MasterSAE: "m", SlaveSAE: "s",
+			Slaves: []string{"s"}, Keys: []KeyRange{{KeyID: kid, Offset: off, Bits: 64}}}})
+	}
+	if r := rec("a2", "late-not", 160); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := len(h.f.st.conns[fConn.ID()].blocks); n != 2 {
+		t.Fatalf("block inside a hole dropped: %d blocks", n)
+	}
+	if r := rec("a1", "late", 0); r.err != nil {
+		t.Fatal(r.err)
+	}
+	r := h.apply(cmdConsume, &consumeCmd{At: h.at, RequestID: "c", Caller: "s", MasterSAE: "m", KeyIDs: []string{"late", "late-not"}})
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	got := h.open(r.keys)
+	if !bytes.Equal(got[0], h.plain["b1"][:8]) || !bytes.Equal(got[1], h.plain["b2"][:8]) {
+		t.Fatal("wrong bits")
+	}
+	if r := rec("a3", "x", 8); !errors.Is(r.err, ErrInvalid) {
+		t.Fatalf("overlapping late record: %v", r.err)
+	}
+}
