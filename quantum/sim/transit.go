@@ -112,9 +112,11 @@ func decode(r byteReader) (*TransitFrame, error) {
 	if n > f.Pulses || n > maxFramePhotons {
 		return nil, fmt.Errorf("%w: %d photons for %d pulses", ErrCodec, n, f.Pulses)
 	}
-	f.Photons = make([]Photon, n)
+	// Grow with the data actually read, not the declared count, so a
+	// corrupt header cannot make the decoder allocate gigabytes.
+	f.Photons = make([]Photon, 0, min(n, 1<<16))
 	next := uint64(0)
-	for i := range f.Photons {
+	for i := uint64(0); i < n; i++ {
 		d, err := binary.ReadUvarint(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: photon %d: %w", ErrCodec, i, err)
@@ -127,9 +129,11 @@ func decode(r byteReader) (*TransitFrame, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: photon %d: %w", ErrCodec, i, err)
 		}
-		if f.Photons[i], err = unpackFlags(idx, fl); err != nil {
+		ph, err := unpackFlags(idx, fl)
+		if err != nil {
 			return nil, err
 		}
+		f.Photons = append(f.Photons, ph)
 		next = idx + 1
 	}
 	return f, nil
