@@ -104,9 +104,8 @@ type KME struct {
 
 	peers map[string]*peer
 
-	connMu     sync.Mutex
-	connCache  map[string]cachedConn
-	issueLocks map[string]*sync.Mutex // per connection: issue + enqueue in carve order
+	connMu    sync.Mutex
+	connCache map[string]cachedConn
 
 	importMu      sync.Mutex        // serializes block imports (pools must stay in step)
 	pendingImport map[string]string // connection ID → block ID whose import is half done (under importMu)
@@ -163,7 +162,6 @@ func New(cfg Config) *KME {
 		cfg:           cfg,
 		peers:         map[string]*peer{},
 		connCache:     map[string]cachedConn{},
-		issueLocks:    map[string]*sync.Mutex{},
 		inflight:      map[string]*encCall{},
 		pendingImport: map[string]string{},
 		burned:        map[string]time.Time{},
@@ -410,9 +408,6 @@ func (k *KME) encKeysOnce(ctx context.Context, in encArgs) ([]etsi.Key, error) {
 	for i := range ids {
 		ids[i] = newUUID()
 	}
-	// Issue and enqueue under the connection's lock, so that its
-	// assignments reach the slave site in carve order.
-	unlock := k.lockConn(c.ID())
 	issued, err := k.site.IssueKeys(ctx, raftstore.IssueRequest{
 		RequestID: in.RequestID,
 		MasterSAE: r.MasterSAE,
@@ -423,7 +418,6 @@ func (k *KME) encKeysOnce(ctx context.Context, in encArgs) ([]etsi.Key, error) {
 		IssuedAt:  time.Now().UTC(),
 	})
 	if err != nil {
-		unlock()
 		if errors.Is(err, raftstore.ErrConnectionNotFound) {
 			k.forget(r.MasterSAE, r.SlaveSAE)
 		}
@@ -436,7 +430,6 @@ func (k *KME) encKeysOnce(ctx context.Context, in encArgs) ([]etsi.Key, error) {
 	// From here on the keys exist: never report not-leader (that would make
 	// the caller forward and issue again), only success or a burn.
 	it, err := p.enqueue(ctx, issued.Assignment)
-	unlock()
 	if err == nil {
 		err = p.wait(it)
 	}
@@ -630,19 +623,6 @@ func (k *KME) connRoles(ctx context.Context, master, slave string) (raftstore.Co
 	}
 	k.remember(s.Connection)
 	return s.Connection, nil
-}
-
-// lockConn takes the issue lock of one connection.
-func (k *KME) lockConn(id string) (unlock func()) {
-	k.connMu.Lock()
-	m, ok := k.issueLocks[id]
-	if !ok {
-		m = &sync.Mutex{}
-		k.issueLocks[id] = m
-	}
-	k.connMu.Unlock()
-	m.Lock()
-	return m.Unlock
 }
 
 func (k *KME) remember(c raftstore.Connection) {

@@ -42,10 +42,9 @@ type relayItem struct {
 }
 
 // enqueue hands one assignment to the relay worker of its connection.
-// Assignments of one connection must reach the slave site in carve order
-// (the slave refuses a range that lies before its position), so the caller
-// enqueues while it still holds the connection's issue lock, and every
-// connection always goes through the same worker.
+// Every connection always goes through the same worker, so its assignments
+// mostly reach the slave site in carve order (the slave site accepts a
+// late one into the hole it left, within the store's retry window).
 func (p *peer) enqueue(ctx context.Context, a raftstore.Assignment) (*relayItem, error) {
 	k := p.kme
 	it := &relayItem{a: a, done: make(chan error, 1)}
@@ -234,8 +233,9 @@ func (k *KME) checkPeerConn(ctx context.Context, from, master, slave string) err
 }
 
 // localRecord commits relayed assignments (slave site leader), in the
-// order they were sent for each connection (carve order), connections
-// concurrently so the store groups their commands into few Raft entries.
+// order they were sent for each connection (mostly carve order, which
+// leaves the fewest holes), connections concurrently so the store groups
+// their commands into few Raft entries.
 // When leadership is lost midway the whole batch reports not-leader and is
 // retried elsewhere (RecordAssignment is idempotent on the request ID).
 func (k *KME) localRecord(ctx context.Context, in assignmentsArgs) (assignmentsResult, error) {
