@@ -57,6 +57,13 @@ type Options struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout string
 	NoSync                                                bool
 	LogLevel                                              string
+	// Netns runs every node in its own network namespace on a private
+	// bridge (root only; see netns.go): needed for Isolate and CutLink.
+	// Ports are then 8443 on every node and 8000/8001 for the seed API.
+	Netns bool
+	// DataTmpfsMB mounts a tmpfs of this size on every node's data
+	// directory (root only; see disk.go): needed for FillDisk.
+	DataTmpfsMB int
 	// ExtraArgs are appended to `qkdkms serve --config FILE`.
 	ExtraArgs []string
 	// Env is added to each node's environment.
@@ -103,6 +110,9 @@ type Cluster struct {
 
 	httpMu sync.Mutex
 	https  map[string]*http.Client // by certificate name
+
+	netns   *netnsSetup
+	mounted map[string]bool // node ID → tmpfs mounted on its data dir
 }
 
 type proc struct {
@@ -125,6 +135,9 @@ func New(o Options) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
 	}
 	o.Binary = bin
+	if o.Netns {
+		return newNetnsCluster(o)
+	}
 	if o.FreePorts {
 		// Node ports must be consecutive per site: find contiguous runs.
 		var err error
@@ -215,6 +228,9 @@ func (c *Cluster) StartNode(id string) error {
 	n := c.Layout.Node(id)
 	if n == nil {
 		return fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	if err := c.mountData(n); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -383,6 +399,61 @@ func (c *Cluster) StopAll() {
 		h.CloseIdleConnections()
 	}
 	c.httpMu.Unlock()
+	if c.netns != nil {
+		c.netns.remove()
+		c.netns = nil
+	}
+	c.unmountAll()
+}
+
+// newNetnsCluster lays out a cluster whose nodes live in namespaces.
+func newNetnsCluster(o Options) (*Cluster, error) {
+	sites := map[string][]string{}
+	order := []string{o.Sender, o.Receiver}
+	for _, s := range order {
+		for i := 1; i <= o.Nodes; i++ {
+			sites[s] = append(sites[s], NodeID(s, i))
+		}
+	}
+	abs, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	ns, err := newNetns(abs, sites, order)
+	if err != nil {
+		return nil, err
+	}
+	seedPort := map[string]int{o.Sender: 8000, o.Receiver: 8001}
+	l, err := Generate(LayoutOptions{
+		Dir: o.Dir,
+		Sites: []SiteSpec{
+			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: 8443},
+			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: 8443},
+		},
+		SAEs:               o.SAEs,
+		HeartbeatTimeout:   o.HeartbeatTimeout,
+		ElectionTimeout:    o.ElectionTimeout,
+		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		NoSync:             o.NoSync,
+		LogLevel:           o.LogLevel,
+		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
+		SeedFn: func(s SiteSpec, i int) string {
+			if !o.Seed || i != 1 {
+				return ""
+			}
+			return ns.addr(NodeID(s.KMEID, i), seedPort[s.KMEID])
+		},
+	})
+	if err != nil {
+		ns.remove()
+		return nil, err
+	}
+	for _, s := range l.Sites {
+		for _, n := range s.Nodes {
+			n.Netns = ns.ns[n.ID]
+		}
+	}
+	return &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, netns: ns}, nil
 }
 
 // Nodes lists a site's node IDs.

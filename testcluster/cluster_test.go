@@ -147,3 +147,55 @@ func TestClusterStopCont(t *testing.T) {
 	}
 	t.Logf("stopped %s, new leader %s, leader after SIGCONT %s", old, nl, l)
 }
+
+// TestClusterNetnsIsolate runs the nodes in network namespaces, cuts the
+// master site's leader off from its site (clients still reach it), sees a
+// new leader elected by the majority, heals, and sees one leader again.
+func TestClusterNetnsIsolate(t *testing.T) {
+	needBinary(t)
+	if !NetnsAvailable() {
+		t.Skip("network namespaces need root, ip and iptables")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{Binary: binary, Dir: t.TempDir(), Netns: true, Seed: true,
+		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.StopAll()
+		if t.Failed() {
+			t.Log(c.TailLogs(30))
+		}
+	})
+	old, err := c.Leader(ctx, c.Sender())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Isolate(old); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := c.WaitLeader(ctx, c.Sender(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The isolated node is still reachable by clients but not ready.
+	for c.Ready(ctx, old) {
+		if ctx.Err() != nil {
+			t.Fatalf("isolated %s still ready", old)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := c.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.WaitLeader(ctx, c.Sender())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("isolated %s, majority elected %s, leader after healing %s", old, nl, l)
+}

@@ -115,9 +115,13 @@ func runScenario(ctx context.Context, sc Scenario, dir string, o ExperimentOptio
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	if (sc.Netns || sc.DiskMB > 0) && !NetnsAvailable() {
+		return fmt.Errorf("skipped: scenario needs root (network namespaces / tmpfs)")
+	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	c, err := Start(sctx, Options{
 		Binary: o.Binary, Dir: filepath.Join(dir, "cluster"), Nodes: o.Nodes, FreePorts: true, Seed: true,
+		Netns: sc.Netns, DataTmpfsMB: sc.DiskMB,
 		HeartbeatTimeout: o.HeartbeatTimeout, ElectionTimeout: o.ElectionTimeout, LeaderLeaseTimeout: o.LeaderLeaseTimeout,
 		Logger: o.Logger,
 	})
@@ -311,7 +315,7 @@ func Experiment(ctx context.Context, names []string, o ExperimentOptions) ([]*Sc
 func writeReport(o ExperimentOptions, results []*ScenarioResult) error {
 	var b strings.Builder
 	b.WriteString("# qkdkms failover experiments\n\n")
-	fmt.Fprintf(&b, "Two sites × %d node processes on loopback; workload: %.0f enc_keys/s × %d keys of %d bits for %v, every key fetched by dec_keys at the peer site; drain window %v after healing.\n\n",
+	fmt.Fprintf(&b, "Two sites × %d node processes (loopback; own network namespaces on a bridge for the isolate/link-cut scenarios; tmpfs data dirs for disk-full); workload: %.0f enc_keys/s × %d keys of %d bits for %v, every key fetched by dec_keys at the peer site; drain window %v after healing.\n\n",
 		o.Nodes, o.Rate, o.Number, o.KeyBits, o.Duration, o.FetchWindow)
 	b.WriteString("| scenario | verdict | requests | ok | errors | ambiguous | double-issued | not fetchable | never issued | 2nd fetch | mismatch | burned ≤ allowance | p50 / p99 during | max recovery |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")

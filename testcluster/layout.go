@@ -193,10 +193,10 @@ func Generate(o LayoutOptions) (*Layout, error) {
 		for i := 1; i <= s.Nodes; i++ {
 			n := &NodeSpec{ID: NodeID(s.KMEID, i), KMEID: s.KMEID, Index: i}
 			n.Advertise = net.JoinHostPort(s.Host, strconv.Itoa(s.BasePort+i-1))
-			n.Listen = n.Advertise
 			if o.AdvertiseFn != nil {
 				n.Advertise = o.AdvertiseFn(s, i)
 			}
+			n.Listen = n.Advertise
 			if o.ListenFn != nil {
 				n.Listen = o.ListenFn(s, i)
 			}

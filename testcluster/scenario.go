@@ -24,7 +24,11 @@ type Scenario struct {
 	Description string
 	// Slave targets the slave site instead of the master site.
 	Slave bool
-	Fault func(ctx context.Context, e *Env) error
+	// Netns and DiskMB: the scenario needs network namespaces or tmpfs data
+	// directories of that size (root only).
+	Netns  bool
+	DiskMB int
+	Fault  func(ctx context.Context, e *Env) error
 }
 
 // Scenarios are the process-mode scenarios, by name.
@@ -77,6 +81,59 @@ var Scenarios = map[string]Scenario{
 			sleep(context.WithoutCancel(ctx), 5*time.Second)
 			err = e.C.Cont(l)
 			e.H.Mark(EventHeal, "SIGCONT "+l)
+			return err
+		},
+	},
+	"leader-isolate": {
+		Name: "leader-isolate", Netns: true,
+		Description: "cut the master site's leader off from its site for 10 s (clients still reach it: the minority answers 503)",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(EventFault, "isolate "+l)
+			if err := e.C.Isolate(l); err != nil {
+				return err
+			}
+			sleep(context.WithoutCancel(ctx), 10*time.Second)
+			err = e.C.Heal()
+			e.H.Mark(EventHeal, "heal "+l)
+			return err
+		},
+	},
+	"link-cut": {
+		Name: "link-cut", Netns: true,
+		Description: "cut every connection between the two sites for 5 s during enc_keys (relay fails: 503, keys burned)",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			e.H.Mark(EventFault, "cut link")
+			if err := e.C.CutLink(); err != nil {
+				return err
+			}
+			sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err := e.C.Heal()
+			e.H.Mark(EventHeal, "heal link")
+			return err
+		},
+	},
+	"leader-disk-full": {
+		Name: "leader-disk-full", DiskMB: 64,
+		Description: "fill the master site leader's data file system (64 MiB tmpfs) for 5 s, then free it",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(EventFault, "disk full "+l)
+			if err := e.C.FillDisk(l); err != nil {
+				return err
+			}
+			sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err = e.C.FreeDisk(l)
+			e.H.Mark(EventHeal, "disk freed "+l)
 			return err
 		},
 	},
