@@ -83,6 +83,16 @@ type Report struct {
 	BurnAllowance int   `json:"burn_allowance"`
 	ExcessBurned  int64 `json:"excess_burned"`
 
+	// Filled by the scenario runner after the run (not by Check):
+	// AtRestHits counts keys found in plaintext (raw, base64 or hex) in a
+	// node's data directory or log (I5); FSMDigestMismatch counts sites whose
+	// nodes disagree on the FSM digest at the same index; FSMDigest says
+	// what the digest check found ("equal", "mismatch", "n/a: ...").
+	AtRestHits        int    `json:"at_rest_hits"`
+	AtRestKeys        int    `json:"at_rest_keys_scanned"`
+	FSMDigestMismatch int    `json:"fsm_digest_mismatch"`
+	FSMDigest         string `json:"fsm_digest,omitempty"`
+
 	Latency map[string]LatencyStats `json:"latency"`
 	// Recovery is, per fault, the time from the fault to the end of the
 	// first successful enc_keys started after it.
@@ -105,7 +115,8 @@ type KindCounts struct {
 // OK reports whether every invariant counter is 0.
 func (r *Report) OK() bool {
 	return r.DoubleIssued == 0 && r.DuplicateKeyBytes == 0 && r.NotFetchable == 0 &&
-		r.DecNeverIssued == 0 && r.SecondFetch == 0 && r.ByteMismatch == 0 && r.ExcessBurned == 0
+		r.DecNeverIssued == 0 && r.SecondFetch == 0 && r.ByteMismatch == 0 && r.ExcessBurned == 0 &&
+		r.AtRestHits == 0 && r.FSMDigestMismatch == 0
 }
 
 // Check runs the checker over a history.
@@ -356,6 +367,12 @@ func (r *Report) Markdown(title string) string {
 		row("unfetched after an ambiguous dec_keys (not a violation)", r.LostAfterAmbiguousDec)
 	}
 	row("burned (allowance: ambiguous + 503 keys)", fmt.Sprintf("%d (≤ %d)", r.Burned, r.BurnAllowance))
+	if r.AtRestKeys > 0 {
+		row("keys in plaintext at rest (keys scanned)", fmt.Sprintf("%d (%d)", r.AtRestHits, r.AtRestKeys))
+	}
+	if r.FSMDigest != "" {
+		row("FSM digests after healing", r.FSMDigest)
+	}
 	for _, p := range []string{PhaseBefore, PhaseDuring, PhaseAfter} {
 		if l, ok := r.Latency[p]; ok {
 			row("latency "+p+" p50 / p99 (n)", fmt.Sprintf("%v / %v (%d)", l.P50.Round(10*time.Microsecond), l.P99.Round(10*time.Microsecond), l.Count))

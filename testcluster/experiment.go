@@ -151,7 +151,7 @@ func runScenario(ctx context.Context, sc Scenario, dir string, o ExperimentOptio
 		return err
 	}
 	h := NewHistory()
-	w := NewWorkload(h, WorkloadOptions{Master: mc, Slave: scl, Rate: o.Rate, Number: o.Number, Duration: o.Duration, NodeOf: c.NodeOf})
+	w := NewWorkload(h, WorkloadOptions{Master: mc, Slave: scl, Rate: o.Rate, Number: o.Number, Duration: o.Duration, NodeOf: c.NodeOf, KeepKeys: true})
 	env := &Env{C: c, H: h, Site: c.Sender()}
 	if sc.Slave {
 		env.Site = c.Receiver()
@@ -218,12 +218,37 @@ func runScenario(ctx context.Context, sc Scenario, dir string, o ExperimentOptio
 	}
 	res.Report = Check(h, CheckConfig{FetchWindow: o.FetchWindow})
 	res.Pool = pool
+	// FSM digests of every node, then the at-rest scan of every data
+	// directory and log.
+	switch ds, bad, err := c.DigestsAgree(ctx, 15*time.Second); {
+	case errors.Is(err, ErrNoDigest):
+		res.Report.FSMDigest = "n/a: nodes serve no /admin/v1/digest"
+	case err != nil:
+		res.Report.FSMDigest = "not compared: " + err.Error()
+	case bad > 0:
+		res.Report.FSMDigestMismatch = bad
+		res.Report.FSMDigest = fmt.Sprintf("MISMATCH in %d site(s)", bad)
+		res.Report.Violations = append(res.Report.Violations, fmt.Sprintf("FSM digests differ: %+v", ds))
+	default:
+		res.Report.FSMDigest = fmt.Sprintf("equal on all %d nodes", len(ds))
+	}
+	dirs := []string{filepath.Join(c.Layout.Dir, "data"), filepath.Join(c.Layout.Dir, "logs")}
+	keysSeen := w.Keys()
+	hits, serr := ScanAtRest(dirs, keysSeen)
+	res.Report.AtRestKeys = len(keysSeen)
+	res.Report.AtRestHits = len(hits)
+	for i, hit := range hits {
+		if i == 5 {
+			break
+		}
+		res.Report.Violations = append(res.Report.Violations, fmt.Sprintf("key in plaintext (%s) in %s at %d", hit.Encoding, hit.File, hit.Offset))
+	}
 	if err := h.WriteFile(filepath.Join(dir, "history.json")); err != nil {
 		return err
 	}
 	plots, perr := writePlots(dir, sc.Name, h, pool)
 	res.Plots = plots
-	return errors.Join(wrapIf("fault", faultErr), wrapIf("heal", herr), wrapIf("plots", perr))
+	return errors.Join(wrapIf("fault", faultErr), wrapIf("heal", herr), wrapIf("plots", perr), wrapIf("at-rest scan", serr))
 }
 
 func wrapIf(what string, err error) error {
