@@ -113,6 +113,12 @@ func TestDemoRunsTwice(t *testing.T) {
 // same methods, bodies and headers) against the demo: register, get a key
 // at the master side, fetch it by ID at the slave side; the bytes match.
 func seedWorkflow(t *testing.T, senderPort, receiverPort int) {
+	seedWorkflowWith(t, senderPort, receiverPort, nil)
+}
+
+// seedWorkflowWith calls fill (when not nil) once after registering, for
+// deployments that need a stand-in for key generation.
+func seedWorkflowWith(t *testing.T, senderPort, receiverPort int, fill func()) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -145,6 +151,9 @@ func seedWorkflow(t *testing.T, senderPort, receiverPort int) {
 }`)
 	if code != http.StatusOK {
 		t.Fatalf("register_connection: %d %v", code, m)
+	}
+	if fill != nil {
+		fill()
 	}
 	// The demo feeder fills the pool; get_key answers 503 until it has.
 	var master map[string]any
