@@ -1,15 +1,20 @@
 // Package auth authenticates the classical channel of a QKD link with
-// Wegman–Carter tags: an ε-almost-Δ-universal polynomial hash of the message
-// under a long-lived hash key, encrypted with a fresh one-time pad per
-// message. The pads are secret key bits: a pre-shared secret at start, then
-// key material reserved from earlier QKD sessions. Every pad is used once;
-// the bits consumed are counted.
+// Wegman–Carter tags: an ε-almost-Δ-universal polynomial hash under a
+// long-lived hash key, encrypted with a one-time pad. The pads are secret
+// key bits: a pre-shared secret at start, then key material reserved from
+// earlier QKD sessions; every pad is used once.
+//
+// A session's whole transcript is authenticated at its end, once per
+// direction (delayed authentication): each party tags everything it sent and
+// checks the peer's tag over everything it received, and the session's key
+// is used only when both checks pass. That costs 2 × PadSize bytes of key
+// per session however many messages the session exchanged.
 //
 // The hash is evaluation of the message, as a polynomial of 56-bit chunks,
 // at two independent secret points modulo the Mersenne prime p = 2^61 − 1.
-// For a message of L chunks the collision probability of one lane is at most
-// (L+1)/p; the two lanes are independent, so a forgery succeeds with
-// probability at most ((L+1)/2^61)^2 per message — about 2^-80 for 1 MiB.
+// For a transcript of L chunks the collision probability of one lane is at
+// most (L+1)/p; the two lanes are independent, so a forgery succeeds with
+// probability at most ((L+1)/2^61)^2 — about 2^-76 for 16 MiB.
 package auth
 
 import (
@@ -18,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"sync"
 )
 
 const (
@@ -35,7 +39,7 @@ const (
 var (
 	// ErrBadTag: the message was altered or not sent by the peer.
 	ErrBadTag = errors.New("auth: authentication tag mismatch")
-	// ErrNoPad: the secret-key pool for pads is exhausted.
+	// ErrNoPad: the secret-key stream for pads is exhausted.
 	ErrNoPad = errors.New("auth: out of authentication key")
 )
 
@@ -57,25 +61,80 @@ func NewHash(key []byte) (Hash, error) {
 	return h, nil
 }
 
-// Sum hashes msg under the key with a length-prefixed encoding, so messages
-// differing only by trailing zeros hash differently.
-func (h Hash) Sum(seq uint64, msg []byte) [2]uint64 {
-	var acc [2]uint64
-	add := func(c uint64) {
-		for i := range acc {
-			acc[i] = mulmod(addmod(acc[i], c), h.k[i])
-		}
+// Sum hashes one message.
+func (h Hash) Sum(msg []byte) [2]uint64 {
+	t := h.NewTranscript()
+	t.Add(msg)
+	return t.sum()
+}
+
+// NewTranscript starts a running hash over a sequence of messages.
+func (h Hash) NewTranscript() *Transcript {
+	t := &Transcript{h: h}
+	t.add(1) // a non-zero leading coefficient: Horner evaluation would absorb leading zeros
+	return t
+}
+
+// Transcript hashes a sequence of messages incrementally. The encoding —
+// a leading 1, then per message its length and its 56-bit chunks, then the
+// message count — is injective, so distinct sequences are distinct
+// polynomials and collide with probability at most (L+1)/p per lane.
+type Transcript struct {
+	h    Hash
+	acc  [2]uint64
+	msgs uint64
+}
+
+func (t *Transcript) add(c uint64) {
+	for i := range t.acc {
+		t.acc[i] = mulmod(addmod(t.acc[i], c), t.h.k[i])
 	}
-	add(seq & ((1 << 56) - 1))
-	add(uint64(len(msg)))
+}
+
+// Add appends one message.
+func (t *Transcript) Add(msg []byte) {
+	t.msgs++
+	t.add(uint64(len(msg)))
 	var buf [8]byte
 	for off := 0; off < len(msg); off += chunk {
 		end := min(off+chunk, len(msg))
 		clear(buf[:])
 		copy(buf[:], msg[off:end])
-		add(binary.LittleEndian.Uint64(buf[:]))
+		t.add(binary.LittleEndian.Uint64(buf[:]))
 	}
-	return acc
+}
+
+func (t *Transcript) sum() [2]uint64 {
+	c := *t
+	c.add(t.msgs)
+	return c.acc
+}
+
+// Tag is the Wegman–Carter tag of the transcript so far under a one-time
+// pad of PadSize bytes: hash + pad (mod p, per lane).
+func (t *Transcript) Tag(pad []byte) ([TagSize]byte, error) {
+	var tag [TagSize]byte
+	if len(pad) != PadSize {
+		return tag, fmt.Errorf("auth: pad must be %d bytes, got %d", PadSize, len(pad))
+	}
+	sum := t.sum()
+	for i := range sum {
+		r := binary.LittleEndian.Uint64(pad[8*i:]) % p61
+		binary.LittleEndian.PutUint64(tag[8*i:], addmod(sum[i], r))
+	}
+	return tag, nil
+}
+
+// Verify checks a tag of the transcript under pad in constant time.
+func (t *Transcript) Verify(pad, tag []byte) error {
+	want, err := t.Tag(pad)
+	if err != nil {
+		return err
+	}
+	if len(tag) != TagSize || subtle.ConstantTimeCompare(want[:], tag) != 1 {
+		return ErrBadTag
+	}
+	return nil
 }
 
 func addmod(a, b uint64) uint64 {
@@ -96,111 +155,4 @@ func mulmod(a, b uint64) uint64 {
 		r -= p61
 	}
 	return r
-}
-
-// PadSource supplies one-time pads: fresh secret bytes shared with the peer,
-// taken in the same order on both sides.
-type PadSource interface {
-	// Take returns the next n secret bytes or ErrNoPad.
-	Take(n int) ([]byte, error)
-}
-
-// Pool is an in-memory PadSource that can be refilled. It zeroes what it
-// hands out from its own storage.
-type Pool struct {
-	mu       sync.Mutex
-	buf      []byte
-	consumed int64
-}
-
-// NewPool starts a pool with secret bytes (copied).
-func NewPool(secret []byte) *Pool { return &Pool{buf: append([]byte(nil), secret...)} }
-
-// Take implements PadSource.
-func (p *Pool) Take(n int) ([]byte, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.buf) < n {
-		return nil, ErrNoPad
-	}
-	out := append([]byte(nil), p.buf[:n]...)
-	clear(p.buf[:n])
-	p.buf = p.buf[n:]
-	p.consumed += int64(n)
-	return out, nil
-}
-
-// Add appends fresh secret bytes (reserved from a QKD session).
-func (p *Pool) Add(secret []byte) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.buf = append(p.buf, secret...)
-}
-
-// Available is the unused pad material in bytes.
-func (p *Pool) Available() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.buf)
-}
-
-// Consumed is the pad material used so far, in bytes.
-func (p *Pool) Consumed() int64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.consumed
-}
-
-// Tagger produces or checks the tags of one direction of a channel: message
-// number seq is tagged with Sum(seq, msg) + pad_seq (mod p, per lane).
-type Tagger struct {
-	mu   sync.Mutex
-	hash Hash
-	pads PadSource
-	seq  uint64
-}
-
-// NewTagger uses hash for every message and pads from src, one per message.
-func NewTagger(hash Hash, src PadSource) *Tagger { return &Tagger{hash: hash, pads: src} }
-
-// Tag returns the tag of the next message.
-func (t *Tagger) Tag(msg []byte) ([TagSize]byte, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tag, err := t.next(msg)
-	if err == nil {
-		t.seq++
-	}
-	return tag, err
-}
-
-// Verify checks the tag of the next message. A failed check still consumes
-// the pad: the channel must be torn down after ErrBadTag.
-func (t *Tagger) Verify(msg []byte, tag []byte) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	want, err := t.next(msg)
-	if err != nil {
-		return err
-	}
-	t.seq++
-	if len(tag) != TagSize || subtle.ConstantTimeCompare(want[:], tag) != 1 {
-		return ErrBadTag
-	}
-	return nil
-}
-
-func (t *Tagger) next(msg []byte) ([TagSize]byte, error) {
-	var tag [TagSize]byte
-	pad, err := t.pads.Take(PadSize)
-	if err != nil {
-		return tag, err
-	}
-	defer clear(pad)
-	sum := t.hash.Sum(t.seq, msg)
-	for i := range sum {
-		r := binary.LittleEndian.Uint64(pad[8*i:]) % p61
-		binary.LittleEndian.PutUint64(tag[8*i:], addmod(sum[i], r))
-	}
-	return tag, nil
 }

@@ -7,47 +7,61 @@ import (
 	"qkdkms/quantum"
 )
 
-// Channel authenticates every message of an inner channel: Send appends a
-// Wegman–Carter tag, Recv checks and strips it. Each direction has its own
-// Tagger (own sequence numbers and own pads), so the two parties never
-// compete for pad material: Alice's send pads are Bob's receive pads.
+// Channel records a session's classical messages in two transcripts (sent
+// and received) and authenticates both at the end with Confirm. Messages
+// pass through unchanged; nothing read from the channel may be trusted, and
+// no key derived from the session may be used, until Confirm succeeded.
 type Channel struct {
 	inner quantum.Channel
-	send  *Tagger
-	recv  *Tagger
+	sent  *Transcript
+	recvd *Transcript
 }
 
 var _ quantum.Channel = (*Channel)(nil)
 
-// NewChannel wraps inner.
-func NewChannel(inner quantum.Channel, send, recv *Tagger) *Channel {
-	return &Channel{inner: inner, send: send, recv: recv}
+// NewChannel wraps inner; both parties use the same hash key.
+func NewChannel(inner quantum.Channel, h Hash) *Channel {
+	return &Channel{inner: inner, sent: h.NewTranscript(), recvd: h.NewTranscript()}
 }
 
-// Send tags and sends msg.
+// Send records and sends msg.
 func (c *Channel) Send(ctx context.Context, msg []byte) error {
-	tag, err := c.send.Tag(msg)
-	if err != nil {
-		return fmt.Errorf("auth: tag outgoing message: %w", err)
+	if err := c.inner.Send(ctx, msg); err != nil {
+		return err
 	}
-	framed := make([]byte, 0, len(msg)+TagSize)
-	framed = append(append(framed, msg...), tag[:]...)
-	return c.inner.Send(ctx, framed)
+	c.sent.Add(msg)
+	return nil
 }
 
-// Recv receives and checks the next message. After ErrBadTag the channel
-// is unusable and the session must be abandoned.
+// Recv receives and records the next message.
 func (c *Channel) Recv(ctx context.Context) ([]byte, error) {
-	framed, err := c.inner.Recv(ctx)
+	msg, err := c.inner.Recv(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(framed) < TagSize {
-		return nil, fmt.Errorf("auth: message of %d bytes has no tag: %w", len(framed), ErrBadTag)
-	}
-	msg, tag := framed[:len(framed)-TagSize], framed[len(framed)-TagSize:]
-	if err := c.recv.Verify(msg, tag); err != nil {
-		return nil, fmt.Errorf("auth: incoming message: %w", err)
-	}
+	c.recvd.Add(msg)
 	return msg, nil
+}
+
+// Confirm exchanges transcript tags: it sends the tag of everything sent
+// under sendPad and checks the peer's tag of everything received under
+// recvPad. The peer's sendPad is this side's recvPad. Both pads must be
+// fresh secret key, never used before. The tags themselves are not part of
+// the transcripts.
+func (c *Channel) Confirm(ctx context.Context, sendPad, recvPad []byte) error {
+	tag, err := c.sent.Tag(sendPad)
+	if err != nil {
+		return err
+	}
+	if err := c.inner.Send(ctx, tag[:]); err != nil {
+		return fmt.Errorf("auth: send transcript tag: %w", err)
+	}
+	peer, err := c.inner.Recv(ctx)
+	if err != nil {
+		return fmt.Errorf("auth: receive transcript tag: %w", err)
+	}
+	if err := c.recvd.Verify(recvPad, peer); err != nil {
+		return fmt.Errorf("auth: peer transcript: %w", err)
+	}
+	return nil
 }
