@@ -337,8 +337,11 @@ func (d *demoScreen) commands() string {
 	fmt.Fprintf(&b, "  curl %s https://%s/api/v1/keys/jkl/status\n", ghi, snd.Nodes[0].Addr())
 	fmt.Fprintf(&b, "  curl %s -H 'Content-Type: application/json' -d '{\"number\":1}' https://%s/api/v1/keys/jkl/enc_keys\n", ghi, m)
 	fmt.Fprintf(&b, "  curl %s 'https://%s/api/v1/keys/ghi/dec_keys?key_ID=KEY_ID'\n", jkl, s)
-	fmt.Fprintf(&b, "  %s sae status --help    # the Go SAE client (qkdkms sae status|enc|dec)\n", relPath(d.c.opts.Binary))
-	fmt.Fprintf(&b, "More SAE certificates: %s certs sae NAME --pki %s\n\n", relPath(d.c.opts.Binary), pkiDir)
+	bin := relPath(d.c.opts.Binary)
+	fmt.Fprintf(&b, "The same with the Go SAE client:\n")
+	fmt.Fprintf(&b, "  %s sae enc jkl --kme https://%s --cert %s/ghi.crt --key %s/ghi.key --ca %s/ca.crt\n", bin, m, pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "  %s sae dec ghi --key-id KEY_ID --kme https://%s --cert %s/jkl.crt --key %s/jkl.key --ca %s/ca.crt\n", bin, s, pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "More SAE certificates: %s certs sae NAME --pki %s\n\n", bin, pkiDir)
 	return b.String()
 }
 
