@@ -48,6 +48,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -230,10 +231,11 @@ var (
 
 // encLogStore seals every entry's payload under the current log epoch.
 type encLogStore struct {
-	inner raft.LogStore
-	kr    *keyring
-	mu    sync.RWMutex
-	cur   *ringKey
+	inner  raft.LogStore
+	kr     *keyring
+	mu     sync.RWMutex
+	cur    *ringKey
+	writes atomic.Uint64 // StoreLogs calls (one bbolt commit, one fsync pair each)
 }
 
 func newEncLogStore(inner raft.LogStore, kr *keyring) (*encLogStore, error) {
@@ -316,6 +318,7 @@ func (s *encLogStore) StoreLogs(logs []*raft.Log) error {
 			return err
 		}
 	}
+	s.writes.Add(1)
 	return s.inner.StoreLogs(sealed)
 }
 

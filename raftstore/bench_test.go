@@ -93,6 +93,12 @@ func BenchmarkSiteIssue(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("RAFTSTORE_INFLIGHT")); err == nil {
 		maxInFlight = v
 	}
+	if v, err := time.ParseDuration(os.Getenv("RAFTSTORE_LINGER_TICK")); err == nil {
+		lingerTick = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("RAFTSTORE_LINGER_MAX")); err == nil {
+		lingerMax = v
+	}
 	for _, n := range []int{1, 3} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			stores := tcpSite(b, n, os.Getenv("RAFTSTORE_NOSYNC") != "")
@@ -136,6 +142,9 @@ func BenchmarkSiteIssue(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 			st := l.Stats()
+			if w, err := strconv.ParseFloat(st["log_writes"], 64); err == nil && w > 0 {
+				b.ReportMetric(float64(b.N)/w, "ops/write")
+			}
 			if v, err := strconv.ParseFloat(st["ops_per_commit"], 64); err == nil {
 				b.ReportMetric(v, "ops/entry")
 			}

@@ -33,7 +33,14 @@ const (
 
 // maxInFlight bounds the Raft entries being applied at once (tunable in
 // benchmarks).
-var maxInFlight = 4
+var maxInFlight = 1
+
+// Linger of the batcher (tunable in benchmarks): after the queue ran dry it
+// waits up to lingerTick for another command, for at most lingerMax in all.
+var (
+	lingerTick = 200 * time.Microsecond
+	lingerMax  = 2 * time.Millisecond
+)
 
 // Store is one node's replica of the site state. It implements Admin.
 type Store struct {
@@ -376,14 +383,39 @@ func (s *Store) batcher() {
 			return
 		}
 		batch, size := []*op{first}, len(first.data)
-	drain:
+		// Take what is queued; then linger while more keeps arriving (the
+		// callers of the batch that just committed come back within
+		// microseconds), up to lingerMax. A lone caller waits one tick.
+		var timer *time.Timer
+		deadline := time.Now().Add(lingerMax)
+	collect:
 		for len(batch) < maxBatchOps && size < maxBatchBytes {
 			select {
 			case o := <-s.queue:
 				batch = append(batch, o)
 				size += len(o.data)
+				continue
 			default:
-				break drain
+			}
+			wait := min(lingerTick, time.Until(deadline))
+			if wait <= 0 {
+				break
+			}
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			select {
+			case o := <-s.queue:
+				batch = append(batch, o)
+				size += len(o.data)
+				timer.Stop()
+			case <-timer.C:
+				break collect
+			case <-s.stop:
+				timer.Stop()
+				break collect
 			}
 		}
 		go func() {
@@ -671,6 +703,7 @@ func (s *Store) Stats() map[string]string {
 		m["ops_per_commit"] = fmt.Sprintf("%.2f", float64(s.batchedOps.Load())/float64(c))
 	}
 	m["leader_ready"] = fmt.Sprint(s.ready.Load())
+	m["log_writes"] = fmt.Sprint(s.logs.writes.Load())
 	m["keyring_keys"] = fmt.Sprint(len(s.kr.list(kindLog)) + len(s.kr.list(kindSnap)))
 	return m
 }
