@@ -23,19 +23,31 @@ package raftstore
 //     own key; when the file snapshot store reaps a snapshot (or a snapshot is
 //     cancelled), its key slot is zeroed.
 //
-// Guarantee (what an attacker with the KEK and a copy of the data directory
-// taken after the fact can read): the sealed bits of a block are recoverable
-// only while (a) the block is still in the FSM state — a block leaves it once
-// the carve position passed its end and every key carved from it is erased or
-// burned and out of the 2-minute request-retry window — or (b) a log entry or
-// snapshot holding it is still under a live epoch/snapshot key. After a block
-// leaves the state, one snapshot (rotating the epoch and reaping the older
-// snapshot beyond the retained count) plus the following log compaction make
-// it unreadable. Erasure granularity is the block: erased keys inside a block
-// that still holds live keys stay sealed in the state until the block dies.
-// Key destruction overwrites the slot in place; on copy-on-write file systems
-// or flash that remaps writes, the old slot bytes may survive physically, so
-// the guarantee there degrades to "not reachable through the file system".
+// Guarantee (against an attacker who later obtains the KEK and a copy of the
+// data directory, including freed bbolt pages and deleted snapshot files):
+// the bits of a block are recoverable only while
+//   (a) the block is still in the FSM state. A block leaves the state once
+//       the carve position passed its end, every key carved from it is
+//       erased or burned and out of the request-retry window (2 minutes of
+//       leader time or the last 100,000 requests, whichever ends first), and
+//       (slave site) no unfilled hole reserved for a late relay overlaps it
+//       (holes are burned after the same 2 minutes); or
+//   (b) a Raft log entry or a snapshot holding it is still sealed under a
+//       key present in the keyring. After the block left the state, the next
+//       snapshot rotates the log epoch; once raft compacts the log past the
+//       last entry of the old epoch (TrailingLogs entries later, at the next
+//       snapshot) the epoch key is zeroed; snapshots older than the
+//       snapRetain newest are reaped and their keys zeroed. In practice: two
+//       snapshots after the block died, nothing on disk can decrypt it.
+// Erasure granularity is the block: an erased key inside a block that still
+// holds live keys stays sealed in the state until the whole block dies.
+// Plaintext key bits exist only in memory (the leader's Apply result and the
+// caller's buffers); they are never logged.
+// Key destruction overwrites the slot in place and fsyncs. On copy-on-write
+// file systems or flash that remaps writes, old slot bytes may survive
+// physically, so there the guarantee degrades to "not reachable through the
+// file system"; put the data directory on a file system that overwrites in
+// place (ext4, xfs) for the full guarantee.
 
 import (
 	"bufio"
