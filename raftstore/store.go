@@ -541,11 +541,16 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 		Bytes: len(b.Bits), Wrapped: wrapped, Sealed: sealed}).err
 }
 
-// IssueKeys carves r.KeyIDs keys of r.Size bits off the pool head in one
-// commit. A retry with the same RequestID returns the same keys.
+// IssueKeys carves len(r.KeyIDs) keys of r.Size bits off the pool head in
+// one commit. A retry with the same RequestID returns the same keys (or
+// ErrKeyNotFound if they were burned meanwhile). Empty r.Slaves means
+// [r.SlaveSAE]; a zero IssuedAt is set from the leader's clock.
 func (s *Store) IssueKeys(ctx context.Context, r IssueRequest) (Issued, error) {
 	if r.IssuedAt.IsZero() {
 		r.IssuedAt = s.clock()
+	}
+	if len(r.Slaves) == 0 {
+		r.Slaves = []string{r.SlaveSAE}
 	}
 	res := s.submit(ctx, cmdIssue, issueCmd{At: s.now(), RequestID: r.RequestID, MasterSAE: r.MasterSAE,
 		SlaveSAE: r.SlaveSAE, Slaves: r.Slaves, Size: r.Size, KeyIDs: r.KeyIDs, IssuedAt: r.IssuedAt.UTC()})
