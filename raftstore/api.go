@@ -78,6 +78,26 @@ type Block struct {
 	ConnectionID string
 	BlockID      string
 	Bits         []byte // plaintext; len*8 bits. Encrypted by the store before Raft.
+	// LinkPeer, when set, marks a block produced by the QKD link with that
+	// peer KME: the block becomes the link's last block (see LinkState) and
+	// AuthBits (plaintext, may be empty) are appended to the link's
+	// authentication pad stream in the same commit. Bits may then be empty
+	// (everything went to the pad stream).
+	LinkPeer string
+	AuthBits []byte
+}
+
+// LinkState is a QKD link's replicated bookkeeping at this site (per peer
+// KME): the last two link blocks committed here (for the sites' history
+// check), the pad offset reserved so far and the bytes of authentication
+// pad material sessions added.
+type LinkState struct {
+	Peer        string `json:"peer"`
+	LastBlock   string `json:"last_block"`
+	PrevBlock   string `json:"prev_block"`
+	PadOffset   uint64 `json:"pad_offset"`   // opaque to the store; only moves forward
+	StreamBytes uint64 `json:"stream_bytes"` // pad material bytes ever added (minus dropped blocks)
+	PadsFrom    uint64 `json:"pads_from"`    // stream bytes below this were released (erased)
 }
 
 // IssueRequest asks the master site to carve Number keys of Size bits off a

@@ -97,6 +97,15 @@ func TestAtRestNoPlaintext(t *testing.T) {
 			}
 		}
 	}
+	// Link pad material is sealed too.
+	auth := make([]byte, 512)
+	rand.Read(auth)
+	for off := 0; off+16 <= len(auth); off += 16 {
+		secrets = append(secrets, auth[off:off+16])
+	}
+	if err := m.AddBlock(ctx, Block{ConnectionID: conn.ID(), BlockID: "link-1", LinkPeer: "peer", AuthBits: auth}); err != nil {
+		t.Fatal(err)
+	}
 	var issuedIDs []string
 	for r := 0; r < 30; r++ {
 		kids := []string{fmt.Sprintf("k%d-0", r), fmt.Sprintf("k%d-1", r)}

@@ -27,6 +27,8 @@ const (
 	cmdConsume  cmdType = 7
 	cmdBurn     cmdType = 8
 	cmdBatch    cmdType = 9
+	cmdDrop     cmdType = 10
+	cmdPads     cmdType = 11
 )
 
 const cmdVersion = 1
@@ -51,6 +53,10 @@ func (t cmdType) String() string {
 		return "burn"
 	case cmdBatch:
 		return "batch"
+	case cmdDrop:
+		return "drop_last_block"
+	case cmdPads:
+		return "pads"
 	}
 	return fmt.Sprintf("cmd(%d)", byte(t))
 }
@@ -76,6 +82,11 @@ type addBlockCmd struct {
 	Bytes   int    `json:"bytes"`   // plaintext length
 	Wrapped []byte `json:"wrapped"` // data key sealed with the KEK
 	Sealed  []byte `json:"sealed"`  // block sealed with the data key, chunk by chunk
+	// QKD link blocks (see Block.LinkPeer): pad material sealed the same way.
+	LinkPeer    string `json:"link_peer,omitempty"`
+	AuthBytes   int    `json:"auth_bytes,omitempty"`
+	AuthWrapped []byte `json:"auth_wrapped,omitempty"`
+	AuthSealed  []byte `json:"auth_sealed,omitempty"`
 }
 
 type issueCmd struct {
@@ -175,6 +186,10 @@ func newCmdBody(t cmdType) any {
 		return &consumeCmd{}
 	case cmdBurn:
 		return &burnCmd{}
+	case cmdDrop:
+		return &dropCmd{}
+	case cmdPads:
+		return &padsCmd{}
 	}
 	return nil
 }

@@ -104,6 +104,7 @@ type fsmState struct {
 	conns map[string]*connState
 	keys  map[string]*keyRec
 	reqs  map[string]*reqEntry
+	links map[string]*linkState
 	order []*reqEntry // FIFO of reqs
 	now   int64       // largest command At seen
 }
@@ -113,6 +114,7 @@ func newState() *fsmState {
 		conns: map[string]*connState{},
 		keys:  map[string]*keyRec{},
 		reqs:  map[string]*reqEntry{},
+		links: map[string]*linkState{},
 	}
 }
 
@@ -190,6 +192,8 @@ var dispatch = map[cmdType]applyFunc{
 	cmdRecord:   func(st *fsmState, b any) result { return st.record(b.(*recordCmd)) },
 	cmdConsume:  func(st *fsmState, b any) result { return st.consume(b.(*consumeCmd)) },
 	cmdBurn:     func(st *fsmState, b any) result { return st.burn(b.(*burnCmd)) },
+	cmdDrop:     func(st *fsmState, b any) result { return st.dropLast(b.(*dropCmd)) },
+	cmdPads:     func(st *fsmState, b any) result { return st.pads(b.(*padsCmd)) },
 }
 
 func cmdAt(body any) int64 {
@@ -207,6 +211,10 @@ func cmdAt(body any) int64 {
 	case *consumeCmd:
 		return c.At
 	case *burnCmd:
+		return c.At
+	case *dropCmd:
+		return c.At
+	case *padsCmd:
 		return c.At
 	}
 	return 0
@@ -305,7 +313,28 @@ func (st *fsmState) addBlock(c *addBlockCmd) result {
 	if c.BlockID == "" || len(c.BlockID) > 256 {
 		return invalid("block ID must be 1..256 bytes")
 	}
-	if c.Bytes <= 0 || len(c.Sealed) != sealedLen(c.Bytes) || len(c.Wrapped) != wrappedLen {
+	if c.LinkPeer == "" {
+		if c.Bytes <= 0 || c.AuthBytes != 0 || c.AuthWrapped != nil || c.AuthSealed != nil {
+			return invalid("block %s: no key bits", c.BlockID)
+		}
+	} else {
+		if c.Bytes < 0 || c.AuthBytes < 0 || c.Bytes+c.AuthBytes == 0 {
+			return invalid("link block %s: no key bits", c.BlockID)
+		}
+		if c.AuthBytes > 0 && (len(c.AuthSealed) != sealedLen(c.AuthBytes) || len(c.AuthWrapped) != wrappedLen) {
+			return invalid("link block %s: malformed pad ciphertext", c.BlockID)
+		}
+		if c.AuthBytes == 0 && (c.AuthSealed != nil || c.AuthWrapped != nil) {
+			return invalid("link block %s: malformed pad ciphertext", c.BlockID)
+		}
+		if ls := st.links[c.LinkPeer]; ls != nil && (ls.last == c.BlockID || ls.prev == c.BlockID) {
+			return result{err: fmt.Errorf("%w: %s", ErrBlockExists, c.BlockID)}
+		}
+	}
+	if c.Bytes > 0 && (len(c.Sealed) != sealedLen(c.Bytes) || len(c.Wrapped) != wrappedLen) {
+		return invalid("block %s: malformed ciphertext", c.BlockID)
+	}
+	if c.Bytes == 0 && (c.Sealed != nil || c.Wrapped != nil) {
 		return invalid("block %s: malformed ciphertext", c.BlockID)
 	}
 	for _, b := range cs.blocks {
@@ -316,9 +345,14 @@ func (st *fsmState) addBlock(c *addBlockCmd) result {
 	if slices.Contains(cs.recent, c.BlockID) {
 		return result{err: fmt.Errorf("%w: %s", ErrBlockExists, c.BlockID)}
 	}
-	cs.blocks = append(cs.blocks, &blockRec{id: c.BlockID, start: cs.end, bytes: c.Bytes, wrapped: c.Wrapped, sealed: c.Sealed})
-	cs.end += int64(c.Bytes) * 8
-	cs.added++
+	if c.Bytes > 0 {
+		cs.blocks = append(cs.blocks, &blockRec{id: c.BlockID, start: cs.end, bytes: c.Bytes, wrapped: c.Wrapped, sealed: c.Sealed})
+		cs.end += int64(c.Bytes) * 8
+		cs.added++
+	}
+	if c.LinkPeer != "" {
+		st.linkAdd(c)
+	}
 	return result{}
 }
 
@@ -874,6 +908,7 @@ type snapState struct {
 	Conns   []snapConn `json:"conns"`
 	Keys    []snapKey  `json:"keys"`
 	Reqs    []snapReq  `json:"reqs"`
+	Links   []snapLink `json:"links"`
 }
 
 // export copies the state into its canonical, sorted form. Byte slices are
@@ -898,6 +933,7 @@ func (st *fsmState) export() *snapState {
 			Pending: k.pending, Offset: k.off, Bits: k.bits, IssuedAt: k.issuedAt, RequestID: k.requestID, State: k.state})
 	}
 	sort.Slice(s.Keys, func(i, j int) bool { return s.Keys[i].ID < s.Keys[j].ID })
+	s.Links = st.exportLinks()
 	s.Reqs = make([]snapReq, 0, len(st.order))
 	for _, e := range st.order {
 		s.Reqs = append(s.Reqs, snapReq{Key: e.key, At: e.at, Code: e.code, Caller: e.caller, KeyIDs: e.keyIDs})
@@ -935,6 +971,9 @@ func importState(s *snapState) (*fsmState, error) {
 			off: sk.Offset, bits: sk.Bits, issuedAt: sk.IssuedAt, requestID: sk.RequestID, state: sk.State}
 		st.keys[k.id] = k
 		st.acquire(k)
+	}
+	if err := st.importLinks(s.Links); err != nil {
+		return nil, err
 	}
 	for _, sr := range s.Reqs {
 		e := &reqEntry{key: sr.Key, at: sr.At, code: sr.Code, caller: sr.Caller, keyIDs: sr.KeyIDs}

@@ -527,18 +527,29 @@ func (s *Store) DeleteConnection(ctx context.Context, master, slave string) erro
 // AddBlock seals the block (fresh data key wrapped by the KEK) and appends
 // it to the connection's pool. b.Bits is not retained.
 func (s *Store) AddBlock(ctx context.Context, b Block) error {
-	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits) == 0 {
+	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits)+len(b.AuthBits) == 0 {
 		return fmt.Errorf("%w: block needs a connection ID, a block ID and bits", ErrInvalid)
+	}
+	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0) {
+		return fmt.Errorf("%w: pad bits only go with a link peer", ErrInvalid)
 	}
 	if s.raft.State() != raft.Leader {
 		return s.leaderErr()
 	}
-	wrapped, sealed, err := sealBlock(s.kek, b.ConnectionID, b.BlockID, b.Bits)
-	if err != nil {
-		return err
+	cmd := addBlockCmd{At: s.now(), ConnID: b.ConnectionID, BlockID: b.BlockID, Bytes: len(b.Bits), LinkPeer: b.LinkPeer}
+	var err error
+	if len(b.Bits) > 0 {
+		if cmd.Wrapped, cmd.Sealed, err = sealBlock(s.kek, b.ConnectionID, b.BlockID, b.Bits); err != nil {
+			return err
+		}
 	}
-	return s.submit(ctx, cmdAddBlock, addBlockCmd{At: s.now(), ConnID: b.ConnectionID, BlockID: b.BlockID,
-		Bytes: len(b.Bits), Wrapped: wrapped, Sealed: sealed}).err
+	if len(b.AuthBits) > 0 {
+		cmd.AuthBytes = len(b.AuthBits)
+		if cmd.AuthWrapped, cmd.AuthSealed, err = sealBlock(s.kek, linkAADID(b.LinkPeer), b.BlockID, b.AuthBits); err != nil {
+			return err
+		}
+	}
+	return s.submit(ctx, cmdAddBlock, cmd).err
 }
 
 // IssueKeys carves len(r.KeyIDs) keys of r.Size bits off the pool head in
