@@ -415,3 +415,59 @@ func TestLeaderChangesAndMembership(t *testing.T) {
 		t.Fatalf("joined node state %+v", st)
 	}
 }
+
+func TestPlugins(t *testing.T) {
+	ctx := ctxT(t)
+	c := storetest.MakeCluster(t, 3, storetest.WithConfig(func(i int, cfg *raftstore.Config) {
+		cfg.SnapshotThreshold, cfg.TrailingLogs, cfg.SnapshotInterval = 2, 1, 50*time.Millisecond
+	}))
+	l := c.Leader(t)
+	wasm := randBlock(t, 4096)
+	mod := raftstore.PluginModule{Name: "cascade2", Step: "reconcile", Version: "2.0.0", ABI: 1, WASM: wasm}
+	if err := l.InstallPlugin(ctx, mod); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.InstallPlugin(ctx, mod); err != nil {
+		t.Fatalf("identical reinstall: %v", err)
+	}
+	bad := mod
+	bad.Name, bad.SHA256 = "evil", "00"
+	if err := l.InstallPlugin(ctx, bad); !errors.Is(err, raftstore.ErrInvalid) {
+		t.Fatalf("sha mismatch: %v", err)
+	}
+	other := mod
+	other.WASM = randBlock(t, 10)
+	if err := l.InstallPlugin(ctx, other); !errors.Is(err, raftstore.ErrInvalid) {
+		t.Fatalf("different content under the same name: %v", err)
+	}
+	if err := l.UsePlugin(ctx, "reconcile", "cascade2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RemovePlugin(ctx, "cascade2"); !errors.Is(err, raftstore.ErrInvalid) {
+		t.Fatalf("removing an active plugin: %v", err)
+	}
+	ps, err := l.Plugins(ctx)
+	if err != nil || ps.Active["reconcile"] != "cascade2" || len(ps.Installed) != 1 || ps.Installed[0].WASM != nil {
+		t.Fatalf("plugins %+v %v", ps, err)
+	}
+	c.WaitDigestsEqual(t)
+	for _, f := range c.Followers() {
+		m, err := f.PluginModule(ctx, "cascade2")
+		if err != nil || !bytes.Equal(m.WASM, wasm) || m.Version != "2.0.0" {
+			t.Fatalf("module on follower: %v", err)
+		}
+		if _, err := f.Plugins(ctx); !errors.Is(err, raftstore.ErrNotLeader) {
+			t.Fatalf("follower Plugins: %v", err)
+		}
+	}
+	if err := l.UsePlugin(ctx, "reconcile", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RemovePlugin(ctx, "cascade2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.PluginModule(ctx, "cascade2"); !errors.Is(err, raftstore.ErrKeyNotFound) {
+		t.Fatalf("removed module: %v", err)
+	}
+	c.WaitDigestsEqual(t)
+}

@@ -29,6 +29,7 @@ const (
 	cmdBatch    cmdType = 9
 	cmdDrop     cmdType = 10
 	cmdPads     cmdType = 11
+	cmdPlugin   cmdType = 12
 )
 
 const cmdVersion = 1
@@ -57,6 +58,8 @@ func (t cmdType) String() string {
 		return "drop_last_block"
 	case cmdPads:
 		return "pads"
+	case cmdPlugin:
+		return "plugin"
 	}
 	return fmt.Sprintf("cmd(%d)", byte(t))
 }
@@ -190,6 +193,8 @@ func newCmdBody(t cmdType) any {
 		return &dropCmd{}
 	case cmdPads:
 		return &padsCmd{}
+	case cmdPlugin:
+		return &pluginCmd{}
 	}
 	return nil
 }

@@ -105,16 +105,21 @@ type fsmState struct {
 	keys  map[string]*keyRec
 	reqs  map[string]*reqEntry
 	links map[string]*linkState
-	order []*reqEntry // FIFO of reqs
-	now   int64       // largest command At seen
+	// plugin selection: step -> name; installed modules by name
+	active  map[string]string
+	plugins map[string]*PluginModule
+	order   []*reqEntry // FIFO of reqs
+	now     int64       // largest command At seen
 }
 
 func newState() *fsmState {
 	return &fsmState{
-		conns: map[string]*connState{},
-		keys:  map[string]*keyRec{},
-		reqs:  map[string]*reqEntry{},
-		links: map[string]*linkState{},
+		conns:   map[string]*connState{},
+		keys:    map[string]*keyRec{},
+		reqs:    map[string]*reqEntry{},
+		links:   map[string]*linkState{},
+		active:  map[string]string{},
+		plugins: map[string]*PluginModule{},
 	}
 }
 
@@ -194,6 +199,7 @@ var dispatch = map[cmdType]applyFunc{
 	cmdBurn:     func(st *fsmState, b any) result { return st.burn(b.(*burnCmd)) },
 	cmdDrop:     func(st *fsmState, b any) result { return st.dropLast(b.(*dropCmd)) },
 	cmdPads:     func(st *fsmState, b any) result { return st.pads(b.(*padsCmd)) },
+	cmdPlugin:   func(st *fsmState, b any) result { return st.plugin(b.(*pluginCmd)) },
 }
 
 func cmdAt(body any) int64 {
@@ -215,6 +221,8 @@ func cmdAt(body any) int64 {
 	case *dropCmd:
 		return c.At
 	case *padsCmd:
+		return c.At
+	case *pluginCmd:
 		return c.At
 	}
 	return 0
@@ -902,13 +910,14 @@ type snapReq struct {
 }
 
 type snapState struct {
-	Version int        `json:"version"`
-	Index   uint64     `json:"index"` // last command index applied
-	Now     int64      `json:"now"`
-	Conns   []snapConn `json:"conns"`
-	Keys    []snapKey  `json:"keys"`
-	Reqs    []snapReq  `json:"reqs"`
-	Links   []snapLink `json:"links"`
+	Version int         `json:"version"`
+	Index   uint64      `json:"index"` // last command index applied
+	Now     int64       `json:"now"`
+	Conns   []snapConn  `json:"conns"`
+	Keys    []snapKey   `json:"keys"`
+	Reqs    []snapReq   `json:"reqs"`
+	Links   []snapLink  `json:"links"`
+	Plugins snapPlugins `json:"plugins"`
 }
 
 // export copies the state into its canonical, sorted form. Byte slices are
@@ -934,6 +943,7 @@ func (st *fsmState) export() *snapState {
 	}
 	sort.Slice(s.Keys, func(i, j int) bool { return s.Keys[i].ID < s.Keys[j].ID })
 	s.Links = st.exportLinks()
+	s.Plugins = st.exportPlugins()
 	s.Reqs = make([]snapReq, 0, len(st.order))
 	for _, e := range st.order {
 		s.Reqs = append(s.Reqs, snapReq{Key: e.key, At: e.at, Code: e.code, Caller: e.caller, KeyIDs: e.keyIDs})
@@ -975,6 +985,7 @@ func importState(s *snapState) (*fsmState, error) {
 	if err := st.importLinks(s.Links); err != nil {
 		return nil, err
 	}
+	st.importPlugins(s.Plugins)
 	for _, sr := range s.Reqs {
 		e := &reqEntry{key: sr.Key, at: sr.At, code: sr.Code, caller: sr.Caller, keyIDs: sr.KeyIDs}
 		st.reqs[e.key] = e
