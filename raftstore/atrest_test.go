@@ -189,9 +189,6 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // snapshot that is still decryptable with the keyring left on disk holds
 // that block.
 func TestAtRestShredding(t *testing.T) {
-	type sealed struct {
-		l raft.Log
-	}
 	var mu sync.Mutex
 	var logsWritten []raft.Log
 	snapRecs := map[string][][]byte{}
@@ -354,7 +351,6 @@ func TestAtRestShredding(t *testing.T) {
 	if st, err := s2.Connection(ctx, "A", "B"); err != nil || st.StoredBits != 4*1024*8-(64+1+12)*256 {
 		t.Fatalf("after restart: %+v %v", st, err)
 	}
-	_ = strings.Contains
 }
 
 func TestLoadKEK(t *testing.T) {
