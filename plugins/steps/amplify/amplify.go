@@ -45,7 +45,17 @@ func Toeplitz(x, s bits.Vec, l int) bits.Vec {
 	expand(b, x)
 	t.forward(a)
 	t.forward(b)
-	for i := range a {
+	b = b[:len(a)]
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		aa := a[i : i+4 : i+4]
+		bb := b[i : i+4 : i+4]
+		aa[0] = mulMont(aa[0], bb[0])
+		aa[1] = mulMont(aa[1], bb[1])
+		aa[2] = mulMont(aa[2], bb[2])
+		aa[3] = mulMont(aa[3], bb[3])
+	}
+	for ; i < len(a); i++ {
 		a[i] = mulMont(a[i], b[i])
 	}
 	t.inverse(a)
@@ -69,6 +79,22 @@ func expand(dst []uint32, v bits.Vec) {
 			lim = v.N - base
 		}
 		d := dst[base : base+lim]
+		if lim == 64 {
+			// unrolled by 8: fewer loop back-edges (see ntt.go)
+			for j := 0; j < 64; j += 8 {
+				dd := d[j : j+8 : j+8]
+				x := w >> uint(j)
+				dd[0] = uint32(x) & 1
+				dd[1] = uint32(x>>1) & 1
+				dd[2] = uint32(x>>2) & 1
+				dd[3] = uint32(x>>3) & 1
+				dd[4] = uint32(x>>4) & 1
+				dd[5] = uint32(x>>5) & 1
+				dd[6] = uint32(x>>6) & 1
+				dd[7] = uint32(x>>7) & 1
+			}
+			continue
+		}
 		for j := range d {
 			d[j] = uint32(w>>uint(j)) & 1
 		}
