@@ -229,22 +229,10 @@ func decodeCmd(data []byte) (cmdType, any, error) {
 	return t, body, nil
 }
 
-// Error codes stored in the request table so that a retried command returns
-// its first result.
+// Error codes a request-table entry may carry (entries are only written for
+// successes today, code 0; the field keeps the snapshot format open).
 var errCodes = []error{nil, ErrConnectionExists, ErrConnectionNotFound, ErrInsufficientKeys,
 	ErrKeyNotFound, ErrNotAuthorized, ErrInvalid, ErrBlockExists}
-
-func errCode(err error) int {
-	for i, e := range errCodes[1:] {
-		if errors.Is(err, e) {
-			return i + 1
-		}
-	}
-	if err != nil {
-		return len(errCodes) // unknown; should not happen
-	}
-	return 0
-}
 
 func codeErr(c int) error {
 	if c == 0 {

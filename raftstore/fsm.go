@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -235,10 +234,15 @@ func (f *fsm) apply(t cmdType, body any) result {
 	}
 	f.applied++
 	st := f.st
+	r := fn(st, body)
+	if r.err != nil {
+		// A failed command changes nothing, not even the clock: its retry
+		// is evaluated afresh (only successes must never apply twice).
+		return r
+	}
 	if at := cmdAt(body); at > st.now {
 		st.now = at
 	}
-	r := fn(st, body)
 	st.evict()
 	return r
 }
@@ -557,9 +561,7 @@ func (st *fsmState) issue(c *issueCmd) result {
 	if e, ok := st.reqs[rk]; ok {
 		return st.issued(e)
 	}
-	r := st.issueCheck(c)
-	if r.err != nil {
-		st.remember(rk, c.At, errCode(r.err), "", nil)
+	if r := st.issueCheck(c); r.err != nil {
 		return r
 	}
 	id := Connection{MasterSAE: c.MasterSAE, SlaveSAE: c.SlaveSAE}.ID()
@@ -624,13 +626,7 @@ func (st *fsmState) record(c *recordCmd) result {
 	if e, ok := st.reqs[rk]; ok {
 		return result{err: codeErr(e.code)}
 	}
-	r := st.recordCheck(&a)
-	if r.err != nil {
-		// ErrInsufficientKeys is not remembered: the peer retries once the
-		// block arrived, and the retry must be able to succeed.
-		if !errors.Is(r.err, ErrInsufficientKeys) {
-			st.remember(rk, c.At, errCode(r.err), "", nil)
-		}
+	if r := st.recordCheck(&a); r.err != nil {
 		return r
 	}
 	id := Connection{MasterSAE: a.MasterSAE, SlaveSAE: a.SlaveSAE}.ID()
@@ -774,7 +770,6 @@ func (st *fsmState) consume(c *consumeCmd) result {
 	}
 	ks, r := st.consumeCheck(c)
 	if r.err != nil {
-		st.remember(rk, c.At, errCode(r.err), c.Caller, nil)
 		return r
 	}
 	for _, k := range ks {
