@@ -657,6 +657,13 @@ func (s *Store) Connections(ctx context.Context) ([]ConnectionStatus, error) {
 // check (stale on followers). For metrics and diagnostics only.
 func (s *Store) LocalConnections() []ConnectionStatus { return s.fsm.connections() }
 
+// LocalConnection reads one connection from this node's applied state
+// without any leader check (possibly stale): for validating request
+// parameters cheaply; the FSM re-checks everything at Apply.
+func (s *Store) LocalConnection(master, slave string) (ConnectionStatus, error) {
+	return s.fsm.connection(Connection{MasterSAE: master, SlaveSAE: slave}.ID())
+}
+
 // Digest hashes the FSM's applied state; equal on nodes at the same index.
 func (s *Store) Digest() (uint64, string) { return s.fsm.digest() }
 
