@@ -133,6 +133,7 @@ func (n *Node) adminHandler() http.Handler {
 			return n.servers(ctx)
 		})
 	})
+	n.linkAdminRoutes(mux)
 	return n.requireAdmin(mux)
 }
 
@@ -183,7 +184,12 @@ func suffrage(s raft.ServerSuffrage) string {
 }
 
 func decodeAdmin(w http.ResponseWriter, r *http.Request, v any) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	return decodeAdminLimit(w, r, v, 64<<10)
+}
+
+// decodeAdminLimit decodes a strict JSON body of at most limit bytes.
+func decodeAdminLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "read body: "+err.Error())
 		return nil, false

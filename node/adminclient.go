@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/node/link"
 )
 
 // ErrAdmin wraps an error answer of the admin API (an *AdminError).
@@ -110,4 +111,39 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		return nil
 	}
 	return lastErr
+}
+
+// Links returns the status of the site's QKD links (the leader's view).
+func (c *AdminClient) Links(ctx context.Context) ([]link.Status, error) {
+	var out []link.Status
+	err := c.do(ctx, http.MethodGet, "/admin/v1/link", nil, &out)
+	return out, err
+}
+
+// SetEve sets the simulated eavesdropper's fraction on the fiber to peer.
+func (c *AdminClient) SetEve(ctx context.Context, peer string, p float64) ([]link.Status, error) {
+	var out []link.Status
+	err := c.do(ctx, http.MethodPost, "/admin/v1/link/eve", EveRequest{Peer: peer, P: p}, &out)
+	return out, err
+}
+
+// Plugins lists the site's step plugins and the active choice per step.
+func (c *AdminClient) Plugins(ctx context.Context) (PluginsResponse, error) {
+	var out PluginsResponse
+	err := c.do(ctx, http.MethodGet, "/admin/v1/plugins", nil, &out)
+	return out, err
+}
+
+// InstallPlugin stores a WASM step plugin in the site.
+func (c *AdminClient) InstallPlugin(ctx context.Context, req InstallRequest) (PluginsResponse, error) {
+	var out PluginsResponse
+	err := c.do(ctx, http.MethodPost, "/admin/v1/plugins/install", req, &out)
+	return out, err
+}
+
+// UsePlugin selects the site's plugin for a step (NAME or NAME@VERSION).
+func (c *AdminClient) UsePlugin(ctx context.Context, step, plugin string) (PluginsResponse, error) {
+	var out PluginsResponse
+	err := c.do(ctx, http.MethodPost, "/admin/v1/plugins/use", UseRequest{Step: step, Plugin: plugin}, &out)
+	return out, err
 }

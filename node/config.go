@@ -23,6 +23,7 @@ const (
 	DefaultListen    = "127.0.0.1:8443"
 	DefaultLogLevel  = "info"
 	DefaultLogFormat = "text"
+	DefaultFiberKm   = 25.0
 )
 
 // Config is a node's configuration: a JSON file (strict: unknown fields are
@@ -58,6 +59,8 @@ type Config struct {
 	Raft RaftTiming `json:"raft"`
 	// Log output.
 	Log LogConfig `json:"log"`
+	// Link runs QKD links to the peer sites; off unless link.psk_file is set.
+	Link LinkConfig `json:"link"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -84,6 +87,27 @@ type RaftTiming struct {
 	TrailingLogs       uint64   `json:"trailing_logs"`
 	// NoSync disables fsync of the Raft log (tests only: loses I4).
 	NoSync bool `json:"no_sync"`
+}
+
+// LinkConfig configures the QKD links to the sites in Peers: BB84 over the
+// simulated quantum channel with the step plugins, run by the leaders.
+type LinkConfig struct {
+	// PSKFile holds the pre-shared authentication secret of the links
+	// (identical file at both sites, mode 0600; see `qkdkms psk`). Empty:
+	// no QKD link, keys reach pools only through the admin block import.
+	PSKFile string `json:"psk_file"`
+	// PluginDir holds manifest.json and the step plugins (`make plugins`
+	// writes bin/plugins).
+	PluginDir string `json:"plugin_dir"`
+	// Native runs the shipped step code natively instead of as WASM.
+	Native bool `json:"native"`
+	// FiberKm is the simulated fiber length in km (default 25).
+	FiberKm float64 `json:"fiber_km"`
+	// BlockBits is the target sifted key block per session (default 400000).
+	BlockBits int `json:"block_bits"`
+	// Eve is the initial fraction of pulses an intercept-resend eavesdropper
+	// attacks on the simulated fiber (default 0; settable at run time).
+	Eve float64 `json:"eve"`
 }
 
 // LogConfig selects log level, format and the audit stream.
@@ -161,6 +185,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = DefaultLogFormat
+	}
+	if c.Link.FiberKm == 0 {
+		c.Link.FiberKm = DefaultFiberKm
 	}
 	return c
 }
@@ -263,6 +290,23 @@ func (c Config) Validate() error {
 	}
 	if r.ElectionTimeout > 0 && r.HeartbeatTimeout > 0 && r.ElectionTimeout < r.HeartbeatTimeout {
 		add("raft.election_timeout (%v) must not be below raft.heartbeat_timeout (%v)", r.ElectionTimeout.D(), r.HeartbeatTimeout.D())
+	}
+	if c.Link.PSKFile != "" {
+		if len(c.Peers) == 0 {
+			add("link.psk_file: set but no peers to link to")
+		}
+		if c.Link.PluginDir == "" && !c.Link.Native {
+			add("link.plugin_dir: required unless link.native is true")
+		}
+		if c.Link.FiberKm < 0 || c.Link.FiberKm > 400 {
+			add("link.fiber_km: %v outside [0, 400]", c.Link.FiberKm)
+		}
+		if c.Link.BlockBits < 0 || (c.Link.BlockBits > 0 && c.Link.BlockBits < 10_000) {
+			add("link.block_bits: %d is below 10000 (the finite-key bound leaves no key)", c.Link.BlockBits)
+		}
+		if c.Link.Eve < 0 || c.Link.Eve > 1 {
+			add("link.eve: %v outside [0, 1]", c.Link.Eve)
+		}
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":

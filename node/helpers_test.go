@@ -101,6 +101,7 @@ type testSite struct {
 	dirs   map[string]string
 	lns    map[string]net.Listener
 	logger *slog.Logger
+	link   LinkConfig // QKD link settings (off unless PSKFile is set)
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -175,6 +176,7 @@ func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Co
 		KEKFile:   s.kek,
 		Bootstrap: boot,
 		Peers:     s.peers,
+		Link:      s.link,
 		Raft: RaftTiming{
 			HeartbeatTimeout:   Duration(300 * time.Millisecond),
 			ElectionTimeout:    Duration(300 * time.Millisecond),

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/node/link"
 )
 
 // RaftALPN is the ALPN protocol that marks a TLS connection on a node's
@@ -42,6 +44,8 @@ type mux struct {
 	wg     sync.WaitGroup
 
 	refusedRaft func() // metrics hook, may be nil
+	// onLink takes QKD link connections (ALPN link.ALPN); unset refuses them.
+	onLink atomic.Pointer[func(*tls.Conn)]
 }
 
 func newMux(ln net.Listener, tlsCfg *tls.Config, kmeID string, logger *slog.Logger) *mux {
@@ -98,6 +102,16 @@ func (m *mux) handle(raw net.Conn) {
 	}
 	st := tc.ConnectionState()
 	ch := m.httpCh
+	if st.NegotiatedProtocol == link.ALPN {
+		h := m.onLink.Load()
+		if h == nil {
+			m.logger.Warn("refused QKD link connection: no link configured", "remote", raw.RemoteAddr().String())
+			_ = tc.Close()
+			return
+		}
+		(*h)(tc)
+		return
+	}
 	if st.NegotiatedProtocol == RaftALPN {
 		// Raft streams only from nodes of this site.
 		if len(st.PeerCertificates) == 0 || pki.KMEID(st.PeerCertificates[0]) != m.kmeID {

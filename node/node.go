@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/node/link"
 	"qkdkms/raftstore"
 )
 
@@ -46,6 +47,7 @@ type Node struct {
 	conns     *connTracker
 	store     *raftstore.Store
 	services  *services
+	links     *links // nil without link.psk_file
 
 	siteClient *http.Client // node-to-node within the site, requires kme:<KMEID>
 	httpSrv    *http.Server
@@ -134,6 +136,13 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	peerTLS := n.clientTLS.Clone()
 	peerTLS.VerifyConnection = requireAnyKME
 	n.services = newServices(n, &http.Client{Transport: n.conns.httpTransport(peerTLS)})
+	if n.links, err = newLinks(ctx, n); err != nil {
+		return nil, err
+	}
+	if n.links != nil {
+		serve := n.links.serve
+		n.mux.onLink.Store(&serve)
+	}
 
 	n.httpSrv = &http.Server{
 		Handler:           n.routes(),
@@ -177,6 +186,9 @@ func (n *Node) Start() {
 			}()
 		}
 		n.services.start()
+		if n.links != nil {
+			n.links.start()
+		}
 	})
 }
 
@@ -186,6 +198,9 @@ func (n *Node) Start() {
 func (n *Node) Close(ctx context.Context) error {
 	n.closeOnce.Do(func() {
 		var errs []error
+		if n.links != nil {
+			n.links.stop()
+		}
 		n.services.stop()
 		if err := n.store.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("store shutdown: %w", err))
@@ -211,6 +226,9 @@ func (n *Node) Close(ctx context.Context) error {
 // stays as a crash would leave it (minus an fsync-less tail when NoSync).
 func (n *Node) Kill() {
 	n.closeOnce.Do(func() {
+		if n.links != nil {
+			n.links.stop()
+		}
 		n.services.stop()
 		_ = n.mux.close()
 		n.conns.closeAll()
@@ -400,7 +418,7 @@ func (n *Node) setupTLS() error {
 	}
 	n.cert, n.pool = cert, pool
 	n.serverTLS = pki.ServerConfig(cert, pool)
-	n.serverTLS.NextProtos = []string{"http/1.1", RaftALPN}
+	n.serverTLS.NextProtos = []string{"http/1.1", RaftALPN, link.ALPN}
 	n.clientTLS = pki.ClientConfig(cert, pool)
 	return nil
 }

@@ -1,0 +1,259 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"qkdkms/node/link"
+	"qkdkms/plugins/host"
+	"qkdkms/plugins/steps"
+	"qkdkms/plugins/steps/all"
+	"qkdkms/raftstore"
+)
+
+// Admin API for QKD links and step plugins (same authorization as the rest
+// of /admin/v1/; every call runs on the leader, proxied by followers):
+//
+//	GET  /admin/v1/link                    → []link.Status
+//	POST /admin/v1/link/eve  EveRequest    → []link.Status
+//	GET  /admin/v1/plugins                 → PluginsResponse
+//	POST /admin/v1/plugins/install InstallRequest → PluginsResponse
+//	POST /admin/v1/plugins/use UseRequest  → PluginsResponse
+
+// MaxPluginBytes bounds an installed WASM module.
+const MaxPluginBytes = 32 << 20
+
+// EveRequest turns the simulated intercept-resend eavesdropper on the fiber
+// to Peer on (P > 0) or off (P = 0).
+type EveRequest struct {
+	Peer string  `json:"peer"`
+	P    float64 `json:"p"`
+}
+
+// InstallRequest stores a WASM step plugin in the site.
+type InstallRequest struct {
+	Name    string `json:"name"`
+	Step    string `json:"step"`
+	Version string `json:"version"`
+	ABI     int    `json:"abi"`
+	SHA256  string `json:"sha256"` // hex; must match the module
+	WASM    []byte `json:"wasm"`   // base64 in JSON
+}
+
+// UseRequest makes Plugin the site's choice for Step. Plugin is NAME or
+// NAME@VERSION.
+type UseRequest struct {
+	Step   string `json:"step"`
+	Plugin string `json:"plugin"`
+}
+
+// PluginInfo is one plugin the site can run.
+type PluginInfo struct {
+	Name    string `json:"name"`
+	Step    string `json:"step"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+	Source  string `json:"source"` // shipped (plugin dir / native) or installed (Raft)
+	Active  bool   `json:"active"`
+}
+
+// PluginsResponse lists the plugins and the active choice per step.
+type PluginsResponse struct {
+	KMEID   string            `json:"kme_id"`
+	Active  map[string]string `json:"active"` // step → plugin name (default: the first shipped)
+	Plugins []PluginInfo      `json:"plugins"`
+}
+
+func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /admin/v1/link", func(w http.ResponseWriter, r *http.Request) {
+		n.leaderDo(w, r, nil, func(ctx context.Context) (any, error) {
+			if !n.store.IsLeader() {
+				return nil, raftstore.ErrNotLeader
+			}
+			return n.links.statuses(), nil
+		})
+	})
+	mux.HandleFunc("POST /admin/v1/link/eve", func(w http.ResponseWriter, r *http.Request) {
+		var req EveRequest
+		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
+		if !ok {
+			return
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
+			if !n.store.IsLeader() {
+				return nil, raftstore.ErrNotLeader
+			}
+			l, err := n.linkTo(req.Peer)
+			if err != nil {
+				return nil, err
+			}
+			if err := l.SetEve(req.P); err != nil {
+				return nil, fmt.Errorf("%w: %w", raftstore.ErrInvalid, err)
+			}
+			n.logger.Warn("simulated eavesdropper changed", "peer", req.Peer, "p", req.P)
+			return n.links.statuses(), nil
+		})
+	})
+	mux.HandleFunc("GET /admin/v1/plugins", func(w http.ResponseWriter, r *http.Request) {
+		n.leaderDo(w, r, nil, func(ctx context.Context) (any, error) { return n.pluginList(ctx) })
+	})
+	mux.HandleFunc("POST /admin/v1/plugins/install", func(w http.ResponseWriter, r *http.Request) {
+		var req InstallRequest
+		body, ok := decodeAdminLimit(w, r, &req, 2*MaxPluginBytes)
+		if !ok {
+			return
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
+			if err := n.installPlugin(ctx, req); err != nil {
+				return nil, err
+			}
+			return n.pluginList(ctx)
+		})
+	})
+	mux.HandleFunc("POST /admin/v1/plugins/use", func(w http.ResponseWriter, r *http.Request) {
+		var req UseRequest
+		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
+		if !ok {
+			return
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
+			if err := n.usePlugin(ctx, req); err != nil {
+				return nil, err
+			}
+			return n.pluginList(ctx)
+		})
+	})
+}
+
+func (n *Node) linkTo(peer string) (*link.Link, error) {
+	if n.links == nil {
+		return nil, fmt.Errorf("%w: no QKD link is configured on this site (link.psk_file)", raftstore.ErrInvalid)
+	}
+	l := n.links.byPeer[peer]
+	if l == nil {
+		return nil, fmt.Errorf("%w: no link to %q", raftstore.ErrInvalid, peer)
+	}
+	return l, nil
+}
+
+// shipped lists the plugins the node runs without installation.
+func (n *Node) shipped() []host.Info {
+	if n.links == nil {
+		return nil
+	}
+	if n.links.host != nil {
+		return n.links.host.Plugins()
+	}
+	var out []host.Info
+	for _, p := range all.Plugins {
+		out = append(out, host.Info{Name: p.Name, Kind: p.Kind, Version: p.Version})
+	}
+	return out
+}
+
+func (n *Node) pluginList(ctx context.Context) (PluginsResponse, error) {
+	st, err := n.store.Plugins(ctx)
+	if err != nil {
+		return PluginsResponse{}, err
+	}
+	resp := PluginsResponse{KMEID: n.cfg.KMEID, Active: map[string]string{}}
+	installed := map[string]bool{}
+	for _, m := range st.Installed {
+		installed[m.Name] = true
+	}
+	for _, info := range n.shipped() {
+		if installed[info.Name] {
+			continue // an installed module loaded into the host
+		}
+		resp.Plugins = append(resp.Plugins, PluginInfo{Name: info.Name, Step: string(info.Kind), Version: info.Version, SHA256: info.SHA256, Source: "shipped"})
+	}
+	for _, m := range st.Installed {
+		resp.Plugins = append(resp.Plugins, PluginInfo{Name: m.Name, Step: m.Step, Version: m.Version, SHA256: m.SHA256, Source: "installed"})
+	}
+	for _, k := range steps.Kinds {
+		name := st.Active[string(k)]
+		if name == "" {
+			for _, p := range resp.Plugins {
+				if p.Step == string(k) && p.Source == "shipped" {
+					name = p.Name
+					break
+				}
+			}
+		}
+		resp.Active[string(k)] = name
+		for i := range resp.Plugins {
+			if resp.Plugins[i].Step == string(k) && resp.Plugins[i].Name == name {
+				resp.Plugins[i].Active = true
+			}
+		}
+	}
+	return resp, nil
+}
+
+func (n *Node) installPlugin(ctx context.Context, req InstallRequest) error {
+	if !n.store.IsLeader() {
+		return raftstore.ErrNotLeader
+	}
+	if n.links == nil || n.links.host == nil {
+		return fmt.Errorf("%w: this site runs no WASM plugins (link.psk_file unset or link.native on)", raftstore.ErrInvalid)
+	}
+	if len(req.WASM) == 0 || len(req.WASM) > MaxPluginBytes {
+		return fmt.Errorf("%w: wasm: %d bytes (1 to %d)", raftstore.ErrInvalid, len(req.WASM), MaxPluginBytes)
+	}
+	sum := sha256.Sum256(req.WASM)
+	if req.SHA256 != "" && !strings.EqualFold(req.SHA256, hex.EncodeToString(sum[:])) {
+		return fmt.Errorf("%w: sha256 %s does not match the module (%x)", raftstore.ErrInvalid, req.SHA256, sum)
+	}
+	for _, info := range n.shipped() {
+		if info.Name == req.Name && info.SHA256 != hex.EncodeToString(sum[:]) {
+			return fmt.Errorf("%w: name %q is taken by a shipped plugin; install under another name", raftstore.ErrInvalid, req.Name)
+		}
+	}
+	info := host.Info{Name: req.Name, Kind: steps.Kind(req.Step), Version: req.Version, ABI: req.ABI, SHA256: hex.EncodeToString(sum[:])}
+	// Compile and check the module's exports and ABI before it enters the
+	// site: a module the host refuses never reaches Raft.
+	check, err := host.New(ctx, host.Options{Logger: n.logger.With("component", "plugins")})
+	if err != nil {
+		return err
+	}
+	defer check.Close(ctx)
+	if err := check.Add(ctx, info, req.WASM); err != nil {
+		return fmt.Errorf("%w: %w", raftstore.ErrInvalid, err)
+	}
+	if err := n.store.InstallPlugin(ctx, raftstore.PluginModule{
+		Name: req.Name, Step: req.Step, Version: req.Version, ABI: req.ABI, SHA256: info.SHA256, WASM: req.WASM,
+	}); err != nil {
+		return err
+	}
+	n.logger.Info("plugin installed", "name", req.Name, "step", req.Step, "version", req.Version, "sha256", info.SHA256)
+	return nil
+}
+
+func (n *Node) usePlugin(ctx context.Context, req UseRequest) error {
+	name, version, _ := strings.Cut(req.Plugin, "@")
+	list, err := n.pluginList(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range list.Plugins {
+		if p.Name != name {
+			continue
+		}
+		if p.Step != req.Step {
+			return fmt.Errorf("%w: plugin %s is a %s step, not %s", raftstore.ErrInvalid, name, p.Step, req.Step)
+		}
+		if version != "" && version != p.Version {
+			return fmt.Errorf("%w: plugin %s has version %s, not %s", raftstore.ErrInvalid, name, p.Version, version)
+		}
+		if err := n.store.UsePlugin(ctx, req.Step, name); err != nil {
+			return err
+		}
+		n.logger.Info("plugin selected", "step", req.Step, "plugin", name, "version", p.Version)
+		return nil
+	}
+	return fmt.Errorf("%w: no plugin %q on this site (see GET /admin/v1/plugins)", raftstore.ErrInvalid, req.Plugin)
+}

@@ -1,0 +1,199 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"qkdkms/quantum"
+	"qkdkms/quantum/sim"
+)
+
+// Message kinds on a link connection.
+const (
+	kindClassical byte = 'C' // a classical-channel message (authenticated above this layer)
+	kindQuantum   byte = 'Q' // a frame of simulated photons in transit
+)
+
+// maxMessage bounds one message on the wire (a transit frame of a large
+// session is a few MB).
+const maxMessage = 256 << 20
+
+// wire multiplexes the classical channel and the simulated quantum channel
+// over one TLS connection between the two sites' leaders: each message is
+// a kind byte, a 4-byte big-endian length and the payload. A reader
+// goroutine sorts incoming messages into one queue per kind. When the
+// connection fails, every pending and later call returns quantum.ErrLinkDown.
+type wire struct {
+	conn net.Conn
+
+	wmu sync.Mutex
+	bw  *bufio.Writer
+
+	classical chan []byte
+	quantum   chan []byte
+	done      chan struct{}
+	once      sync.Once
+	err       error // set before done is closed
+}
+
+var (
+	_ quantum.Channel = (*wire)(nil)
+	_ sim.Link        = (*quantumLink)(nil)
+)
+
+func newWire(conn net.Conn) *wire {
+	w := &wire{
+		conn:      conn,
+		bw:        bufio.NewWriterSize(conn, 64<<10),
+		classical: make(chan []byte, 64),
+		quantum:   make(chan []byte, 4),
+		done:      make(chan struct{}),
+	}
+	go w.read()
+	return w
+}
+
+func (w *wire) read() {
+	br := bufio.NewReaderSize(w.conn, 64<<10)
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			w.fail(err)
+			return
+		}
+		n := binary.BigEndian.Uint32(hdr[1:])
+		if n > maxMessage {
+			w.fail(fmt.Errorf("message of %d bytes exceeds %d", n, maxMessage))
+			return
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			w.fail(err)
+			return
+		}
+		var q chan []byte
+		switch hdr[0] {
+		case kindClassical:
+			q = w.classical
+		case kindQuantum:
+			q = w.quantum
+		default:
+			w.fail(fmt.Errorf("unknown message kind %q", hdr[0]))
+			return
+		}
+		select {
+		case q <- buf:
+		case <-w.done:
+			return
+		}
+	}
+}
+
+// fail closes the wire with the first error.
+func (w *wire) fail(err error) {
+	w.once.Do(func() {
+		w.err = err
+		close(w.done)
+		_ = w.conn.Close()
+	})
+}
+
+// Close tears the connection down.
+func (w *wire) Close() error {
+	w.fail(errors.New("closed"))
+	return nil
+}
+
+func (w *wire) downErr() error {
+	return fmt.Errorf("%w: %v", quantum.ErrLinkDown, w.err)
+}
+
+func (w *wire) send(ctx context.Context, kind byte, payload []byte) error {
+	if len(payload) > maxMessage {
+		return fmt.Errorf("link: message of %d bytes exceeds %d", len(payload), maxMessage)
+	}
+	select {
+	case <-w.done:
+		return w.downErr()
+	default:
+	}
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = w.conn.SetWriteDeadline(dl)
+	} else {
+		_ = w.conn.SetWriteDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { _ = w.conn.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var hdr [5]byte
+	hdr[0] = kind
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	_, err := w.bw.Write(hdr[:])
+	if err == nil {
+		_, err = w.bw.Write(payload)
+	}
+	if err == nil {
+		err = w.bw.Flush()
+	}
+	if err != nil {
+		w.fail(err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return w.downErr()
+	}
+	return nil
+}
+
+func (w *wire) recv(ctx context.Context, q chan []byte) ([]byte, error) {
+	select {
+	case b := <-q:
+		return b, nil
+	default:
+	}
+	select {
+	case b := <-q:
+		return b, nil
+	case <-w.done:
+		return nil, w.downErr()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Send implements quantum.Channel for the classical channel.
+func (w *wire) Send(ctx context.Context, msg []byte) error { return w.send(ctx, kindClassical, msg) }
+
+// Recv implements quantum.Channel for the classical channel.
+func (w *wire) Recv(ctx context.Context) ([]byte, error) { return w.recv(ctx, w.classical) }
+
+// quantumLink is the simulated quantum channel over the same connection.
+type quantumLink struct{ w *wire }
+
+func (q quantumLink) SendFrame(ctx context.Context, f *sim.TransitFrame) error {
+	b, err := f.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("link: encode transit frame: %w", err)
+	}
+	return q.w.send(ctx, kindQuantum, b)
+}
+
+func (q quantumLink) RecvFrame(ctx context.Context) (*sim.TransitFrame, error) {
+	b, err := q.w.recv(ctx, q.w.quantum)
+	if err != nil {
+		return nil, err
+	}
+	f := new(sim.TransitFrame)
+	if err := f.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("link: decode transit frame: %w", err)
+	}
+	return f, nil
+}

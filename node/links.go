@@ -1,0 +1,283 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"qkdkms/etsi/pki"
+	"qkdkms/node/link"
+	"qkdkms/plugins/host"
+	"qkdkms/plugins/steps"
+	"qkdkms/quantum/sim"
+	"qkdkms/raftstore"
+)
+
+// links are this node's QKD links, one per peer site; each runs only while
+// this node leads its site.
+type links struct {
+	n      *Node
+	byPeer map[string]*link.Link
+	host   *host.Host // nil when the step code runs natively
+	plug   *pluginSet
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// newLinks builds the links when link.psk_file is set.
+func newLinks(ctx context.Context, n *Node) (*links, error) {
+	lc := n.cfg.Link
+	if lc.PSKFile == "" {
+		return nil, nil
+	}
+	psk, err := readSecretFile(lc.PSKFile)
+	if err != nil {
+		return nil, fmt.Errorf("node: link.psk_file: %w", err)
+	}
+	ls := &links{n: n, byPeer: map[string]*link.Link{}}
+	if !lc.Native {
+		ls.host, err = host.Open(ctx, lc.PluginDir, host.Options{
+			CacheDir: filepath.Join(n.cfg.DataDir, "wazero-cache"),
+			Logger:   n.logger.With("component", "plugins"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("node: link.plugin_dir: %w", err)
+		}
+	}
+	ls.plug = &pluginSet{store: n.store, host: ls.host}
+	model := sim.DefaultModel()
+	model.FiberKm = lc.FiberKm
+	for _, peer := range sortedKeys(n.cfg.Peers) {
+		dialCfg := n.clientTLS.Clone()
+		dialCfg.NextProtos = []string{link.ALPN}
+		dialCfg.VerifyConnection = requireKME(peer)
+		l, err := link.New(link.Config{
+			LocalKME: n.cfg.KMEID, PeerKME: peer, PeerAddrs: n.cfg.Peers[peer],
+			Store: n.store, Plugins: ls.plug, Model: model, PSK: psk,
+			BlockBits: lc.BlockBits,
+			Dial:      dialer(n, dialCfg),
+			Logger:    n.logger.With("component", "link"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		if l.Alice() && lc.Eve > 0 {
+			if err := l.SetEve(lc.Eve); err != nil {
+				return nil, err
+			}
+		}
+		ls.byPeer[peer] = l
+	}
+	return ls, nil
+}
+
+func dialer(n *Node, cfg *tls.Config) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		raw, err := n.conns.dial(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		c := cfg.Clone()
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			c.ServerName = h
+		}
+		tc := tls.Client(raw, c)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+		if tc.ConnectionState().NegotiatedProtocol != link.ALPN {
+			_ = tc.Close()
+			return nil, fmt.Errorf("node: %s did not accept %s", addr, link.ALPN)
+		}
+		return tc, nil
+	}
+}
+
+// start follows leadership: the links run while this node leads.
+func (ls *links) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	ls.mu.Lock()
+	ls.cancel = cancel
+	ls.mu.Unlock()
+	changes := ls.n.store.LeaderChanges(ctx)
+	ls.wg.Add(1)
+	go func() {
+		defer ls.wg.Done()
+		var run *leaderRun
+		defer func() { run.halt() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case leader, ok := <-changes:
+				if !ok {
+					return
+				}
+				run.halt()
+				run = nil
+				if leader {
+					run = ls.runAll(ctx)
+				}
+			}
+		}
+	}()
+}
+
+// leaderRun is one term of leadership's link duties.
+type leaderRun struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (ls *links) runAll(ctx context.Context) *leaderRun {
+	lctx, cancel := context.WithCancel(ctx)
+	r := &leaderRun{cancel: cancel}
+	for _, l := range ls.byPeer {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			l.Run(lctx)
+		}()
+	}
+	return r
+}
+
+// halt stops the duties and waits for them; nil-safe.
+func (r *leaderRun) halt() {
+	if r == nil {
+		return
+	}
+	r.cancel()
+	r.wg.Wait()
+}
+
+func (ls *links) stop() {
+	ls.mu.Lock()
+	cancel := ls.cancel
+	ls.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	ls.wg.Wait()
+	if ls.host != nil {
+		_ = ls.host.Close(context.Background())
+	}
+}
+
+// serve hands an accepted link connection to the link of the peer its
+// certificate names.
+func (ls *links) serve(c *tls.Conn) {
+	st := c.ConnectionState()
+	peer := ""
+	if len(st.PeerCertificates) > 0 {
+		peer = pki.KMEID(st.PeerCertificates[0])
+	}
+	l := ls.byPeer[peer]
+	if l == nil {
+		ls.n.logger.Warn("refused link connection from a site that is not a configured peer", "peer", peer,
+			"remote", c.RemoteAddr().String())
+		_ = c.Close()
+		return
+	}
+	l.Serve(c)
+}
+
+// statuses lists every link's status, sorted by peer.
+func (ls *links) statuses() []link.Status {
+	if ls == nil {
+		return nil
+	}
+	out := make([]link.Status, 0, len(ls.byPeer))
+	for _, l := range ls.byPeer {
+		out = append(out, l.Status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	return out
+}
+
+// pluginSet resolves plugin selections: the active one is site state in
+// Raft (set by `qkdkms plugin use`), the modules come from the plugin
+// directory and from modules installed into the site (`qkdkms plugin
+// install`), which are loaded into the host on first use.
+type pluginSet struct {
+	store *raftstore.Store
+	host  *host.Host // nil: native step code
+	mu    sync.Mutex
+}
+
+func (p *pluginSet) Active(ctx context.Context) (host.Selection, error) {
+	st, err := p.store.Plugins(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sel := host.Selection{}
+	for _, k := range steps.Kinds {
+		if name, ok := st.Active[string(k)]; ok {
+			sel[k] = name
+		}
+	}
+	return sel, nil
+}
+
+func (p *pluginSet) Runner(sel host.Selection) (host.Runner, error) {
+	if p.host == nil {
+		return host.Native(sel)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.loadInstalled(sel); err != nil {
+		return nil, err
+	}
+	return p.host.Runner(sel)
+}
+
+// loadInstalled adds site-installed modules named in sel to the host.
+func (p *pluginSet) loadInstalled(sel host.Selection) error {
+	have := map[string]bool{}
+	for _, info := range p.host.Plugins() {
+		have[info.Name] = true
+	}
+	for kind, name := range sel {
+		if have[name] {
+			continue
+		}
+		ctx := context.Background()
+		mod, err := p.store.PluginModule(ctx, name)
+		if err != nil {
+			return fmt.Errorf("node: plugin %s for step %s: %w", name, kind, err)
+		}
+		info := host.Info{Name: mod.Name, Kind: steps.Kind(mod.Step), Version: mod.Version, ABI: mod.ABI, SHA256: mod.SHA256}
+		if err := p.host.Add(ctx, info, mod.WASM); err != nil {
+			return fmt.Errorf("node: load installed plugin %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// readSecretFile reads a secret file that must not be readable by others.
+func readSecretFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %v; secrets must be 0600", path, st.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 0 {
+		return nil, errors.New("empty file")
+	}
+	return b, nil
+}
