@@ -27,7 +27,9 @@ func runPSK(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("psk", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	n := fs.Int("bytes", 64<<10, "secret size in bytes (16 bytes of hash key, the rest one-time pads)")
-	fs.Usage = func() { fmt.Fprintln(stderr, "usage: qkdkms psk FILE [--bytes N]\nCopy FILE to both sites of the link (mode 0600) and set link.psk_file.") }
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: qkdkms psk FILE [--bytes N]\nCopy FILE to both sites of the link (mode 0600) and set link.psk_file.")
+	}
 	file, rest := splitPositional(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageCode(err)
