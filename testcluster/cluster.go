@@ -57,6 +57,10 @@ type Options struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout string
 	NoSync                                                bool
 	LogLevel                                              string
+	// Snapshot tuning ("" / 0 = node defaults).
+	SnapshotInterval  string
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 	// Netns runs every node in its own network namespace on a private
 	// bridge (root only; see netns.go): needed for Isolate and CutLink.
 	// Ports are then 8443 on every node and 8000/8001 for the seed API.
@@ -186,6 +190,9 @@ func New(o Options) (*Cluster, error) {
 		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
 		NoSync:             o.NoSync,
 		LogLevel:           o.LogLevel,
+		SnapshotInterval:   o.SnapshotInterval,
+		SnapshotThreshold:  o.SnapshotThreshold,
+		TrailingLogs:       o.TrailingLogs,
 	})
 	if err != nil {
 		return nil, err
@@ -436,6 +443,9 @@ func newNetnsCluster(o Options) (*Cluster, error) {
 		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
 		NoSync:             o.NoSync,
 		LogLevel:           o.LogLevel,
+		SnapshotInterval:   o.SnapshotInterval,
+		SnapshotThreshold:  o.SnapshotThreshold,
+		TrailingLogs:       o.TrailingLogs,
 		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
 		SeedFn: func(s SiteSpec, i int) string {
 			if !o.Seed || i != 1 {

@@ -118,13 +118,17 @@ func runScenario(ctx context.Context, sc Scenario, dir string, o ExperimentOptio
 	if (sc.Netns || sc.DiskMB > 0) && !NetnsAvailable() {
 		return fmt.Errorf("skipped: scenario needs root (network namespaces / tmpfs)")
 	}
-	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	c, err := Start(sctx, Options{
+	copts := Options{
 		Binary: o.Binary, Dir: filepath.Join(dir, "cluster"), Nodes: o.Nodes, FreePorts: true, Seed: true,
 		Netns: sc.Netns, DataTmpfsMB: sc.DiskMB,
 		HeartbeatTimeout: o.HeartbeatTimeout, ElectionTimeout: o.ElectionTimeout, LeaderLeaseTimeout: o.LeaderLeaseTimeout,
 		Logger: o.Logger,
-	})
+	}
+	if sc.Tune != nil {
+		sc.Tune(&copts)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	c, err := Start(sctx, copts)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)

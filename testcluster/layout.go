@@ -60,6 +60,10 @@ type LayoutOptions struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout string
 	// NoSync disables Raft fsync (tests only).
 	NoSync bool
+	// Snapshot tuning ("" / 0 = node defaults).
+	SnapshotInterval  string
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 	// LogLevel of the nodes (default info).
 	LogLevel string
 	// Naming, for the compose deployment: hostname of node i of a site and
@@ -139,6 +143,9 @@ type raftTiming struct {
 	HeartbeatTimeout   string `json:"heartbeat_timeout,omitempty"`
 	ElectionTimeout    string `json:"election_timeout,omitempty"`
 	LeaderLeaseTimeout string `json:"leader_lease_timeout,omitempty"`
+	SnapshotInterval   string `json:"snapshot_interval,omitempty"`
+	SnapshotThreshold  uint64 `json:"snapshot_threshold,omitempty"`
+	TrailingLogs       uint64 `json:"trailing_logs,omitempty"`
 	NoSync             bool   `json:"no_sync,omitempty"`
 }
 
@@ -267,6 +274,7 @@ func Generate(o LayoutOptions) (*Layout, error) {
 				Raft: raftTiming{
 					HeartbeatTimeout: o.HeartbeatTimeout, ElectionTimeout: o.ElectionTimeout,
 					LeaderLeaseTimeout: o.LeaderLeaseTimeout, NoSync: o.NoSync,
+					SnapshotInterval: o.SnapshotInterval, SnapshotThreshold: o.SnapshotThreshold, TrailingLogs: o.TrailingLogs,
 				},
 				Log: logConfig{Level: o.LogLevel},
 			}

@@ -28,7 +28,9 @@ type Scenario struct {
 	// directories of that size (root only).
 	Netns  bool
 	DiskMB int
-	Fault  func(ctx context.Context, e *Env) error
+	// Tune adjusts the cluster options (Raft snapshot settings, ...).
+	Tune  func(*Options)
+	Fault func(ctx context.Context, e *Env) error
 }
 
 // Scenarios are the process-mode scenarios, by name.
@@ -115,6 +117,59 @@ var Scenarios = map[string]Scenario{
 			sleep(context.WithoutCancel(ctx), 5*time.Second)
 			err := e.C.Heal()
 			e.H.Mark(EventHeal, "heal link")
+			return err
+		},
+	},
+	"partition-heal-20": {
+		Name: "partition-heal-20", Netns: true,
+		Description: "isolate the master site's leader for 1 s and heal, 20 times (or until the run ends); clients keep writing through every node, the old leader included",
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, time.Second)
+			for i := 0; i < 20 && ctx.Err() == nil; i++ {
+				l, err := e.C.WaitLeader(ctx, e.Site)
+				if err != nil {
+					return nil // run over
+				}
+				e.H.Mark(EventFault, fmt.Sprintf("isolate %s (%d/20)", l, i+1))
+				if err := e.C.Isolate(l); err != nil {
+					return err
+				}
+				sleep(context.WithoutCancel(ctx), time.Second)
+				if err := e.C.Heal(); err != nil {
+					return err
+				}
+				e.H.Mark(EventHeal, "heal "+l)
+				sleep(ctx, 300*time.Millisecond)
+			}
+			return nil
+		},
+	},
+	"snapshot-install": {
+		Name: "snapshot-install", Netns: true,
+		Description: "cut a follower of the master site off for 10 s while the site commits past its trailing logs (snapshot every 1 s, threshold 16, trailing 8), heal: it catches up by snapshot install",
+		Tune: func(o *Options) {
+			o.SnapshotInterval, o.SnapshotThreshold, o.TrailingLogs = "1s", 16, 8
+		},
+		Fault: func(ctx context.Context, e *Env) error {
+			sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			var f string
+			for _, id := range e.C.Nodes(e.Site) {
+				if id != l {
+					f = id
+					break
+				}
+			}
+			e.H.Mark(EventFault, "isolate follower "+f)
+			if err := e.C.Isolate(f); err != nil {
+				return err
+			}
+			sleep(context.WithoutCancel(ctx), 10*time.Second)
+			err = e.C.Heal()
+			e.H.Mark(EventHeal, "heal "+f)
 			return err
 		},
 	},
