@@ -80,8 +80,16 @@ func (v Vec) Parity(lo, hi int) uint8 {
 		return uint8(mbits.OnesCount64(v.W[wl]&ml&mh) & 1)
 	}
 	x := v.W[wl] & ml
-	for i := wl + 1; i < wh; i++ {
-		x ^= v.W[i]
+	// eight words per iteration: in WASM each loop back-edge costs a
+	// termination check
+	mid := v.W[wl+1 : wh]
+	for len(mid) >= 8 {
+		m := mid[:8:8]
+		x ^= m[0] ^ m[1] ^ m[2] ^ m[3] ^ m[4] ^ m[5] ^ m[6] ^ m[7]
+		mid = mid[8:]
+	}
+	for _, w := range mid {
+		x ^= w
 	}
 	x ^= v.W[wh] & mh
 	return uint8(mbits.OnesCount64(x) & 1)

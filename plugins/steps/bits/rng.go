@@ -51,18 +51,30 @@ func (r *RNG) Perm(n int) []uint32 {
 	for i := range p {
 		p[i] = uint32(i)
 	}
-	var buf uint64
-	have := 0
-	for i := n - 1; i > 0; i-- {
-		if have == 0 {
-			buf = r.Uint64()
-			have = 2
-		}
-		x := uint32(buf)
-		buf >>= 32
-		have--
-		j := int((uint64(x) * uint64(i+1)) >> 32)
+	// Two draws per xoshiro output (low then high 32 bits), the generator
+	// inlined: in WASM every call and loop back-edge costs a termination
+	// check, so this loop runs once per two positions.
+	s0, s1, s2, s3 := r.s[0], r.s[1], r.s[2], r.s[3]
+	i := n - 1
+	for ; i >= 2; i -= 2 {
+		res := rotl(s1*5, 7) * 9
+		t := s1 << 17
+		s2 ^= s0
+		s3 ^= s1
+		s1 ^= s2
+		s0 ^= s3
+		s2 ^= t
+		s3 = rotl(s3, 45)
+		j := int((uint64(uint32(res)) * uint64(i+1)) >> 32)
 		p[i], p[j] = p[j], p[i]
+		j = int(((res >> 32) * uint64(i)) >> 32)
+		p[i-1], p[j] = p[j], p[i-1]
+	}
+	r.s = [4]uint64{s0, s1, s2, s3}
+	if i == 1 {
+		x := uint32(r.Uint64())
+		j := int((uint64(x) * 2) >> 32)
+		p[1], p[j] = p[j], p[1]
 	}
 	return p
 }
