@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,4 +109,193 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 	}
 	// The pool refills after the keys were taken.
 	waitStored(t, a, b, "ghi", "jkl", 200, time.Minute)
+}
+
+// samePools checks that both sites hold the same blocks for a connection.
+func samePools(t *testing.T, a, b *testSite, master, slave string) (raftstore.ConnectionStatus, raftstore.ConnectionStatus) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var sa, sb raftstore.ConnectionStatus
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var errA, errB error
+		sa, errA = a.leader().Store().Connection(ctx, master, slave)
+		sb, errB = b.leader().Store().Connection(ctx, master, slave)
+		cancel()
+		if errA == nil && errB == nil && sa.AddedBlocks == sb.AddedBlocks && sa.StoredBits == sb.StoredBits {
+			return sa, sb
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("pools differ: sender %d bits / %d blocks, receiver %d bits / %d blocks",
+		sa.StoredBits, sa.AddedBlocks, sb.StoredBits, sb.AddedBlocks)
+	return sa, sb
+}
+
+// TestLinkLeaderKilledDuringGeneration: the sender site's leader dies while
+// sessions run; a new leader resumes the link, and no block ever reaches
+// only one site (pools end identical, keys still match).
+func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	a, b := linkedSites(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
+		KeySize: 256, MaxKeyCount: 2000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
+	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		waitStored(t, a, b, "ghi", "jkl", int64(200*(round+1)), time.Minute)
+		old := a.leader()
+		t.Logf("round %d: killing leader %s of sender_app mid-generation", round, old.ID())
+		old.Kill()
+		a.drop(old.ID())
+		nl := a.leader()
+		t.Logf("new leader %s", nl.ID())
+		a.restart(old.ID())
+	}
+	waitStored(t, a, b, "ghi", "jkl", 600, 2*time.Minute)
+	samePools(t, a, b, "ghi", "jkl")
+	keys, err := a.follower().services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: 10, Size: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.KeyID
+	}
+	got, err := b.follower().services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range keys {
+		if !bytes.Equal(keys[i].Bits, got[i].Bits) {
+			t.Fatalf("key %d differs after the failovers", i)
+		}
+	}
+	a.waitDigests()
+	b.waitDigests()
+}
+
+// TestLinkEavesdropper: an intercept-resend attack on every pulse stops key
+// flow with the QBER visible in the link status; turning it off resumes it.
+func TestLinkEavesdropper(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	a, b := linkedSites(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
+		KeySize: 256, MaxKeyCount: 100000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
+	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, a, b, "ghi", "jkl", 100, time.Minute)
+	// The site whose KME ID sorts first (receiver_app) plays Alice and runs
+	// the simulated fiber.
+	l, err := b.leader().linkTo("sender_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.Alice() {
+		t.Fatal("receiver_app must play Alice")
+	}
+	if err := l.SetEve(1); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for two aborted sessions under attack.
+	base := l.Status().Aborted
+	deadline := time.Now().Add(time.Minute)
+	for l.Status().Aborted < base+2 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	st := l.Status()
+	if st.Aborted < base+2 || st.LastQBER < 0.2 {
+		t.Fatalf("under attack: %+v", st)
+	}
+	before, _ := samePools(t, a, b, "ghi", "jkl")
+	time.Sleep(2 * time.Second)
+	after, _ := samePools(t, a, b, "ghi", "jkl")
+	if after.AddedBlocks != before.AddedBlocks {
+		t.Fatalf("blocks were added under a full intercept-resend attack: %d → %d", before.AddedBlocks, after.AddedBlocks)
+	}
+	t.Logf("under attack: QBER %.3f, %d sessions aborted", st.LastQBER, st.Aborted-base)
+	if err := a.leader().links.byPeer["receiver_app"].SetEve(0.5); err == nil {
+		t.Fatal("the receiving site must refuse to set the eavesdropper on a fiber it does not run")
+	}
+	if err := l.SetEve(0); err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, a, b, "ghi", "jkl", after.StoredKeys+100, time.Minute)
+	if q := l.Status().LastQBER; q > 0.05 {
+		t.Fatalf("QBER %.3f after the attack stopped", q)
+	}
+}
+
+// TestLinkPluginSwap: one site switches its reconcile plugin → the link
+// reports the mismatch and keys keep flowing on the old set; once the other
+// site switches too, sessions run on the new plugin, with no downtime.
+func TestLinkPluginSwap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	a, b := linkedSites(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
+		KeySize: 256, MaxKeyCount: 100000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
+	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() int64 {
+		s, _ := waitStored(t, a, b, "ghi", "jkl", 0, time.Minute)
+		return s.StoredKeys
+	}
+	waitStored(t, a, b, "ghi", "jkl", 100, time.Minute)
+	alice := b.leader().links.byPeer["sender_app"]
+	if !strings.Contains(alice.Status().Plugins, "reconcile=cascade@") {
+		t.Fatalf("default plugins: %q", alice.Status().Plugins)
+	}
+	// Only the sender site switches.
+	if err := a.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "cascade-yanetal"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "no-such-plugin"}); err == nil {
+		t.Fatal("an unknown plugin was accepted")
+	}
+	if err := a.leader().usePlugin(ctx, UseRequest{Step: "amplify", Plugin: "cascade"}); err == nil {
+		t.Fatal("a reconcile plugin was accepted for the amplify step")
+	}
+	deadline := time.Now().Add(time.Minute)
+	for a.leader().links.byPeer["receiver_app"].Status().PluginMismatch == "" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	mismatch := a.leader().links.byPeer["receiver_app"].Status().PluginMismatch
+	if !strings.Contains(mismatch, "cascade-yanetal") {
+		t.Fatalf("mismatch not reported at the sender site: %q", mismatch)
+	}
+	t.Logf("reported: %s", mismatch)
+	n0 := stored()
+	waitStored(t, a, b, "ghi", "jkl", n0+100, time.Minute) // keys keep flowing on the old set
+	if !strings.Contains(alice.Status().Plugins, "reconcile=cascade@") {
+		t.Fatalf("old set not in use during the mismatch: %q", alice.Status().Plugins)
+	}
+	// The receiver site switches too: the new set is agreed.
+	if err := b.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "cascade-yanetal@" + "1.0.0"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(time.Minute)
+	for !strings.Contains(alice.Status().Plugins, "reconcile=cascade-yanetal@") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := alice.Status(); !strings.Contains(st.Plugins, "reconcile=cascade-yanetal@") || st.PluginMismatch != "" {
+		t.Fatalf("new set not agreed: %+v", st)
+	}
+	n1 := stored()
+	waitStored(t, a, b, "ghi", "jkl", n1+100, time.Minute)
+	samePools(t, a, b, "ghi", "jkl")
 }

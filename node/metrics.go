@@ -43,7 +43,7 @@ func newMetrics(n *Node) *metrics {
 	})
 	m.reg.MustRegister(m.etsiRequests, m.etsiSeconds, m.forwarded, m.raftRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&storeCollector{n: n})
+		&storeCollector{n: n}, &linkCollector{n: n})
 	return m
 }
 
@@ -190,5 +190,51 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBurned, prometheus.CounterValue, float64(cs.BurnedKeys), l...)
 		ch <- prometheus.MustNewConstMetric(descErased, prometheus.CounterValue, float64(cs.ErasedKeys), l...)
 		ch <- prometheus.MustNewConstMetric(descBlocks, prometheus.CounterValue, float64(cs.AddedBlocks), l...)
+	}
+}
+
+// QKD link metrics, from the leader's links (followers report nothing).
+var (
+	descLinkUp        = prometheus.NewDesc("qkdkms_link_connected", "1 when the QKD link to the peer site is up (leader only).", []string{"peer", "role"}, nil)
+	descLinkSessions  = prometheus.NewDesc("qkdkms_link_sessions_total", "QKD sessions on the link by this leader, by outcome.", []string{"peer", "outcome"}, nil)
+	descLinkQBER      = prometheus.NewDesc("qkdkms_link_qber", "QBER of the last successful session (X basis).", []string{"peer"}, nil)
+	descLinkRate      = prometheus.NewDesc("qkdkms_link_key_rate_bits_per_second", "Key bits committed to pools per wall second over the last minute.", []string{"peer"}, nil)
+	descLinkCommitted = prometheus.NewDesc("qkdkms_link_committed_bits_total", "Key bits committed to pools by this leader's link.", []string{"peer"}, nil)
+	descLinkDiscarded = prometheus.NewDesc("qkdkms_link_discarded_bits_total", "Final key bits no pool could take (pools full).", []string{"peer"}, nil)
+	descLinkPads      = prometheus.NewDesc("qkdkms_link_auth_pad_bytes_left", "Unused authentication pad material.", []string{"peer"}, nil)
+	descLinkEve       = prometheus.NewDesc("qkdkms_link_eve_fraction", "Fraction of pulses the simulated eavesdropper attacks.", []string{"peer"}, nil)
+	descLinkMismatch  = prometheus.NewDesc("qkdkms_link_plugin_mismatch", "1 while the two sites want different step plugins.", []string{"peer"}, nil)
+)
+
+type linkCollector struct{ n *Node }
+
+func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLinkUp, descLinkSessions, descLinkQBER, descLinkRate, descLinkCommitted,
+		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch} {
+		ch <- d
+	}
+}
+
+func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.links == nil || c.n.store == nil || !c.n.store.IsLeader() {
+		return
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	for _, s := range c.n.links.statuses() {
+		ch <- prometheus.MustNewConstMetric(descLinkUp, prometheus.GaugeValue, b(s.Connected), s.Peer, s.Role)
+		ch <- prometheus.MustNewConstMetric(descLinkSessions, prometheus.CounterValue, float64(s.Sessions), s.Peer, "ok")
+		ch <- prometheus.MustNewConstMetric(descLinkSessions, prometheus.CounterValue, float64(s.Aborted), s.Peer, "aborted")
+		ch <- prometheus.MustNewConstMetric(descLinkQBER, prometheus.GaugeValue, s.LastQBER, s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkRate, prometheus.GaugeValue, s.KeyRate, s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkCommitted, prometheus.CounterValue, float64(s.CommittedBits), s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkDiscarded, prometheus.CounterValue, float64(s.DiscardedBits), s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkPads, prometheus.GaugeValue, float64(s.AuthPadsLeft), s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkEve, prometheus.GaugeValue, s.Eve, s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkMismatch, prometheus.GaugeValue, b(s.PluginMismatch != ""), s.Peer)
 	}
 }

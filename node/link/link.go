@@ -152,7 +152,7 @@ type Status struct {
 	Sessions       int64     `json:"sessions"`
 	Aborted        int64     `json:"aborted"`
 	LastError      string    `json:"last_error,omitempty"`
-	LastQBER       float64   `json:"qber"`
+	LastQBER       float64   `json:"qber"` // last session's QBER, aborted or not
 	LastFinalBits  int       `json:"last_final_bits"`
 	CommittedBits  int64     `json:"committed_bits"`
 	DiscardedBits  int64     `json:"discarded_bits"`
@@ -413,7 +413,14 @@ func (l *Link) driveConnection(ctx context.Context) error {
 			l.countAbort(err)
 			if errors.Is(err, session.ErrAbort) || errors.Is(err, ErrRefused) {
 				// The session ended cleanly with no key; the link is fine.
+				// Pause before the next try so a persistent cause (an
+				// eavesdropper, a plugin mismatch) does not spin.
 				l.cfg.Logger.Warn("session aborted", "peer", l.cfg.PeerKME, "err", err)
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(l.cfg.Idle):
+				}
 				continue
 			}
 			return err
@@ -587,7 +594,7 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx *sim.Transmitter, f
 	if !sameSelection(sel, ready.Plugins) {
 		// Bob runs the last agreed set instead of our new one.
 		l.noteMismatch(sel, ready.Plugins)
-		if runner, err = l.cfg.Plugins.Runner(ready.Plugins); err != nil {
+		if _, runner, err = l.resolve(ready.Plugins); err != nil {
 			return fmt.Errorf("%w: peer proposes plugins we cannot run: %w", ErrRefused, err)
 		}
 		sel = ready.Plugins
@@ -608,6 +615,7 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx *sim.Transmitter, f
 	}
 	res, err := session.Alice(ctx, cfg, tx, ch, frame)
 	tx.Release(frame)
+	l.noteQBER(res)
 	if err != nil {
 		return err
 	}
@@ -669,6 +677,17 @@ func (l *Link) commit(ctx context.Context, w *wire, conn raftstore.ConnectionSta
 	return nil
 }
 
+// noteQBER records the QBER a session measured, also when it aborted (an
+// eavesdropper shows as a QBER too high for any key).
+func (l *Link) noteQBER(res session.Result) {
+	if res.QBERX == 0 {
+		return // aborted before estimation
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status.LastQBER = res.QBERX
+}
+
 func (l *Link) noteSession(res session.Result, c msg) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -703,25 +722,35 @@ func (l *Link) noteAgreed(sel host.Selection, r host.Runner) {
 	l.status.Plugins = r.Identity()
 }
 
-// proposal is the selection this site proposes (its active one) and a
-// runner for it.
+// resolve fills in the default plugin for every step a selection leaves
+// out, so selections compare by what actually runs.
+func (l *Link) resolve(sel host.Selection) (host.Selection, host.Runner, error) {
+	r, err := l.cfg.Plugins.Runner(sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	full := host.Selection{}
+	for _, k := range steps.Kinds {
+		full[k] = r.Plugin(k).Name
+	}
+	return full, r, nil
+}
+
+// proposal is the selection this site proposes (its active one, resolved)
+// and a runner for it.
 func (l *Link) proposal(ctx context.Context) (host.Selection, host.Runner, error) {
 	sel, err := l.cfg.Plugins.Active(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := l.cfg.Plugins.Runner(sel)
-	if err != nil {
-		return nil, nil, err
-	}
-	return sel, r, nil
+	return l.resolve(sel)
 }
 
 // accept decides which selection Bob runs for Alice's proposal: the
 // proposal when it equals Bob's active selection or the last agreed one;
 // otherwise the last agreed selection (keys keep flowing on the old set).
 func (l *Link) accept(ctx context.Context, proposed host.Selection) (host.Selection, host.Runner, error) {
-	active, err := l.cfg.Plugins.Active(ctx)
+	active, _, err := l.proposal(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -729,27 +758,26 @@ func (l *Link) accept(ctx context.Context, proposed host.Selection) (host.Select
 	agreed := l.agreed
 	l.mu.Unlock()
 	if sameSelection(proposed, active) || (agreed != nil && sameSelection(proposed, agreed)) {
-		r, err := l.cfg.Plugins.Runner(proposed)
+		full, r, err := l.resolve(proposed)
 		if err != nil {
 			return nil, nil, err
 		}
 		if sameSelection(proposed, active) {
-			l.noteAgreed(proposed, r)
+			l.noteAgreed(full, r)
 		} else {
 			l.noteMismatch(active, proposed)
 		}
-		return proposed, r, nil
+		return full, r, nil
 	}
 	l.noteMismatch(active, proposed)
-	fallback := agreed
-	if fallback == nil {
-		return active, nil, fmt.Errorf("plugin sets differ and none was agreed before")
+	if agreed == nil {
+		return active, nil, fmt.Errorf("plugin sets differ (%s here) and none was agreed before", selString(active))
 	}
-	r, err := l.cfg.Plugins.Runner(fallback)
+	full, r, err := l.resolve(agreed)
 	if err != nil {
 		return nil, nil, err
 	}
-	return fallback, r, nil
+	return full, r, nil
 }
 
 // Serve answers a link connection from the peer's leader (Bob's side). It
@@ -862,6 +890,7 @@ func (l *Link) bobSession(ctx context.Context, w *wire, rx *sim.Receiver) error 
 	}
 	cfg := session.Config{Runner: runner, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec, Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger}
 	res, err := session.Bob(ctx, cfg, rx, ch)
+	l.noteQBER(res)
 	if err != nil {
 		return err
 	}
@@ -905,6 +934,9 @@ func sameSelection(a, b host.Selection) bool {
 }
 
 func selString(s host.Selection) string {
+	if len(s) == 0 {
+		return "(none)"
+	}
 	keys := make([]string, 0, len(s))
 	for k := range s {
 		keys = append(keys, string(k))
