@@ -184,7 +184,9 @@ func uv(xs ...uint64) []byte {
 	return b
 }
 
-func click(delta uint64, double, basis, bit uint64) uint64 { return delta<<3 | double<<2 | basis<<1 | bit }
+func click(delta uint64, double, basis, bit uint64) uint64 {
+	return delta<<3 | double<<2 | basis<<1 | bit
+}
 
 func withCRC(b []byte) []byte {
 	return binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
