@@ -11,9 +11,9 @@ import (
 // for debugging a device's export (FORMAT.md, "Text dump"):
 //
 //	qkds 1 alice device="..." rate=1e+09 mu=[0.5 0.25 0.0002] p=[0.3 0.5 0.2]
-//	frame 1 pulses 450000 per_intensity=[135012 224871 90117]
+//	frame 1 pulses 500000 per_intensity=[150092 249888 100020]
 //	p 0 bit=1 basis=Z int=1
-//	frame 1 pulses 450000 detections 91234 double=0
+//	frame 1 pulses 500000 detections 94599 double=0
 //	d 17 basis=X bit=0
 //	d 23 basis=Z double
 //
