@@ -349,3 +349,52 @@ func BenchmarkDecode(b *testing.B) {
 	}
 	b.ReportMetric(float64(pulses)*float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpulses/s")
 }
+
+// TestSessionDoubleClicks marks every 200th recorded detection as a double
+// click: the receiver squashes them to random bits, the session still ends
+// with equal keys, and the squashed bits add errors at about half the
+// double-click rate.
+func TestSessionDoubleClicks(t *testing.T) {
+	ctx := context.Background()
+	meta := loadRecording(t)
+	ta, tb := readTestdata(t)
+	d, err := NewDecoder(bytes.NewReader(tb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := d.ReadBob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range f.Clicks {
+		if i%200 == 0 {
+			f.Clicks[i].Double, f.Clicks[i].Bit = true, 0
+		}
+	}
+	bob := encodeBob(t, d.Header(), []*BobFrame{f})
+	truth, err := Compare(bytes.NewReader(ta), bytes.NewReader(bob))
+	if err == nil || !errors.Is(err, ErrEndOfStream) || len(truth) != 1 {
+		t.Fatalf("Compare: %v, %d frames (the Bob stream has only frame 1)", err, len(truth))
+	}
+	tr := truth[0]
+	tx, err := NewTransmitter(ctx, bytes.NewReader(ta), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rx, err := NewReceiver(ctx, bytes.NewReader(bob), Options{Rand: partyRand("squash", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra, rb, errA, errB := runSession(t, tx, rx, f.Frame, f.Pulses, meta.Model.IntensityProbs)
+	if errA != nil || errB != nil || ra.FinalBits == 0 || !bytes.Equal(ra.Key, rb.Key) {
+		t.Fatalf("Alice %v, Bob %v, keys %d/%d bits", errA, errB, ra.FinalBits, rb.FinalBits)
+	}
+	// single clicks: tr's errors; double clicks in matching Z bases: half wrong
+	extra := float64(ra.SiftedBits) - float64(tr.SiftedZ)
+	want := (float64(tr.ErrorsZ) + extra/2) / float64(ra.SiftedBits)
+	t.Logf("%d double clicks; n_Z %d (%.0f squashed); QBER_Z %.4f (single clicks %.4f, expected ≈ %.4f); key %d bits",
+		tr.Doubles, ra.SiftedBits, extra, ra.QBERZ, tr.QBERZ(), want, ra.FinalBits)
+	if extra < 100 || ra.QBERZ < want*0.85 || ra.QBERZ > want*1.15 {
+		t.Fatalf("QBER_Z %.4f, want ≈ %.4f", ra.QBERZ, want)
+	}
+}
