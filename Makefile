@@ -35,5 +35,20 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+## run: the embedded demo — two sites × three nodes on 127.0.0.1 joined by a simulated 25 km QKD link
+run: build plugins
+	$(BIN) demo
+
+## e2e: the slower suites — the compose deployment's seed workflow and a short run of every failover scenario
+e2e: build plugins
+	TESTCLUSTER_COMPOSE=1 $(GO) test -tags e2e -count=1 -timeout 25m ./testcluster
+
+## up / down: the docker-compose deployment (images FROM scratch, built from bin/)
+up: build plugins
+	docker-compose -f deploy/docker-compose.yml up --build
+
+down:
+	docker-compose -f deploy/docker-compose.yml down
+
 clean:
 	rm -rf bin bench.out

@@ -24,6 +24,7 @@ import (
 //	GET  /admin/v1/servers             → ServersResponse
 //	POST /admin/v1/join   JoinRequest  → ServersResponse
 //	POST /admin/v1/remove RemoveRequest → ServersResponse
+//	GET  /admin/v1/digest              → DigestResponse (this node, not forwarded)
 //
 // Membership changes run on the leader: a follower proxies the request to the
 // leader over node-to-node mTLS (never a redirect), retrying only while the
@@ -72,6 +73,13 @@ type ServersResponse struct {
 	KMEID   string   `json:"kme_id"`
 	Leader  string   `json:"leader"`
 	Servers []Server `json:"servers"`
+}
+
+// DigestResponse is one node's FSM digest at its applied index.
+type DigestResponse struct {
+	NodeID string `json:"node_id"`
+	Index  uint64 `json:"index"`
+	Digest string `json:"digest"`
 }
 
 // AdminError is the body of every non-2xx admin answer.
@@ -132,6 +140,12 @@ func (n *Node) adminHandler() http.Handler {
 			n.logger.Info("node removed", "id", req.ID)
 			return n.servers(ctx)
 		})
+	})
+	// This node's own FSM digest (not forwarded): experiments compare the
+	// digests of every node after healing.
+	mux.HandleFunc("GET /admin/v1/digest", func(w http.ResponseWriter, r *http.Request) {
+		index, digest := n.store.Digest()
+		writeJSON(w, http.StatusOK, DigestResponse{NodeID: n.cfg.NodeID, Index: index, Digest: digest})
 	})
 	n.linkAdminRoutes(mux)
 	return n.requireAdmin(mux)
