@@ -68,6 +68,9 @@ type Options struct {
 	// DataTmpfsMB mounts a tmpfs of this size on every node's data
 	// directory (root only; see disk.go): needed for FillDisk.
 	DataTmpfsMB int
+	// Link joins the two sites by a QKD link (nil: no link; pools are filled
+	// by admin block import).
+	Link *LinkSpec
 	// ExtraArgs are appended to `qkdkms serve --config FILE`.
 	ExtraArgs []string
 	// Env is added to each node's environment.
@@ -193,6 +196,7 @@ func New(o Options) (*Cluster, error) {
 		SnapshotInterval:   o.SnapshotInterval,
 		SnapshotThreshold:  o.SnapshotThreshold,
 		TrailingLogs:       o.TrailingLogs,
+		Link:               o.Link,
 	})
 	if err != nil {
 		return nil, err
@@ -446,6 +450,7 @@ func newNetnsCluster(o Options) (*Cluster, error) {
 		SnapshotInterval:   o.SnapshotInterval,
 		SnapshotThreshold:  o.SnapshotThreshold,
 		TrailingLogs:       o.TrailingLogs,
+		Link:               o.Link,
 		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
 		SeedFn: func(s SiteSpec, i int) string {
 			if !o.Seed || i != 1 {

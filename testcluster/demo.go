@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +36,9 @@ type DemoOptions struct {
 	// random blocks through the admin block import. A stand-in for sites
 	// with no QKD link configured; the status screen says so.
 	Feed bool
+	// Link joins the sites by a QKD link over a simulated fiber (nil: no
+	// link). RunDemo turns it on unless --no-link.
+	Link *LinkSpec
 	// ExtraArgs are appended to every `qkdkms serve`.
 	ExtraArgs []string
 }
@@ -57,7 +59,12 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
 	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
 	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
-	fs.BoolVar(&o.Feed, "feed", false, "top pools up with random blocks via admin import (stand-in for a QKD link)")
+	fs.BoolVar(&o.Feed, "feed", false, "top pools up with random blocks via admin import (a stand-in for the QKD link; use with --no-link)")
+	link := LinkSpec{}
+	noLink := fs.Bool("no-link", false, "no QKD link between the sites")
+	fs.StringVar(&link.PluginDir, "plugin-dir", "", "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
+	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
+	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
 		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
@@ -73,6 +80,9 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fs.Usage()
 		return 2
+	}
+	if !*noLink {
+		o.Link = &link
 	}
 	if err := Demo(ctx, o, stdout); err != nil {
 		fmt.Fprintf(stderr, "qkdkms demo: %v\n", err)
@@ -102,12 +112,25 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 			return fmt.Errorf("seed ports must be ≥ 0")
 		}
 	}
+	if o.Link != nil && !o.Link.Native && o.Link.PluginDir == "" {
+		o.Link.PluginDir = filepath.Join(filepath.Dir(o.Binary), "plugins")
+	}
+	if o.Link != nil && !o.Link.Native {
+		abs, err := filepath.Abs(o.Link.PluginDir)
+		if err != nil {
+			return err
+		}
+		o.Link.PluginDir = abs
+		if _, err := os.Stat(filepath.Join(abs, "manifest.json")); err != nil {
+			return fmt.Errorf("no step plugins in %s (run `make plugins`, or pass --plugin-dir or --native): %w", abs, err)
+		}
+	}
 	c, err := New(Options{
 		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sender: o.Sender, Receiver: o.Receiver,
 		SenderPort: o.SenderPort, ReceiverPort: o.ReceiverPort,
 		Seed:           o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0,
 		SenderSeedPort: o.SenderSeedPort, ReceiverSeedPort: o.ReceiverSeedPort,
-		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs,
+		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link,
 	})
 	if err != nil {
 		return err
@@ -185,7 +208,15 @@ type siteView struct {
 	leader string
 	nodes  []nodeView
 	conns  map[string]*connStats // "master→slave"
-	link   []string              // link/QKD metrics, "name value"
+	links  map[string]*linkView  // by peer KME
+}
+
+// linkView is one QKD link's figures from the leader's qkdkms_link_* metrics.
+type linkView struct {
+	role                             string
+	up                               bool
+	ok, aborted, qber, rate, eve     float64
+	committed, padsLeft, mismatching float64
 }
 
 type nodeView struct {
@@ -195,7 +226,7 @@ type nodeView struct {
 }
 
 func (d *demoScreen) collect(ctx context.Context, site *Site) siteView {
-	v := siteView{conns: map[string]*connStats{}}
+	v := siteView{conns: map[string]*connStats{}, links: map[string]*linkView{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	v.nodes = make([]nodeView, len(site.Nodes))
@@ -249,17 +280,39 @@ func (d *demoScreen) collect(ctx context.Context, site *Site) siteView {
 					case "qkdkms_blocks_added_total":
 						cs.blocks = val
 					}
-				case strings.HasPrefix(name, "qkdkms_link_") || strings.HasPrefix(name, "qkdkms_qkd_") ||
-					strings.HasPrefix(name, "qkdkms_session_") || strings.Contains(name, "qber") || strings.Contains(name, "key_rate"):
-					if !strings.HasSuffix(name, "_bucket") {
-						v.link = append(v.link, fmt.Sprintf("%s %s", k, strconv.FormatFloat(val, 'g', 4, 64)))
+				case strings.HasPrefix(name, "qkdkms_link_"):
+					lv := v.links[labels["peer"]]
+					if lv == nil {
+						lv = &linkView{}
+						v.links[labels["peer"]] = lv
+					}
+					switch name {
+					case "qkdkms_link_connected":
+						lv.up, lv.role = val == 1, labels["role"]
+					case "qkdkms_link_sessions_total":
+						if labels["outcome"] == "ok" {
+							lv.ok = val
+						} else {
+							lv.aborted = val
+						}
+					case "qkdkms_link_qber":
+						lv.qber = val
+					case "qkdkms_link_key_rate_bits_per_second":
+						lv.rate = val
+					case "qkdkms_link_eve_fraction":
+						lv.eve = val
+					case "qkdkms_link_committed_bits_total":
+						lv.committed = val
+					case "qkdkms_link_auth_pad_bytes_left":
+						lv.padsLeft = val
+					case "qkdkms_link_plugin_mismatch":
+						lv.mismatching = val
 					}
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	sort.Strings(v.link)
 	return v
 }
 
@@ -296,15 +349,33 @@ func (d *demoScreen) draw(ctx context.Context) {
 			fmt.Fprintf(&b, "  %-12s stored %4.0f keys (%6.0f bits)  issued %4.0f  erased %5.0f  burned %3.0f  blocks %4.0f\n",
 				k, cs.stored, cs.bits, cs.issued, cs.erased, cs.burned, cs.blocks)
 		}
-		if len(v.link) == 0 {
+		if len(v.links) == 0 {
 			if d.o.Feed {
 				b.WriteString("  link: none configured; pools fed by random admin block imports (--feed)\n")
 			} else {
-				b.WriteString("  link: no QKD link metrics exported\n")
+				b.WriteString("  link: none configured\n")
 			}
 		}
-		for _, l := range v.link {
-			fmt.Fprintf(&b, "  %s\n", l)
+		peers := make([]string, 0, len(v.links))
+		for p := range v.links {
+			peers = append(peers, p)
+		}
+		sort.Strings(peers)
+		for _, peer := range peers {
+			lv := v.links[peer]
+			state := "down"
+			if lv.up {
+				state = "up"
+			}
+			note := ""
+			if lv.eve > 0 {
+				note += fmt.Sprintf("  EAVESDROPPER on %.0f%% of pulses", 100*lv.eve)
+			}
+			if lv.mismatching == 1 {
+				note += "  PLUGIN MISMATCH (see `qkdkms link status`)"
+			}
+			fmt.Fprintf(&b, "  QKD link to %s (%s, %s): %3.0f sessions ok, %3.0f aborted, QBER %5.2f%%, %7.0f bit/s, %8.0f bits committed%s\n",
+				peer, lv.role, state, lv.ok, lv.aborted, 100*lv.qber, lv.rate, lv.committed, note)
 		}
 	}
 	b.WriteString("Ctrl-C stops all nodes (data kept for the next run).\n")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -33,6 +34,8 @@ type InitOptions struct {
 	SenderPort, ReceiverPort         int
 	SenderSeedPort, ReceiverSeedPort int
 	LogLevel                         string
+	// Link joins the sites by a QKD link (nil: none).
+	Link *LinkSpec
 }
 
 // DemoInitLayout writes the PKI, KEKs and configs for two sites.
@@ -57,6 +60,7 @@ func DemoInitLayout(o InitOptions) (*Layout, error) {
 		},
 		SAEs:     o.SAEs,
 		LogLevel: o.LogLevel,
+		Link:     o.Link,
 	}
 	if o.Compose {
 		lo.AdvertiseFn = func(s SiteSpec, i int) string {
@@ -93,6 +97,11 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "first site's seed API port on node 1 (0 = off)")
 	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "second site's seed API port on node 1 (0 = off)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "node log level")
+	link := LinkSpec{}
+	noLink := fs.Bool("no-link", false, "no QKD link between the sites (pools only by admin block import)")
+	fs.StringVar(&link.PluginDir, "plugin-dir", "", "step plugin directory as the nodes see it (default: bin/plugins, or /plugins with --compose)")
+	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
+	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo-init [flags]")
 		fmt.Fprintln(stderr, "Writes a demo PKI, site KEKs and node configs for two sites (kept if present).")
@@ -116,6 +125,20 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.Compose {
 		o.SenderPort, o.ReceiverPort = ComposePort, ComposePort
+	}
+	if !*noLink {
+		if link.PluginDir == "" && !link.Native {
+			link.PluginDir = "/plugins"
+			if !o.Compose {
+				abs, err := filepath.Abs(filepath.Join("bin", "plugins"))
+				if err != nil {
+					fmt.Fprintf(stderr, "qkdkms demo-init: %v\n", err)
+					return 1
+				}
+				link.PluginDir = abs
+			}
+		}
+		o.Link = &link
 	}
 	l, err := DemoInitLayout(o)
 	if err != nil {

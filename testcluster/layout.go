@@ -76,6 +76,17 @@ type LayoutOptions struct {
 	PathFn func(string) string
 	// ExtraHosts are added to every node certificate.
 	ExtraHosts []string
+	// Link, when set, joins the sites by QKD links (node link.* settings);
+	// Generate writes one pre-shared link secret, kept across runs.
+	Link *LinkSpec
+}
+
+// LinkSpec configures the QKD links of a layout.
+type LinkSpec struct {
+	PluginDir string  // as the node sees it ("" with Native)
+	Native    bool    // step code natively instead of WASM
+	FiberKm   float64 // simulated fiber length (0 = node default, 25 km)
+	BlockBits int     // sifted bits per session (0 = node default)
 }
 
 // Layout is what Generate wrote.
@@ -131,6 +142,15 @@ type configFile struct {
 	SeedListen string              `json:"seed_listen,omitempty"`
 	Raft       raftTiming          `json:"raft"`
 	Log        logConfig           `json:"log"`
+	Link       *linkConfig         `json:"link,omitempty"`
+}
+
+type linkConfig struct {
+	PSKFile   string  `json:"psk_file"`
+	PluginDir string  `json:"plugin_dir,omitempty"`
+	Native    bool    `json:"native,omitempty"`
+	FiberKm   float64 `json:"fiber_km,omitempty"`
+	BlockBits int     `json:"block_bits,omitempty"`
 }
 
 type tlsFiles struct {
@@ -243,6 +263,15 @@ func Generate(o LayoutOptions) (*Layout, error) {
 			return nil, err
 		}
 	}
+	var lc *linkConfig
+	if o.Link != nil {
+		psk := filepath.Join(dir, "kek", "link.psk")
+		if err := writeSecret(psk, 64<<10); err != nil {
+			return nil, err
+		}
+		lc = &linkConfig{PSKFile: pathFn(psk), PluginDir: o.Link.PluginDir, Native: o.Link.Native,
+			FiberKm: o.Link.FiberKm, BlockBits: o.Link.BlockBits}
+	}
 	// Configs: every node lists its site (bootstrap) and the other sites (peers).
 	for _, site := range l.Sites {
 		boot := map[string]string{}
@@ -276,7 +305,8 @@ func Generate(o LayoutOptions) (*Layout, error) {
 					LeaderLeaseTimeout: o.LeaderLeaseTimeout, NoSync: o.NoSync,
 					SnapshotInterval: o.SnapshotInterval, SnapshotThreshold: o.SnapshotThreshold, TrailingLogs: o.TrailingLogs,
 				},
-				Log: logConfig{Level: o.LogLevel},
+				Log:  logConfig{Level: o.LogLevel},
+				Link: lc,
 			}
 			b, err := json.MarshalIndent(cf, "", "  ")
 			if err != nil {
@@ -355,6 +385,20 @@ func writeKEK(path string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%w: KEK: %w", ErrLayout, err)
+	}
+	return nil
+}
+
+// writeSecret writes n random bytes to path (mode 0600) unless it exists.
+func writeSecret(path string, n int) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	defer clear(b)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("%w: link secret: %w", ErrLayout, err)
 	}
 	return nil
 }
