@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +111,25 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 	}
 	// The pool refills after the keys were taken.
 	waitStored(t, a, b, "ghi", "jkl", 200, time.Minute)
+
+	// A site fed by a QKD link refuses admin block imports (they could
+	// reach the two sites in a different order than the link's blocks).
+	crt, key := a.pki.operator(t, "sender_app")
+	hc := httpClient(a.pki.clientTLS(t, crt, key))
+	body := `{"master_SAE_ID":"ghi","slave_SAE_ID":"jkl","block_id":"x","bits":"AAAAAAAAAAA="}`
+	resp, err := hc.Post("https://"+a.leader().Addr()+"/admin/v1/blocks", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(msg), "QKD link") {
+		t.Fatalf("admin import on a linked site: %d %s", resp.StatusCode, msg)
+	}
+	after, _ := samePools(t, a, b, "ghi", "jkl")
+	if after.AddedBlocks == 0 {
+		t.Fatal("no blocks")
+	}
 }
 
 // samePools checks that both sites hold the same blocks for a connection.

@@ -305,7 +305,7 @@ func (n *Node) routes() http.Handler {
 	admin := n.adminHandler()
 	mux.Handle("/admin/v1/", admin)
 	if n.services.adminExtra != nil {
-		mux.Handle("/admin/v1/blocks", n.requireAdmin(n.services.adminExtra))
+		mux.Handle("/admin/v1/blocks", n.requireAdmin(n.refuseImportWithLink(n.services.adminExtra)))
 	}
 	mux.Handle("GET /metrics", n.metrics.handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -321,6 +321,21 @@ func (n *Node) routes() http.Handler {
 		writeJSON(w, status, map[string]any{"ready": ok, "reason": why, "leader": leaderID, "node_id": n.cfg.NodeID})
 	})
 	return mux
+}
+
+// refuseImportWithLink refuses admin block imports on a site that runs QKD
+// links: pools must receive blocks in the same order at both sites, and an
+// import interleaved with link blocks could reach the two sites in
+// different orders. Imports are for sites without a link.
+func (n *Node) refuseImportWithLink(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.links != nil {
+			writeAdminError(w, http.StatusConflict, CodeBadRequest,
+				"this site's pools are fed by its QKD links (link.psk_file); admin block import is only for sites without a link")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Ready reports whether the site has a leader and this node's FSM has

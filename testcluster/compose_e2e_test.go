@@ -3,10 +3,7 @@
 package testcluster
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -64,23 +61,29 @@ func TestComposeSeedWorkflow(t *testing.T) {
 	}
 	pkiDir := filepath.Join(root, ".deploy", "pki")
 	seedWorkflowWith(t, 8000, 8001, func() {
-		// Give key generation a chance; without it, import one block with
-		// the operator certificate (a stand-in, logged).
-		time.Sleep(3 * time.Second)
+		// Keys come from the QKD link between the two sites' leaders: wait
+		// until the pool holds one (WASM sessions over the simulated fiber).
 		c := &Cluster{Layout: &Layout{PKIDir: pkiDir}, https: map[string]*http.Client{}}
-		h, err := c.HTTPClient(OperatorName(DefaultSender))
+		h, err := c.HTTPClient("ghi")
 		if err != nil {
 			t.Fatal(err)
 		}
-		bits := make([]byte, 10)
-		_, _ = rand.Read(bits)
-		body, _ := json.Marshal(map[string]any{"master_SAE_ID": "ghi", "slave_SAE_ID": "jkl", "block_id": "e2e-" + time.Now().Format("150405.000"), "bits": bits})
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://127.0.0.1:8443/admin/v1/blocks", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if _, err := doJSON(h, req, nil); err != nil {
-			t.Logf("block import (stand-in for key generation): %v", err)
-		} else {
-			t.Log("imported one block through the admin API (stand-in for key generation)")
+		wctx, wcancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer wcancel()
+		for {
+			var st struct {
+				Stored int `json:"stored_key_count"`
+			}
+			req, _ := http.NewRequestWithContext(wctx, http.MethodGet, "https://127.0.0.1:8443/api/v1/keys/jkl/status", nil)
+			_, err := doJSON(h, req, &st)
+			if err == nil && st.Stored > 0 {
+				t.Logf("pool holds %d keys from the QKD link", st.Stored)
+				return
+			}
+			if wctx.Err() != nil {
+				t.Fatalf("no key from the QKD link within 3 minutes: %v", err)
+			}
+			time.Sleep(time.Second)
 		}
 	})
 }

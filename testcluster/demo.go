@@ -112,6 +112,9 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 			return fmt.Errorf("seed ports must be ≥ 0")
 		}
 	}
+	if o.Link != nil && o.Feed {
+		return fmt.Errorf("--feed imports blocks by the admin API, which a site with a QKD link refuses; use it with --no-link")
+	}
 	if o.Link != nil && !o.Link.Native && o.Link.PluginDir == "" {
 		o.Link.PluginDir = filepath.Join(filepath.Dir(o.Binary), "plugins")
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"qkdkms/plugins/pluginbuild"
 	"strings"
 	"sync"
 	"testing"
@@ -50,8 +51,14 @@ func TestDemoRunsTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	plugins, err := pluginbuild.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As `make run`: the sites joined by a QKD link running the WASM plugins.
 	opts := DemoOptions{Binary: binary, Dir: dir, SenderPort: sp, ReceiverPort: rp,
-		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1], Refresh: 200 * time.Millisecond, Plain: true, Feed: true}
+		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1], Refresh: 200 * time.Millisecond, Plain: true,
+		Link: &LinkSpec{PluginDir: plugins}}
 	var caBefore []byte
 	for run := 1; run <= 2; run++ {
 		out := &syncBuffer{}
@@ -155,7 +162,9 @@ func seedWorkflowWith(t *testing.T, senderPort, receiverPort int, fill func()) {
 	if fill != nil {
 		fill()
 	}
-	// The demo feeder fills the pool; get_key answers 503 until it has.
+	// Keys arrive from the QKD link; get_key answers 503 until they have.
+	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	var master map[string]any
 	for {
 		code, master = post(fmt.Sprintf("http://127.0.0.1:%d/get_key?slave_host=jkl", senderPort), "application/x-www-form-urlencoded", "")
