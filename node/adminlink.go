@@ -91,8 +91,8 @@ func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
 			if err != nil {
 				return nil, err
 			}
-			if err := l.SetEve(req.P); err != nil {
-				return nil, fmt.Errorf("%w: %w", raftstore.ErrInvalid, err)
+				if err := l.SetEve(req.P); err != nil {
+				return nil, badRequest("%v", err)
 			}
 			n.logger.Warn("simulated eavesdropper changed", "peer", req.Peer, "p", req.P)
 			return n.links.statuses(), nil
@@ -131,11 +131,11 @@ func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
 
 func (n *Node) linkTo(peer string) (*link.Link, error) {
 	if n.links == nil {
-		return nil, fmt.Errorf("%w: no QKD link is configured on this site (link.psk_file)", raftstore.ErrInvalid)
+		return nil, badRequest("no QKD link is configured on this site (link.psk_file)")
 	}
 	l := n.links.byPeer[peer]
 	if l == nil {
-		return nil, fmt.Errorf("%w: no link to %q", raftstore.ErrInvalid, peer)
+		return nil, badRequest("no link to %q", peer)
 	}
 	return l, nil
 }
@@ -199,18 +199,18 @@ func (n *Node) installPlugin(ctx context.Context, req InstallRequest) error {
 		return raftstore.ErrNotLeader
 	}
 	if n.links == nil || n.links.host == nil {
-		return fmt.Errorf("%w: this site runs no WASM plugins (link.psk_file unset or link.native on)", raftstore.ErrInvalid)
+		return badRequest("this site runs no WASM plugins (link.psk_file unset or link.native on)")
 	}
 	if len(req.WASM) == 0 || len(req.WASM) > MaxPluginBytes {
-		return fmt.Errorf("%w: wasm: %d bytes (1 to %d)", raftstore.ErrInvalid, len(req.WASM), MaxPluginBytes)
+		return badRequest("wasm: %d bytes (1 to %d)", len(req.WASM), MaxPluginBytes)
 	}
 	sum := sha256.Sum256(req.WASM)
 	if req.SHA256 != "" && !strings.EqualFold(req.SHA256, hex.EncodeToString(sum[:])) {
-		return fmt.Errorf("%w: sha256 %s does not match the module (%x)", raftstore.ErrInvalid, req.SHA256, sum)
+		return badRequest("sha256 %s does not match the module (%x)", req.SHA256, sum)
 	}
 	for _, info := range n.shipped() {
 		if info.Name == req.Name && info.SHA256 != hex.EncodeToString(sum[:]) {
-			return fmt.Errorf("%w: name %q is taken by a shipped plugin; install under another name", raftstore.ErrInvalid, req.Name)
+			return badRequest("name %q is taken by a shipped plugin; install under another name", req.Name)
 		}
 	}
 	info := host.Info{Name: req.Name, Kind: steps.Kind(req.Step), Version: req.Version, ABI: req.ABI, SHA256: hex.EncodeToString(sum[:])}
@@ -222,7 +222,7 @@ func (n *Node) installPlugin(ctx context.Context, req InstallRequest) error {
 	}
 	defer check.Close(ctx)
 	if err := check.Add(ctx, info, req.WASM); err != nil {
-		return fmt.Errorf("%w: %w", raftstore.ErrInvalid, err)
+		return badRequest("%v", err)
 	}
 	if err := n.store.InstallPlugin(ctx, raftstore.PluginModule{
 		Name: req.Name, Step: req.Step, Version: req.Version, ABI: req.ABI, SHA256: info.SHA256, WASM: req.WASM,
@@ -244,10 +244,10 @@ func (n *Node) usePlugin(ctx context.Context, req UseRequest) error {
 			continue
 		}
 		if p.Step != req.Step {
-			return fmt.Errorf("%w: plugin %s is a %s step, not %s", raftstore.ErrInvalid, name, p.Step, req.Step)
+			return badRequest("plugin %s is a %s step, not %s", name, p.Step, req.Step)
 		}
 		if version != "" && version != p.Version {
-			return fmt.Errorf("%w: plugin %s has version %s, not %s", raftstore.ErrInvalid, name, p.Version, version)
+			return badRequest("plugin %s has version %s, not %s", name, p.Version, version)
 		}
 		if err := n.store.UsePlugin(ctx, req.Step, name); err != nil {
 			return err
@@ -255,5 +255,17 @@ func (n *Node) usePlugin(ctx context.Context, req UseRequest) error {
 		n.logger.Info("plugin selected", "step", req.Step, "plugin", name, "version", p.Version)
 		return nil
 	}
-	return fmt.Errorf("%w: no plugin %q on this site (see GET /admin/v1/plugins)", raftstore.ErrInvalid, req.Plugin)
+	return badRequest("no plugin %q on this site (see GET /admin/v1/plugins)", req.Plugin)
+}
+
+// badRequestError is an admin request the node refuses as invalid (400):
+// it matches raftstore.ErrInvalid for leaderDo's mapping but reads as its
+// own message.
+type badRequestError struct{ msg string }
+
+func (e *badRequestError) Error() string        { return e.msg }
+func (e *badRequestError) Is(target error) bool { return target == raftstore.ErrInvalid }
+
+func badRequest(format string, a ...any) error {
+	return &badRequestError{msg: fmt.Sprintf(format, a...)}
 }
