@@ -798,6 +798,11 @@ func (st *fsmState) consumeCheck(c *consumeCmd) ([]*keyRec, result) {
 		ks[i] = k
 	}
 	for _, k := range ks {
+		if k.master == c.MasterSAE && !slices.Contains(k.pending, c.Caller) && slices.Contains(k.named, c.Caller) {
+			// A named slave that already fetched this (multicast) key: for
+			// it the key is gone, as for a unicast key after its fetch.
+			return nil, result{err: fmt.Errorf("%w: %s (already fetched by %s)", ErrKeyNotFound, k.id, c.Caller)}
+		}
 		if k.master != c.MasterSAE || !slices.Contains(k.pending, c.Caller) {
 			return nil, result{err: fmt.Errorf("%w: key %s", ErrNotAuthorized, k.id)}
 		}

@@ -1,6 +1,7 @@
 package kme
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,10 +18,6 @@ import (
 func TestConformance(t *testing.T) {
 	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
 	a, b := w.sites[siteA], w.sites[siteB]
-	if err := probeRefetch(t, w); errors.Is(err, etsi.ErrUnauthorized) {
-		t.Skip("raftstore answers ErrNotAuthorized (401) when a named slave fetches a multicast key it already fetched; " +
-			"etsitest wants 400 (keys not found). Needs raftstore consumeCheck to return ErrKeyNotFound for a named, no longer pending caller.")
-	}
 	etsitest.Run(t, etsitest.Harness{
 		Master:  etsitest.Site{URL: a.follower(0).srv.URL, KMEID: siteA},
 		Slave:   etsitest.Site{URL: b.follower(1).srv.URL, KMEID: siteB},
@@ -69,9 +66,11 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// probeRefetch: a slave fetches its share of a multicast key twice; the
-// second answer's error.
-func probeRefetch(t *testing.T, w *world) error {
+// TestMulticastRefetch: a slave fetches its share of a multicast key twice:
+// the second answer is "keys not found" (400), and the other named slave
+// still gets its share, with the same bytes.
+func TestMulticastRefetch(t *testing.T) {
+	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
 	ctx := ctxT(t)
 	w.register(ctx, siteA, w.connection(siteA, siteB, "pm", "ps1"))
 	w.register(ctx, siteA, w.connection(siteA, siteB, "pm", "ps2"))
@@ -85,9 +84,11 @@ func probeRefetch(t *testing.T, w *world) error {
 	if _, err := fb.DecKeys(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	_, err = fb.DecKeys(ctx, req)
-	if err == nil {
-		t.Fatal("second fetch of the same share succeeded")
+	if _, err := fb.DecKeys(ctx, req); !errors.Is(err, etsi.ErrKeysNotFound) {
+		t.Fatalf("second fetch of the same share: %v, want ErrKeysNotFound", err)
 	}
-	return err
+	got, err := fb.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "ps2", MasterSAE: "pm", KeyIDs: []string{keys[0].KeyID}})
+	if err != nil || !bytes.Equal(got[0].Bits, keys[0].Bits) {
+		t.Fatalf("second slave's share: %v", err)
+	}
 }
