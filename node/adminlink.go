@@ -91,7 +91,7 @@ func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
 			if err != nil {
 				return nil, err
 			}
-				if err := l.SetEve(req.P); err != nil {
+			if err := l.SetEve(req.P); err != nil {
 				return nil, badRequest("%v", err)
 			}
 			n.logger.Warn("simulated eavesdropper changed", "peer", req.Peer, "p", req.P)
