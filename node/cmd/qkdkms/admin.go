@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -77,45 +76,23 @@ func (a *adminFlags) client() (*node.AdminClient, error) {
 func runAdmin(ctx context.Context, name, synopsis string, args []string, stdout, stderr io.Writer,
 	extra func(fs *flag.FlagSet) func() error,
 	call func(ctx context.Context, c *node.AdminClient) (node.ServersResponse, error)) int {
-	a := newAdminFlags(name, synopsis, stderr)
 	check := func() error { return nil }
-	if extra != nil {
-		check = extra(a.fs)
-	}
-	if err := a.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if a.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "qkdkms %s: unexpected arguments %v\n", name, a.fs.Args())
-		return 2
-	}
-	if err := check(); err != nil {
-		fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
-		return 2
-	}
-	c, err := a.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
-		return 2
-	}
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
-	res, err := call(ctx, c)
-	if err != nil {
-		fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
-		return 1
-	}
-	if a.asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
-		return 0
-	}
-	printServers(stdout, res)
-	return 0
+	return adminCall(ctx, name, synopsis, args, stdout, stderr,
+		func(fs *flag.FlagSet) {
+			if extra != nil {
+				check = extra(fs)
+			}
+		},
+		func(pos []string) error {
+			if err := nArgs(0)(pos); err != nil {
+				return err
+			}
+			return check()
+		},
+		func(ctx context.Context, c *node.AdminClient, _ []string) (node.ServersResponse, error) {
+			return call(ctx, c)
+		},
+		printServers)
 }
 
 func printServers(w io.Writer, r node.ServersResponse) {

@@ -78,10 +78,12 @@ func usageCode(err error) int {
 	return 2
 }
 
-// adminCall parses admin flags plus extra ones, runs call and prints its
-// answer (JSON with --json, else with show).
+// adminCall parses admin flags plus extra ones, checks the arguments
+// (check may be nil), runs call and prints its answer (JSON with --json,
+// else with show).
 func adminCall[T any](ctx context.Context, name, synopsis string, args []string, stdout, stderr io.Writer,
-	extra func(fs *flag.FlagSet), call func(ctx context.Context, c *node.AdminClient, pos []string) (T, error), show func(io.Writer, T)) int {
+	extra func(fs *flag.FlagSet), check func(pos []string) error,
+	call func(ctx context.Context, c *node.AdminClient, pos []string) (T, error), show func(io.Writer, T)) int {
 	a := newAdminFlags(name, synopsis, stderr)
 	if extra != nil {
 		extra(a.fs)
@@ -97,6 +99,12 @@ func adminCall[T any](ctx context.Context, name, synopsis string, args []string,
 			args = args[1:]
 		}
 	}
+	if check != nil {
+		if err := check(pos); err != nil {
+			fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
+			return 2
+		}
+	}
 	c, err := a.client()
 	if err != nil {
 		fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
@@ -107,10 +115,6 @@ func adminCall[T any](ctx context.Context, name, synopsis string, args []string,
 	res, err := call(ctx, c, pos)
 	if err != nil {
 		fmt.Fprintf(stderr, "qkdkms %s: %v\n", name, err)
-		if errors.Is(err, errUsage) {
-			a.fs.Usage()
-			return 2
-		}
 		return 1
 	}
 	if a.asJSON {
@@ -123,7 +127,15 @@ func adminCall[T any](ctx context.Context, name, synopsis string, args []string,
 	return 0
 }
 
-var errUsage = errors.New("bad arguments")
+// nArgs checks the number of positional arguments.
+func nArgs(n int) func([]string) error {
+	return func(pos []string) error {
+		if len(pos) != n {
+			return fmt.Errorf("want %d argument(s), got %d %v", n, len(pos), pos)
+		}
+		return nil
+	}
+}
 
 func runLink(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -132,25 +144,25 @@ func runLink(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "status":
-		return adminCall(ctx, "link status", "link status [admin flags]", args[1:], stdout, stderr, nil,
-			func(ctx context.Context, c *node.AdminClient, pos []string) ([]link.Status, error) {
-				if len(pos) > 0 {
-					return nil, errUsage
-				}
-				return c.Links(ctx)
-			}, printLinks)
+		return adminCall(ctx, "link status", "link status [admin flags]", args[1:], stdout, stderr, nil, nArgs(0),
+			func(ctx context.Context, c *node.AdminClient, _ []string) ([]link.Status, error) { return c.Links(ctx) },
+			printLinks)
 	case "eve":
 		var peer string
 		return adminCall(ctx, "link eve", "link eve P --peer KME [admin flags]  (P in [0,1]; 0 turns the eavesdropper off)", args[1:], stdout, stderr,
 			func(fs *flag.FlagSet) { fs.StringVar(&peer, "peer", "", "peer KME ID of the link (required)") },
+			func(pos []string) error {
+				if err := nArgs(1)(pos); err != nil {
+					return err
+				}
+				if peer == "" {
+					return errors.New("--peer is required")
+				}
+				_, err := strconv.ParseFloat(pos[0], 64)
+				return err
+			},
 			func(ctx context.Context, c *node.AdminClient, pos []string) ([]link.Status, error) {
-				if len(pos) != 1 || peer == "" {
-					return nil, errUsage
-				}
-				p, err := strconv.ParseFloat(pos[0], 64)
-				if err != nil {
-					return nil, fmt.Errorf("%w: P: %v", errUsage, err)
-				}
+				p, _ := strconv.ParseFloat(pos[0], 64)
 				return c.SetEve(ctx, peer, p)
 			}, printLinks)
 	default:
@@ -180,13 +192,11 @@ func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	switch args[0] {
 	case "list":
-		return adminCall(ctx, "plugin list", "plugin list [admin flags]", args[1:], stdout, stderr, nil,
-			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
-				if len(pos) > 0 {
-					return node.PluginsResponse{}, errUsage
-				}
+		return adminCall(ctx, "plugin list", "plugin list [admin flags]", args[1:], stdout, stderr, nil, nArgs(0),
+			func(ctx context.Context, c *node.AdminClient, _ []string) (node.PluginsResponse, error) {
 				return c.Plugins(ctx)
-			}, printPlugins)
+			},
+			printPlugins)
 	case "install":
 		var req node.InstallRequest
 		return adminCall(ctx, "plugin install", "plugin install FILE.wasm --name N --step S --version V [--abi 1] [admin flags]", args[1:], stdout, stderr,
@@ -197,10 +207,13 @@ func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				fs.IntVar(&req.ABI, "abi", 1, "plugin ABI version")
 				fs.StringVar(&req.SHA256, "sha256", "", "expected sha256 of the file (optional check)")
 			},
-			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
-				if len(pos) != 1 || req.Name == "" || req.Step == "" || req.Version == "" {
-					return node.PluginsResponse{}, errUsage
+			func(pos []string) error {
+				if req.Name == "" || req.Step == "" || req.Version == "" {
+					return errors.New("--name, --step and --version are required")
 				}
+				return nArgs(1)(pos)
+			},
+			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
 				b, err := os.ReadFile(pos[0])
 				if err != nil {
 					return node.PluginsResponse{}, err
@@ -209,11 +222,8 @@ func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				return c.InstallPlugin(ctx, req)
 			}, printPlugins)
 	case "use":
-		return adminCall(ctx, "plugin use", "plugin use STEP NAME[@VERSION] [admin flags]", args[1:], stdout, stderr, nil,
+		return adminCall(ctx, "plugin use", "plugin use STEP NAME[@VERSION] [admin flags]", args[1:], stdout, stderr, nil, nArgs(2),
 			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
-				if len(pos) != 2 {
-					return node.PluginsResponse{}, errUsage
-				}
 				return c.UsePlugin(ctx, pos[0], pos[1])
 			}, printPlugins)
 	default:
