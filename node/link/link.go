@@ -115,7 +115,7 @@ func (c *Config) defaults() {
 		c.Idle = 500 * time.Millisecond
 	}
 	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 5 * time.Minute
+		c.SessionTimeout = 2 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -135,6 +135,7 @@ type Link struct {
 	agreed   host.Selection // last selection both sites ran
 	status   Status
 	rateWin  []sample
+	serving  *wire      // the connection Serve answers now
 	serveMu  sync.Mutex // one responder session at a time
 	aliceRun sync.Mutex
 }
@@ -802,6 +803,15 @@ func (l *Link) Serve(conn net.Conn) {
 		_ = send(ctx, w, msg{Type: "refuse", Reason: fmt.Sprintf("this is %s, which does not answer %s", l.cfg.LocalKME, hello.From)})
 		return
 	}
+	// The newest connection from the peer's leader wins: a previous one may
+	// hang on a peer that vanished without closing it (a partition, a new
+	// leader at the peer), so close it before serving this one.
+	l.mu.Lock()
+	if l.serving != nil {
+		_ = l.serving.Close()
+	}
+	l.serving = w
+	l.mu.Unlock()
 	l.serveMu.Lock()
 	defer l.serveMu.Unlock()
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
