@@ -455,11 +455,12 @@ func (l *Link) pick(ctx context.Context) (raftstore.ConnectionStatus, bool, erro
 	if err != nil {
 		return raftstore.ConnectionStatus{}, false, err
 	}
-	return Pick(conns, l.cfg.LocalKME, l.cfg.PeerKME)
+	c, ok := Pick(conns, l.cfg.LocalKME, l.cfg.PeerKME)
+	return c, ok, nil
 }
 
 // Pick is the scheduler's choice among conns (exported for tests).
-func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.ConnectionStatus, bool, error) {
+func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.ConnectionStatus, bool) {
 	var cand []raftstore.ConnectionStatus
 	for _, c := range conns {
 		between := (c.SourceKME == a && c.TargetKME == b) || (c.SourceKME == b && c.TargetKME == a)
@@ -468,7 +469,7 @@ func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.Connection
 		}
 	}
 	if len(cand) == 0 {
-		return raftstore.ConnectionStatus{}, false, nil
+		return raftstore.ConnectionStatus{}, false
 	}
 	sort.SliceStable(cand, func(i, j int) bool {
 		if cand[i].Priority != cand[j].Priority {
@@ -481,7 +482,7 @@ func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.Connection
 		}
 		return cand[i].ID() < cand[j].ID()
 	})
-	return cand[0], true, nil
+	return cand[0], true
 }
 
 // needBytes is how much key the connection's pool can still take.
