@@ -1,0 +1,68 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"qkdkms/quantum"
+	"qkdkms/quantum/sim"
+)
+
+// TestWireMultiplexes: classical messages and transit frames share one
+// connection, each kind in order; closing one end fails both ends with
+// quantum.ErrLinkDown.
+func TestWireMultiplexes(t *testing.T) {
+	ca, cb := net.Pipe()
+	a, b := newWire(ca), newWire(cb)
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	frame := &sim.TransitFrame{Frame: 7, Pulses: 1000, Photons: []sim.Photon{{Index: 3, Bit: 1, Basis: 1, Photons: 1}, {Index: 999, Intensity: 2, Photons: 2}}}
+	go func() {
+		_ = a.Send(ctx, []byte("one"))
+		_ = quantumLink{a}.SendFrame(ctx, frame)
+		_ = a.Send(ctx, []byte("two"))
+	}()
+	got, err := quantumLink{b}.RecvFrame(ctx)
+	if err != nil || got.Frame != 7 || len(got.Photons) != 2 || got.Photons[1].Index != 999 {
+		t.Fatalf("frame: %+v, %v", got, err)
+	}
+	for _, want := range []string{"one", "two"} {
+		m, err := b.Recv(ctx)
+		if err != nil || !bytes.Equal(m, []byte(want)) {
+			t.Fatalf("message %q: got %q, %v", want, m, err)
+		}
+	}
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	if _, err := b.Recv(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Recv with nothing sent: %v", err)
+	}
+	_ = a.Close()
+	if _, err := b.Recv(ctx); !errors.Is(err, quantum.ErrLinkDown) {
+		t.Fatalf("Recv after the peer closed: %v", err)
+	}
+	if err := b.Send(ctx, []byte("x")); !errors.Is(err, quantum.ErrLinkDown) {
+		t.Fatalf("Send after the peer closed: %v", err)
+	}
+}
+
+// TestWireRefusesOversizedAndUnknown: a peer announcing an absurd length
+// or an unknown kind brings the wire down instead of allocating.
+func TestWireRefusesOversizedAndUnknown(t *testing.T) {
+	for _, hdr := range [][]byte{{kindClassical, 0xff, 0xff, 0xff, 0xff}, {'Z', 0, 0, 0, 1, 0}} {
+		ca, cb := net.Pipe()
+		w := newWire(cb)
+		go func() { _, _ = ca.Write(hdr) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if _, err := w.Recv(ctx); !errors.Is(err, quantum.ErrLinkDown) {
+			t.Fatalf("header %x: %v", hdr, err)
+		}
+		cancel()
+		_ = ca.Close()
+	}
+}
