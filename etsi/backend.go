@@ -29,6 +29,15 @@ type Backend interface {
 	ConnectionsOf(ctx context.Context, sae string) ([]ConnectionInfo, error)
 }
 
+// LimitsBackend is an optional Backend extension: Limits returns the
+// connection's parameters for validating an enc_keys request, possibly from
+// a local, slightly stale copy (no leader round trip, no forwarding hop).
+// The backend must re-check everything authoritatively when it issues.
+// Handlers use Connection when a Backend does not implement it.
+type LimitsBackend interface {
+	Limits(ctx context.Context, master, slave string) (ConnectionInfo, error)
+}
+
 // Sentinel errors a Backend returns.
 var (
 	// ErrUnknownSAE: no connection between these SAEs at this KME (401).

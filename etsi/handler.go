@@ -260,6 +260,20 @@ func (h *handler) readBody(w http.ResponseWriter, r *http.Request, rec *auditRec
 // connectionAsMaster finds the connection caller→slave whose master site
 // is this KME; false (answered 400/401/503) otherwise.
 func (h *handler) connectionAsMaster(ctx context.Context, w http.ResponseWriter, rec *auditRec) (ConnectionInfo, bool) {
+	return h.masterConnection(ctx, w, rec, h.b.Connection)
+}
+
+// limitsAsMaster is connectionAsMaster for validating enc_keys: it uses the
+// backend's Limits (a local copy) when it has one.
+func (h *handler) limitsAsMaster(ctx context.Context, w http.ResponseWriter, rec *auditRec) (ConnectionInfo, bool) {
+	if lb, ok := h.b.(LimitsBackend); ok {
+		return h.masterConnection(ctx, w, rec, lb.Limits)
+	}
+	return h.connectionAsMaster(ctx, w, rec)
+}
+
+func (h *handler) masterConnection(ctx context.Context, w http.ResponseWriter, rec *auditRec,
+	lookup func(ctx context.Context, master, slave string) (ConnectionInfo, error)) (ConnectionInfo, bool) {
 	if rec.sae == rec.pathSAE {
 		h.fail(w, rec, http.StatusBadRequest, "master and slave SAE shall differ",
 			map[string]any{"parameter": "slave_SAE_ID", "reason": "the caller named itself as slave"})
@@ -270,7 +284,7 @@ func (h *handler) connectionAsMaster(ctx context.Context, w http.ResponseWriter,
 			map[string]any{"parameter": "slave_SAE_ID", "reason": "not a valid SAE ID"})
 		return ConnectionInfo{}, false
 	}
-	ci, err := h.b.Connection(ctx, rec.sae, rec.pathSAE)
+	ci, err := lookup(ctx, rec.sae, rec.pathSAE)
 	if err != nil {
 		if errors.Is(err, ErrUnknownSAE) {
 			h.fail(w, rec, http.StatusUnauthorized, "unauthorized: unknown SAE",
@@ -347,7 +361,7 @@ func (h *handler) encKeys(w http.ResponseWriter, r *http.Request, rec *auditRec)
 	}
 	ctx, cancel := h.ctx(r)
 	defer cancel()
-	ci, ok := h.connectionAsMaster(ctx, w, rec)
+	ci, ok := h.limitsAsMaster(ctx, w, rec)
 	if !ok {
 		return
 	}

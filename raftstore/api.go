@@ -183,6 +183,10 @@ type Site interface {
 	Connection(ctx context.Context, master, slave string) (ConnectionStatus, error)
 	// Connections lists all connections' status.
 	Connections(ctx context.Context) ([]ConnectionStatus, error)
+	// LocalConnection reads one connection from this node's applied state,
+	// on any node, without a leader check: it may lag the leader. Use it for
+	// hints (request validation the FSM repeats), never for answers.
+	LocalConnection(master, slave string) (ConnectionStatus, error)
 
 	// IsLeader reports whether this node is the leader right now.
 	IsLeader() bool

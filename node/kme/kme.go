@@ -265,6 +265,20 @@ func (k *KME) Connection(ctx context.Context, master, slave string) (etsi.Connec
 	return out, err
 }
 
+var _ etsi.LimitsBackend = (*KME)(nil)
+
+// Limits implements etsi.LimitsBackend: the connection from this node's
+// applied state, without a leader round trip or a forwarding hop. The FSM
+// re-checks every limit when it issues, so a copy that lags only changes
+// which layer refuses a request. A connection not (yet) known here falls
+// back to Connection.
+func (k *KME) Limits(ctx context.Context, master, slave string) (etsi.ConnectionInfo, error) {
+	if s, err := k.site.LocalConnection(master, slave); err == nil {
+		return toInfo(s), nil
+	}
+	return k.Connection(ctx, master, slave)
+}
+
 func (k *KME) localConnection(ctx context.Context, in connArgs) (etsi.ConnectionInfo, error) {
 	s, err := k.site.Connection(ctx, in.Master, in.Slave)
 	if err != nil {
