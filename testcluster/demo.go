@@ -5,16 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
-
-	"qkdkms/etsi/pki"
 )
 
 // DemoOptions configures RunDemo. Zero values take the `make run` layout.
@@ -32,10 +28,6 @@ type DemoOptions struct {
 	// Plain prints the status as appended text blocks instead of redrawing
 	// the terminal (default: redraw when stdout is a terminal).
 	Plain bool
-	// Feed keeps every connection's pool topped up to max_key_count with
-	// random blocks through the admin block import. A stand-in for sites
-	// with no QKD link configured; the status screen says so.
-	Feed bool
 	// Link joins the sites by a QKD link over a simulated fiber (nil: no
 	// link). RunDemo turns it on unless --no-link.
 	Link *LinkSpec
@@ -59,7 +51,6 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
 	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
 	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
-	fs.BoolVar(&o.Feed, "feed", false, "top pools up with random blocks via admin import (a stand-in for the QKD link; use with --no-link)")
 	link := LinkSpec{}
 	noLink := fs.Bool("no-link", false, "no QKD link between the sites")
 	fs.StringVar(&link.PluginDir, "plugin-dir", "", "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
@@ -112,9 +103,6 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 			return fmt.Errorf("seed ports must be ≥ 0")
 		}
 	}
-	if o.Link != nil && o.Feed {
-		return fmt.Errorf("--feed imports blocks by the admin API, which a site with a QKD link refuses; use it with --no-link")
-	}
 	if o.Link != nil && !o.Link.Native && o.Link.PluginDir == "" {
 		o.Link.PluginDir = filepath.Join(filepath.Dir(o.Binary), "plugins")
 	}
@@ -165,16 +153,9 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 	if !d.redraw {
 		fmt.Fprint(stdout, d.commands())
 	}
-	var feeder *demoFeeder
-	if o.Feed {
-		feeder = &demoFeeder{c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	}
 	t := time.NewTicker(o.Refresh)
 	defer t.Stop()
 	for {
-		if feeder != nil {
-			feeder.feed(ctx)
-		}
 		d.draw(ctx)
 		select {
 		case <-ctx.Done():
@@ -353,11 +334,7 @@ func (d *demoScreen) draw(ctx context.Context) {
 				k, cs.stored, cs.bits, cs.issued, cs.erased, cs.burned, cs.blocks)
 		}
 		if len(v.links) == 0 {
-			if d.o.Feed {
-				b.WriteString("  link: none configured; pools fed by random admin block imports (--feed)\n")
-			} else {
-				b.WriteString("  link: none configured\n")
-			}
+			b.WriteString("  link: none configured (keys reach pools only by admin block import)\n")
 		}
 		peers := make([]string, 0, len(v.links))
 		for p := range v.links {
@@ -449,82 +426,4 @@ func splitMetric(k string) (string, map[string]string) {
 		}
 	}
 	return k[:i], labels
-}
-
-// demoFeeder tops pools up with random blocks through the admin import: a
-// stand-in for a QKD link. It reads each connection's max_key_count and
-// key_size from ETSI status with a master certificate it issues from the
-// demo CA.
-type demoFeeder struct {
-	c    *Cluster
-	log  *slog.Logger
-	ca   *pki.CA
-	http map[string]*http.Client
-}
-
-func (f *demoFeeder) feed(ctx context.Context) {
-	c := f.c
-	for _, site := range c.Layout.Sites {
-		l, err := c.Leader(ctx, site.KMEID)
-		if err != nil {
-			continue
-		}
-		m, err := c.Metrics(ctx, l)
-		if err != nil {
-			continue
-		}
-		for k, stored := range m {
-			name, labels := splitMetric(k)
-			if name != "qkdkms_pool_stored_keys" {
-				continue
-			}
-			master, slave := labels["master"], labels["slave"]
-			st, err := f.status(ctx, site, master, slave)
-			if err != nil || st.SourceKME != site.KMEID || st.KeySize <= 0 {
-				continue // feed from the master's site only
-			}
-			missing := st.MaxKeyCount - int(stored)
-			if missing <= 0 {
-				continue
-			}
-			bits := missing * st.KeySize
-			if bits%8 != 0 {
-				bits += 8 - bits%8
-			}
-			bits = min(bits, 1<<16)
-			if err := c.FillPool(ctx, site.KMEID, master, slave, bits/8, 8, bits/8); err != nil {
-				f.log.Warn("feed", "err", err)
-			}
-		}
-	}
-}
-
-func (f *demoFeeder) status(ctx context.Context, site *Site, master, slave string) (Status, error) {
-	var st Status
-	if f.ca == nil {
-		ca, err := pki.Load(f.c.Layout.PKIDir)
-		if err != nil {
-			return st, err
-		}
-		f.ca, f.http = ca, map[string]*http.Client{}
-	}
-	h := f.http[master]
-	if h == nil {
-		leaf, err := f.ca.IssueSAE(master)
-		if err != nil {
-			return st, err
-		}
-		cert, err := leaf.TLS()
-		if err != nil {
-			return st, err
-		}
-		h = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(cert, f.ca.Pool())}}
-		f.http[master] = h
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+site.Nodes[0].Addr()+"/api/v1/keys/"+slave+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	_, err = doJSON(h, req, &st)
-	return st, err
 }
