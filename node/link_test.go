@@ -57,6 +57,45 @@ func waitStored(t *testing.T, a, b *testSite, master, slave string, want int64, 
 	return sa, sb
 }
 
+// registerLinked registers ghi→jkl from sender_app to receiver_app,
+// through a follower when the site has one.
+func registerLinked(t *testing.T, ctx context.Context, a *testSite, maxKeys int) etsi.ConnectionInfo {
+	t.Helper()
+	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
+		KeySize: 256, MaxKeyCount: maxKeys, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
+	via := a.leader()
+	if len(a.live()) > 1 {
+		via = a.follower()
+	}
+	if err := via.services.kme.RegisterConnection(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// keysMatch issues n keys through a follower of the master site and fetches
+// them through a follower of the slave site: the bytes must be equal.
+func keysMatch(t *testing.T, ctx context.Context, a, b *testSite, n int) {
+	t.Helper()
+	keys, err := a.follower().services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: n, Size: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.KeyID
+	}
+	got, err := b.follower().services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range keys {
+		if !bytes.Equal(keys[i].Bits, got[i].Bits) || len(keys[i].Bits) != 32 {
+			t.Fatalf("key %s differs between the sites", keys[i].KeyID)
+		}
+	}
+}
+
 func linkStatus(t *testing.T, s *testSite) link.Status {
 	t.Helper()
 	st := s.leader().links.statuses()
@@ -76,11 +115,7 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 	a, b := linkedSites(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
-		KeySize: 256, MaxKeyCount: 200, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
-	if err := a.follower().services.kme.RegisterConnection(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn := registerLinked(t, ctx, a, 200)
 	sa, sb := waitStored(t, a, b, "ghi", "jkl", 200, 2*time.Minute)
 	if sa.StoredBits != sb.StoredBits || sa.AddedBlocks != sb.AddedBlocks {
 		t.Fatalf("pools differ: sender %d bits in %d blocks, receiver %d bits in %d blocks",
@@ -95,20 +130,7 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 	}
 	t.Logf("link: %d sessions, QBER %.3f, %d bits committed, %.0f bit/s", st.Sessions, st.LastQBER, st.CommittedBits, st.KeyRate)
 
-	keys, err := a.follower().services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: 3, Size: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := []string{keys[0].KeyID, keys[1].KeyID, keys[2].KeyID}
-	got, err := b.follower().services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range keys {
-		if !bytes.Equal(keys[i].Bits, got[i].Bits) || len(keys[i].Bits) != 32 {
-			t.Fatalf("key %s differs between the sites", keys[i].KeyID)
-		}
-	}
+	keysMatch(t, ctx, a, b, 3)
 	// The pool refills after the keys were taken.
 	waitStored(t, a, b, "ghi", "jkl", 200, time.Minute)
 
@@ -163,11 +185,7 @@ func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
 	a, b := linkedSites(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
-		KeySize: 256, MaxKeyCount: 2000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
-	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	registerLinked(t, ctx, a, 2000)
 	for round := range 2 {
 		waitStored(t, a, b, "ghi", "jkl", int64(200*(round+1)), time.Minute)
 		old := a.leader()
@@ -180,23 +198,7 @@ func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
 	}
 	waitStored(t, a, b, "ghi", "jkl", 600, 2*time.Minute)
 	samePools(t, a, b, "ghi", "jkl")
-	keys, err := a.follower().services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: 10, Size: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := make([]string, len(keys))
-	for i, k := range keys {
-		ids[i] = k.KeyID
-	}
-	got, err := b.follower().services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range keys {
-		if !bytes.Equal(keys[i].Bits, got[i].Bits) {
-			t.Fatalf("key %d differs after the failovers", i)
-		}
-	}
+	keysMatch(t, ctx, a, b, 10)
 	a.waitDigests()
 	b.waitDigests()
 }
@@ -210,11 +212,7 @@ func TestLinkEavesdropper(t *testing.T) {
 	a, b := linkedSites(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
-		KeySize: 256, MaxKeyCount: 100000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
-	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	registerLinked(t, ctx, a, 100000)
 	waitStored(t, a, b, "ghi", "jkl", 100, time.Minute)
 	// The site whose KME ID sorts first (receiver_app) plays Alice and runs
 	// the simulated fiber.
@@ -267,11 +265,7 @@ func TestLinkPluginSwap(t *testing.T) {
 	a, b := linkedSites(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	conn := etsi.ConnectionInfo{SourceKME: "sender_app", TargetKME: "receiver_app", MasterSAE: "ghi", SlaveSAE: "jkl",
-		KeySize: 256, MaxKeyCount: 100000, MaxKeyPerRequest: 10, MinKeySize: 64, MaxKeySize: 1024}
-	if err := a.leader().services.kme.RegisterConnection(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	registerLinked(t, ctx, a, 100000)
 	stored := func() int64 {
 		s, _ := waitStored(t, a, b, "ghi", "jkl", 0, time.Minute)
 		return s.StoredKeys
