@@ -120,6 +120,11 @@ type Cluster struct {
 
 	netns   *netnsSetup
 	mounted map[string]bool // node ID → tmpfs mounted on its data dir
+
+	// external, when set, reports the state of nodes the harness does not
+	// run as child processes (compose mode): whether node id runs, and
+	// whether it cannot answer (paused or cut off) and is to be skipped.
+	external func(id string) (running, unreachable bool)
 }
 
 type proc struct {
@@ -292,6 +297,10 @@ func (p *proc) exited() bool {
 
 // Running reports whether node id's process is alive (stopped counts).
 func (c *Cluster) Running(id string) bool {
+	if c.external != nil {
+		running, _ := c.external(id)
+		return running
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.procs[id]
@@ -609,6 +618,10 @@ func (c *Cluster) Leader(ctx context.Context, site string) (string, error) {
 }
 
 func (c *Cluster) frozen(id string) bool {
+	if c.external != nil {
+		_, unreachable := c.external(id)
+		return unreachable
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.procs[id]
