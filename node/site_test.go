@@ -226,17 +226,32 @@ func TestHealthReadyMetrics(t *testing.T) {
 	site.waitDigests()
 	crt, key := p.operator(t, "site_a")
 	c := httpClient(p.clientTLS(t, crt, key))
+	get := func(n *Node, path string) (int, string) {
+		resp, err := c.Get("https://" + n.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
 	for _, n := range site.live() {
-		for _, path := range []string{"/healthz", "/readyz"} {
-			resp, err := c.Get("https://" + n.Addr() + path)
-			if err != nil {
-				t.Fatal(err)
+		if code, b := get(n, "/healthz"); code != http.StatusOK {
+			t.Errorf("%s /healthz: %d %s", n.ID(), code, b)
+		}
+		// Ready once the node knows a leader and has applied the leader's
+		// barrier; right after an election that can take a moment.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, b := get(n, "/readyz")
+			if code == http.StatusOK {
+				break
 			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				t.Errorf("%s %s: %d %s", n.ID(), path, resp.StatusCode, b)
+			if time.Now().After(deadline) {
+				t.Errorf("%s /readyz: %d %s", n.ID(), code, b)
+				break
 			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	body := scrape(t, c, leader)
