@@ -21,10 +21,16 @@ import (
 // QKD link over the simulated fiber with the step code run natively.
 func linkedSites(t *testing.T, n int) (a, b *testSite) {
 	t.Helper()
+	return linkedSitesPSK(t, n, 4096)
+}
+
+// linkedSitesPSK is linkedSites with a pre-shared secret of pskBytes.
+func linkedSitesPSK(t *testing.T, n, pskBytes int) (a, b *testSite) {
+	t.Helper()
 	p := newTestPKI(t)
 	a, b = allocSite(t, p, "sender_app", n), allocSite(t, p, "receiver_app", n)
 	psk := filepath.Join(t.TempDir(), "link.psk")
-	secret := make([]byte, 4096)
+	secret := make([]byte, pskBytes)
 	_, _ = rand.Read(secret)
 	if err := os.WriteFile(psk, secret, 0o600); err != nil {
 		t.Fatal(err)
@@ -312,5 +318,40 @@ func TestLinkPluginSwap(t *testing.T) {
 	}
 	n1 := stored()
 	waitStored(t, a, b, "ghi", "jkl", n1+100, time.Minute)
+	samePools(t, a, b, "ghi", "jkl")
+}
+
+// TestLinkPadsFromSessions: with a pre-shared secret holding the pads of a
+// single session, every later session authenticates with pads reserved from
+// earlier sessions' keys, and used pad material is erased from the sites.
+func TestLinkPadsFromSessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	a, b := linkedSitesPSK(t, 1, 16+32) // hash key + the pads of one session
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	registerLinked(t, ctx, a, 100000)
+	alice := b.leader().links.byPeer["sender_app"]
+	deadline := time.Now().Add(2 * time.Minute)
+	for alice.Status().Sessions < 5 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	st := alice.Status()
+	if st.Sessions < 5 || st.Aborted != 0 {
+		t.Fatalf("sessions on replenished pads: %+v", st)
+	}
+	if st.AuthPadsUsed < 5*32 || st.AuthPadsLeft <= 0 {
+		t.Fatalf("pad accounting: used %d, left %d", st.AuthPadsUsed, st.AuthPadsLeft)
+	}
+	for _, s := range []*testSite{a, b} {
+		ls, err := s.leader().Store().LinkState(ctx, map[string]string{"sender_app": "receiver_app", "receiver_app": "sender_app"}[s.kme])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ls.PadsFrom == 0 {
+			t.Fatalf("%s: no used pad material was erased: %+v", s.kme, ls)
+		}
+	}
 	samePools(t, a, b, "ghi", "jkl")
 }

@@ -61,6 +61,7 @@ type Store interface {
 	LinkState(ctx context.Context, peer string) (raftstore.LinkState, error)
 	ReservePads(ctx context.Context, peer string, upTo uint64) error
 	Pads(ctx context.Context, peer string, from, to uint64) ([]byte, error)
+	ReleasePads(ctx context.Context, peer string, below uint64) error
 	DropLastBlock(ctx context.Context, peer, blockID string) error
 }
 
@@ -521,6 +522,13 @@ func (l *Link) pads(ctx context.Context, offset uint64) (ab, ba []byte, err erro
 	buf, err := l.padBytes(ctx, offset, end)
 	if err != nil {
 		return nil, nil, err
+	}
+	// Pads are used once: erase the stream material up to these (the PSK
+	// file's pads are the operator's to retire with the file).
+	if psk := uint64(len(l.cfg.PSK) - auth.HashKeySize); end > psk {
+		if err := l.cfg.Store.ReleasePads(ctx, l.cfg.PeerKME, end-psk); err != nil {
+			return nil, nil, fmt.Errorf("link: release used pads: %w", err)
+		}
 	}
 	if st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME); err == nil {
 		l.mu.Lock()
