@@ -334,14 +334,15 @@ func TestLinkPadsFromSessions(t *testing.T) {
 	registerLinked(t, ctx, a, 100000)
 	alice := b.leader().links.byPeer["sender_app"]
 	deadline := time.Now().Add(2 * time.Minute)
-	for alice.Status().Sessions < 5 && time.Now().Before(deadline) {
+	const sessions = 12 // past the 8 sessions' worth of pads after which used pads are erased
+	for alice.Status().Sessions < sessions && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	st := alice.Status()
-	if st.Sessions < 5 || st.Aborted != 0 {
+	if st.Sessions < sessions || st.Aborted != 0 {
 		t.Fatalf("sessions on replenished pads: %+v", st)
 	}
-	if st.AuthPadsUsed < 5*32 || st.AuthPadsLeft <= 0 {
+	if st.AuthPadsUsed < sessions*32 || st.AuthPadsLeft <= 0 {
 		t.Fatalf("pad accounting: used %d, left %d", st.AuthPadsUsed, st.AuthPadsLeft)
 	}
 	for _, s := range []*testSite{a, b} {

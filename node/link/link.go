@@ -137,6 +137,7 @@ type Link struct {
 	status   Status
 	rateWin  []sample
 	serving  *wire      // the connection Serve answers now
+	released uint64     // pad stream bytes this leader erased (sessions run one at a time)
 	serveMu  sync.Mutex // one responder session at a time
 	aliceRun sync.Mutex
 }
@@ -514,7 +515,7 @@ func (l *Link) syncHistory(ctx context.Context, mine raftstore.LinkState, peerLa
 
 // pads reserves and reads this session's two one-time pads, starting at
 // the larger of both sites' pad offsets so that no pad is ever used twice.
-func (l *Link) pads(ctx context.Context, offset uint64) (ab, ba []byte, err error) {
+func (l *Link) pads(ctx context.Context, st raftstore.LinkState, offset uint64) (ab, ba []byte, err error) {
 	end := offset + 2*auth.PadSize
 	if err := l.cfg.Store.ReservePads(ctx, l.cfg.PeerKME, end); err != nil {
 		return nil, nil, fmt.Errorf("link: reserve pads: %w", err)
@@ -523,21 +524,26 @@ func (l *Link) pads(ctx context.Context, offset uint64) (ab, ba []byte, err erro
 	if err != nil {
 		return nil, nil, err
 	}
-	// Pads are used once: erase the stream material up to these (the PSK
-	// file's pads are the operator's to retire with the file).
-	if psk := uint64(len(l.cfg.PSK) - auth.HashKeySize); end > psk {
+	// Pads are used once: erase the used stream material (the PSK file's
+	// pads are the operator's to retire with the file), in steps of
+	// releaseStep bytes to spare a Raft commit per session.
+	if psk := uint64(len(l.cfg.PSK) - auth.HashKeySize); end > psk && end-psk >= l.released+releaseStep {
 		if err := l.cfg.Store.ReleasePads(ctx, l.cfg.PeerKME, end-psk); err != nil {
 			return nil, nil, fmt.Errorf("link: release used pads: %w", err)
 		}
+		l.released = end - psk
 	}
-	if st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME); err == nil {
-		l.mu.Lock()
-		l.status.AuthPadsUsed = st.PadOffset
-		l.status.AuthPadsLeft = l.padsLeft(st)
-		l.mu.Unlock()
-	}
+	st.PadOffset = end
+	l.mu.Lock()
+	l.status.AuthPadsUsed = end
+	l.status.AuthPadsLeft = l.padsLeft(st)
+	l.mu.Unlock()
 	return buf[:auth.PadSize], buf[auth.PadSize:], nil
 }
+
+// releaseStep is how much used pad material accumulates before the link
+// erases it: eight sessions' pads.
+const releaseStep = 8 * 2 * auth.PadSize
 
 // padBytes reads [from,to) of the pad stream: the PSK's pad part, then the
 // material sessions reserved.
@@ -614,7 +620,7 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx *sim.Transmitter, f
 	if err := l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
 		return err
 	}
-	ab, ba, err := l.pads(ctx, max(st.PadOffset, ready.PadOffset))
+	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, ready.PadOffset))
 	if err != nil {
 		return err
 	}
@@ -903,7 +909,7 @@ func (l *Link) bobSession(ctx context.Context, w *wire, rx *sim.Receiver) error 
 	if err := send(ctx, ch, msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: st.PadOffset}); err != nil {
 		return err
 	}
-	ab, ba, err := l.pads(ctx, max(st.PadOffset, start.PadOffset))
+	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, start.PadOffset))
 	if err != nil {
 		return err
 	}
