@@ -51,11 +51,7 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
 	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
 	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
-	link := LinkSpec{}
-	noLink := fs.Bool("no-link", false, "no QKD link between the sites")
-	fs.StringVar(&link.PluginDir, "plugin-dir", "", "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
-	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
-	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
+	link := linkFlags(fs, "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
 		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
@@ -72,9 +68,7 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	if !*noLink {
-		o.Link = &link
-	}
+	o.Link = link()
 	if err := Demo(ctx, o, stdout); err != nil {
 		fmt.Fprintf(stderr, "qkdkms demo: %v\n", err)
 		return 1
@@ -426,4 +420,21 @@ func splitMetric(k string) (string, map[string]string) {
 		}
 	}
 	return k[:i], labels
+}
+
+// linkFlags registers the QKD link flags shared by `demo` and `demo-init`
+// and returns a function giving the chosen LinkSpec after parsing (nil with
+// --no-link).
+func linkFlags(fs *flag.FlagSet, pluginDirHelp string) func() *LinkSpec {
+	link := LinkSpec{}
+	noLink := fs.Bool("no-link", false, "no QKD link between the sites (pools only by admin block import)")
+	fs.StringVar(&link.PluginDir, "plugin-dir", "", pluginDirHelp)
+	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
+	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
+	return func() *LinkSpec {
+		if *noLink {
+			return nil
+		}
+		return &link
+	}
 }

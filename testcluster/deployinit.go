@@ -97,11 +97,7 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "first site's seed API port on node 1 (0 = off)")
 	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "second site's seed API port on node 1 (0 = off)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "node log level")
-	link := LinkSpec{}
-	noLink := fs.Bool("no-link", false, "no QKD link between the sites (pools only by admin block import)")
-	fs.StringVar(&link.PluginDir, "plugin-dir", "", "step plugin directory as the nodes see it (default: bin/plugins, or /plugins with --compose)")
-	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
-	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
+	linkSpec := linkFlags(fs, "step plugin directory as the nodes see it (default: bin/plugins, or /plugins with --compose)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo-init [flags]")
 		fmt.Fprintln(stderr, "Writes a demo PKI, site KEKs and node configs for two sites (kept if present).")
@@ -126,7 +122,7 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.Compose {
 		o.SenderPort, o.ReceiverPort = ComposePort, ComposePort
 	}
-	if !*noLink {
+	if link := linkSpec(); link != nil {
 		if link.PluginDir == "" && !link.Native {
 			link.PluginDir = "/plugins"
 			if !o.Compose {
@@ -138,7 +134,7 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 				link.PluginDir = abs
 			}
 		}
-		o.Link = &link
+		o.Link = link
 	}
 	l, err := DemoInitLayout(o)
 	if err != nil {
