@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
+	"qkdkms/plugins/instrument"
 	"qkdkms/plugins/steps"
 )
 
@@ -75,7 +77,10 @@ type Options struct {
 	// (default 16384 = 1 GiB).
 	MemoryLimitPages uint32
 	// CallTimeout bounds each call into a plugin (default 60 s); a call
-	// past it closes the instance.
+	// past it fails with a "deadline exceeded" trap and closes the
+	// instance. Modules are instrumented at load time (plugins/instrument)
+	// so that they call the host every instrument.Budget loop iterations or
+	// calls, where the deadline is checked and the goroutine yields.
 	CallTimeout time.Duration
 	Logger      *slog.Logger
 }
@@ -108,9 +113,10 @@ func New(ctx context.Context, opts Options) (*Host, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// No WithCloseOnContextDone: it leaves native code at every loop
+	// header. The instrumented modules call yield instead (ABI.md §1).
 	cfg := wazero.NewRuntimeConfig().
-		WithMemoryLimitPages(opts.MemoryLimitPages).
-		WithCloseOnContextDone(true)
+		WithMemoryLimitPages(opts.MemoryLimitPages)
 	h := &Host{opts: opts, log: opts.Logger, mods: map[string]*module{}}
 	if opts.CacheDir != "" {
 		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
@@ -125,7 +131,37 @@ func New(ctx context.Context, opts Options) (*Host, error) {
 		h.rt.Close(ctx)
 		return nil, fmt.Errorf("plugin host: wasi: %w", err)
 	}
+	_, err := h.rt.NewHostModuleBuilder(instrument.ImportModule).
+		NewFunctionBuilder().
+		WithGoModuleFunction(api.GoModuleFunc(yield), nil, []api.ValueType{api.ValueTypeI32}).
+		Export(instrument.ImportName).
+		Instantiate(ctx)
+	if err != nil {
+		h.rt.Close(ctx)
+		return nil, fmt.Errorf("plugin host: yield import: %w", err)
+	}
 	return h, nil
+}
+
+// yield is the host function an instrumented module calls every
+// instrument.Budget units of work: it stops the call once its context is
+// done and otherwise lets the Go scheduler (and a stop-the-world) in, then
+// hands the module its next budget.
+func yield(ctx context.Context, _ api.Module, stack []uint64) {
+	err := ctx.Err()
+	if err == nil {
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			err = context.DeadlineExceeded
+		}
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		panic(sys.NewExitError(sys.ExitCodeDeadlineExceeded))
+	case err != nil:
+		panic(sys.NewExitError(sys.ExitCodeContextCanceled))
+	}
+	runtime.Gosched()
+	stack[0] = instrument.Budget
 }
 
 // Open starts a host and loads every plugin of dir/manifest.json.
@@ -178,7 +214,13 @@ func (h *Host) Add(ctx context.Context, info Info, wasm []byte) error {
 	if !valid {
 		return fmt.Errorf("%w: %s: unknown step %q", ErrManifest, info.Name, info.Kind)
 	}
-	cm, err := h.rt.CompileModule(ctx, wasm)
+	// The sha256 pin is on the module as installed; what is compiled (and
+	// cached) is its instrumented form.
+	rewritten, err := instrument.Rewrite(wasm)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrABI, info.Name, err)
+	}
+	cm, err := h.rt.CompileModule(ctx, rewritten)
 	if err != nil {
 		return fmt.Errorf("%w: %s: compile: %w", ErrABI, info.Name, err)
 	}
@@ -206,6 +248,9 @@ func (h *Host) Add(ctx context.Context, info Info, wasm []byte) error {
 func checkModule(cm wazero.CompiledModule) error {
 	for _, f := range cm.ImportedFunctions() {
 		mod, name, _ := f.Import()
+		if mod == instrument.ImportModule && name == instrument.ImportName {
+			continue // added by instrument.Rewrite, which refuses modules importing it themselves
+		}
 		if mod != wasi_snapshot_preview1.ModuleName {
 			return fmt.Errorf("imports %s.%s: only %s is provided", mod, name, wasi_snapshot_preview1.ModuleName)
 		}
