@@ -34,6 +34,7 @@
 package instrument
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -688,16 +689,8 @@ func (r *reader) blockType(out []byte) []byte {
 	return appendS64(out, x)
 }
 
-func appendU32(b []byte, x uint32) []byte {
-	for {
-		c := byte(x & 0x7F)
-		x >>= 7
-		if x == 0 {
-			return append(b, c)
-		}
-		b = append(b, c|0x80)
-	}
-}
+// appendU32 appends x as an unsigned LEB128 (encoding/binary's varint).
+func appendU32(b []byte, x uint32) []byte { return binary.AppendUvarint(b, uint64(x)) }
 
 func appendS64(b []byte, x int64) []byte {
 	for {
