@@ -214,16 +214,16 @@ static qkd_vec qkd_vec_new(uint32_t n) {
 	return v;
 }
 
-/* qkd_vec_from_bytes: ceil(n/8) bytes into a vector; 1 if bits beyond n are
- * set (ErrFormat in Go), -1 out of memory, else 0. */
+/* qkd_vec_from_bytes: ceil(n/8) bytes into a vector; bits beyond n are
+ * cleared, as bits.FromBytes does (not an error). -1 out of memory, else 0. */
 static int qkd_vec_from_bytes(qkd_vec *v, const uint8_t *b, uint32_t n) {
 	*v = qkd_vec_new(n);
 	if (!v->w)
 		return -1;
 	uint32_t nb = (n + 7) / 8;
 	__builtin_memcpy(v->w, b, nb); /* little-endian: bytes are the words */
-	if (n % 8 && (b[nb - 1] >> (n % 8)))
-		return 1;
+	if (n % 64)
+		v->w[n / 64] &= (1ull << (n % 64)) - 1;
 	return 0;
 }
 
