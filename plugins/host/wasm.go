@@ -19,6 +19,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -342,7 +343,7 @@ func (r *wasmRunner) New(ctx context.Context, kind steps.Kind, role steps.Role, 
 	inst := &wasmInst{h: r.h, info: m.info, stderr: stderr}
 	cctx, cancel := context.WithTimeout(ctx, r.h.opts.CallTimeout)
 	defer cancel()
-	mod, err := r.h.rt.InstantiateModule(cctx, m.compiled, cfg)
+	mod, err := r.h.rt.InstantiateModule(experimental.WithMemoryAllocator(cctx, memoryAllocator), m.compiled, cfg)
 	if err != nil {
 		return nil, inst.trap("instantiate", err)
 	}
@@ -414,9 +415,9 @@ func (i *wasmInst) call(ctx context.Context, name string, f api.Function, args .
 	}
 	res, err := f.Call(ctx, args...)
 	if err != nil {
-		i.closed = true
-		i.zero()
-		return 0, i.trap(name, err)
+		err = i.trap(name, err)
+		i.Close(ctx)
+		return 0, err
 	}
 	return api.DecodeU32(res[0]), nil
 }
@@ -503,9 +504,10 @@ func (i *wasmInst) Step(ctx context.Context, in steps.Input) (steps.Result, erro
 	return r, nil
 }
 
-// zero overwrites the guest's whole linear memory.
+// zero overwrites the guest's whole linear memory, unless closing the
+// instance unmaps it anyway (memory_unix.go).
 func (i *wasmInst) zero() {
-	if i.mem == nil {
+	if i.mem == nil || unmapsOnClose {
 		return
 	}
 	if b, ok := i.mem.Read(0, i.mem.Size()); ok {
@@ -521,7 +523,7 @@ func (i *wasmInst) Close(ctx context.Context) error {
 		return nil
 	}
 	err := i.mod.Close(ctx)
-	i.mod = nil
+	i.mod, i.mem = nil, nil
 	return err
 }
 

@@ -1,0 +1,142 @@
+package host_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"qkdkms/plugins/host"
+	"qkdkms/plugins/instrument/wasmtest"
+	"qkdkms/plugins/steps"
+)
+
+// abiModule is a hand-made plugin implementing the ABI's six exports (and
+// _initialize) trivially, except that export hang never returns: it loops,
+// or recurses without end when hang is "recursion".
+func abiModule(hang string) []byte {
+	const (
+		tVoid = iota // () → ()
+		tRet         // () → i32
+		tOne         // (i32) → i32
+		tFive        // (i32 ×5) → i32
+		tRec         // (i32) → ()
+	)
+	i5 := []byte{wasmtest.I32, wasmtest.I32, wasmtest.I32, wasmtest.I32, wasmtest.I32}
+	loop := []byte{0x03, 0x40, 0x0C, 0x00, 0x0B} // loop br 0 end
+	ret := func(v int64) []byte { return wasmtest.I32Const(v) }
+	fns := []wasmtest.Func{
+		{Name: "_initialize", Type: tVoid},
+		{Name: "qkd_abi_version", Type: tRet, Body: ret(1)},
+		{Name: "qkd_alloc", Type: tOne, Body: ret(1024)},
+		{Name: "qkd_new", Type: tFive, Body: ret(0)},
+		{Name: "qkd_step", Type: tFive, Body: ret(0)},
+		{Name: "qkd_result_ptr", Type: tRet, Body: ret(4096)}, // 40 zero bytes: a valid "not done" result
+		{Name: "qkd_result_len", Type: tRet, Body: ret(40)},
+		// rec(n): if n { rec(n-1); rec(n-1) } — 2^n calls, no loop at all
+		{Type: tRec, Body: wasmtest.Cat([]byte{0x20, 0, 0x04, 0x40},
+			[]byte{0x20, 0}, wasmtest.I32Const(1), []byte{0x6B, 0x10, 7},
+			[]byte{0x20, 0}, wasmtest.I32Const(1), []byte{0x6B, 0x10, 7}, []byte{0x0B})},
+	}
+	for i := range fns {
+		if hang == "" || fns[i].Name != hang {
+			continue
+		}
+		var result []byte
+		if fns[i].Type != tVoid {
+			result = ret(0)
+		}
+		fns[i].Body = wasmtest.Cat(loop, result)
+	}
+	if hang == "recursion" {
+		fns[4].Body = wasmtest.Cat(wasmtest.I32Const(62), []byte{0x10, 7}, ret(0))
+	}
+	return wasmtest.Module{
+		Types: [][2][]byte{
+			tVoid: {nil, nil}, tRet: {nil, {wasmtest.I32}}, tOne: {{wasmtest.I32}, {wasmtest.I32}},
+			tFive: {i5, {wasmtest.I32}}, tRec: {{wasmtest.I32}, nil},
+		},
+		MemPages: 1,
+		Funcs:    fns,
+	}.Bytes()
+}
+
+func addModule(t testing.TB, h *host.Host, name string, wasm []byte) {
+	t.Helper()
+	sum := sha256.Sum256(wasm)
+	info := host.Info{Name: name, Kind: steps.Reconcile, Version: "0.0.1", ABI: 1, SHA256: hex.EncodeToString(sum[:])}
+	if err := h.Add(context.Background(), info, wasm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runOnce creates an instance of the reconcile plugin name and takes one step.
+func runOnce(ctx context.Context, h *host.Host, name string) error {
+	r, err := h.Runner(host.Selection{steps.Reconcile: name})
+	if err != nil {
+		return err
+	}
+	inst, err := r.New(ctx, steps.Reconcile, steps.Alice, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer inst.Close(ctx)
+	_, err = inst.Step(ctx, steps.Input{Data: []byte{1}})
+	return err
+}
+
+// TestRunawayPlugins: a plugin that never returns, wherever it hangs, fails
+// with a "deadline exceeded" trap (it is not waited for forever, and the
+// trial module without a hang passes).
+func TestRunawayPlugins(t *testing.T) {
+	ctx := context.Background()
+	h := openHost(t, host.Options{CallTimeout: 200 * time.Millisecond})
+	addModule(t, h, "fine", abiModule(""))
+	if err := runOnce(ctx, h, "fine"); err != nil {
+		t.Fatalf("the module without a hang: %v", err)
+	}
+	for _, hang := range []string{"_initialize", "qkd_abi_version", "qkd_alloc", "qkd_new", "qkd_step", "qkd_result_ptr", "qkd_result_len", "recursion"} {
+		t.Run(hang, func(t *testing.T) {
+			addModule(t, h, "hang-"+hang, abiModule(hang))
+			start := time.Now()
+			err := runOnce(ctx, h, "hang-"+hang)
+			if !errors.Is(err, host.ErrTrap) || !strings.Contains(err.Error(), "deadline exceeded") {
+				t.Fatalf("want a deadline-exceeded trap, got %v", err)
+			}
+			t.Logf("%v after %v", err, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestRunawayDoesNotBlockGC: while a plugin loops, garbage collections
+// (each stops the world) keep completing. Without instrumentation the first
+// collection after the plugin entered its loop waited for the call to end,
+// so only the handful started before it could finish.
+func TestRunawayDoesNotBlockGC(t *testing.T) {
+	ctx := context.Background()
+	h := openHost(t, host.Options{CallTimeout: time.Second})
+	addModule(t, h, "hang", abiModule("qkd_step"))
+	done := make(chan error, 1)
+	go func() { done <- runOnce(ctx, h, "hang") }()
+	gcs := 0
+	for {
+		select {
+		case err := <-done:
+			if !errors.Is(err, host.ErrTrap) {
+				t.Fatalf("want a trap, got %v", err)
+			}
+			if gcs < 100 {
+				t.Fatalf("only %d collections completed during the plugin call", gcs)
+			}
+			t.Logf("%d collections completed during the plugin call", gcs)
+			return
+		default:
+			runtime.GC()
+			gcs++
+		}
+	}
+}
