@@ -141,6 +141,13 @@ func (c *AdminClient) InstallPlugin(ctx context.Context, req InstallRequest) (Pl
 	return out, err
 }
 
+// RemovePlugin removes an installed plugin no step uses (NAME[@VERSION]).
+func (c *AdminClient) RemovePlugin(ctx context.Context, plugin string) (PluginsResponse, error) {
+	var out PluginsResponse
+	err := c.do(ctx, http.MethodPost, "/admin/v1/plugins/remove", PluginRemoveRequest{Plugin: plugin}, &out)
+	return out, err
+}
+
 // UsePlugin selects the site's plugin for a step (NAME or NAME@VERSION).
 func (c *AdminClient) UsePlugin(ctx context.Context, step, plugin string) (PluginsResponse, error) {
 	var out PluginsResponse

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 
 	"qkdkms/node/link"
@@ -48,6 +50,11 @@ type InstallRequest struct {
 // NAME@VERSION.
 type UseRequest struct {
 	Step   string `json:"step"`
+	Plugin string `json:"plugin"`
+}
+
+// PluginRemoveRequest removes an installed plugin: NAME or NAME@VERSION.
+type PluginRemoveRequest struct {
 	Plugin string `json:"plugin"`
 }
 
@@ -109,6 +116,19 @@ func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
 		}
 		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
 			if err := n.installPlugin(ctx, req); err != nil {
+				return nil, err
+			}
+			return n.pluginList(ctx)
+		})
+	})
+	mux.HandleFunc("POST /admin/v1/plugins/remove", func(w http.ResponseWriter, r *http.Request) {
+		var req PluginRemoveRequest
+		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
+		if !ok {
+			return
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
+			if err := n.removePlugin(ctx, req); err != nil {
 				return nil, err
 			}
 			return n.pluginList(ctx)
@@ -214,15 +234,17 @@ func (n *Node) installPlugin(ctx context.Context, req InstallRequest) error {
 		}
 	}
 	info := host.Info{Name: req.Name, Kind: steps.Kind(req.Step), Version: req.Version, ABI: req.ABI, SHA256: hex.EncodeToString(sum[:])}
-	// Compile and check the module's exports and ABI before it enters the
-	// site: a module the host refuses never reaches Raft.
-	check, err := host.New(ctx, host.Options{Logger: n.logger.With("component", "plugins")})
-	if err != nil {
+	// Admission: the module must load (hash, ABI, exports) and run its
+	// step's smoke input correctly under a short deadline before it enters
+	// the site; a module the host refuses never reaches Raft.
+	if err := host.Admit(ctx, info, req.WASM, host.Options{
+		CacheDir: filepath.Join(n.cfg.DataDir, "wazero-cache"),
+		Logger:   n.logger.With("component", "plugins"),
+	}); err != nil {
+		if errors.Is(err, host.ErrRefused) || errors.Is(err, host.ErrABI) || errors.Is(err, host.ErrHash) || errors.Is(err, host.ErrManifest) {
+			return badRequest("%v", err)
+		}
 		return err
-	}
-	defer check.Close(ctx)
-	if err := check.Add(ctx, info, req.WASM); err != nil {
-		return badRequest("%v", err)
 	}
 	if err := n.store.InstallPlugin(ctx, raftstore.PluginModule{
 		Name: req.Name, Step: req.Step, Version: req.Version, ABI: req.ABI, SHA256: info.SHA256, WASM: req.WASM,
@@ -253,6 +275,50 @@ func (n *Node) usePlugin(ctx context.Context, req UseRequest) error {
 			return err
 		}
 		n.logger.Info("plugin selected", "step", req.Step, "plugin", name, "version", p.Version)
+		return nil
+	}
+	return badRequest("no plugin %q on this site (see GET /admin/v1/plugins)", req.Plugin)
+}
+
+// removePlugin drops a module installed into the site that no step of this
+// site selects and no link of this leader last agreed on with its peer.
+// Shipped plugins cannot be removed.
+func (n *Node) removePlugin(ctx context.Context, req PluginRemoveRequest) error {
+	if !n.store.IsLeader() {
+		return raftstore.ErrNotLeader
+	}
+	name, version, _ := strings.Cut(req.Plugin, "@")
+	if name == "" {
+		return badRequest("plugin: want NAME@VERSION")
+	}
+	list, err := n.pluginList(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range list.Plugins {
+		if p.Name != name {
+			continue
+		}
+		if p.Source != "installed" {
+			return badRequest("plugin %s is shipped with the node, not installed; it cannot be removed", name)
+		}
+		if version != "" && version != p.Version {
+			return badRequest("plugin %s has version %s, not %s", name, p.Version, version)
+		}
+		if p.Active {
+			return badRequest("plugin %s is active for step %s; select another first (qkdkms plugin use)", name, p.Step)
+		}
+		if n.links != nil {
+			for _, l := range n.links.byPeer {
+				if l.UsesPlugin(name) {
+					return badRequest("plugin %s is in the plugin set last agreed with %s; wait until the link runs the new set", name, l.Status().Peer)
+				}
+			}
+		}
+		if err := n.store.RemovePlugin(ctx, name); err != nil {
+			return err
+		}
+		n.logger.Info("plugin removed", "name", name, "version", p.Version, "sha256", p.SHA256)
 		return nil
 	}
 	return badRequest("no plugin %q on this site (see GET /admin/v1/plugins)", req.Plugin)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"qkdkms/plugins/pluginbuild"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,23 @@ func linkedSites(t *testing.T, n int) (a, b *testSite) {
 // linkedSitesPSK is linkedSites with a pre-shared secret of pskBytes.
 func linkedSitesPSK(t *testing.T, n, pskBytes int) (a, b *testSite) {
 	t.Helper()
+	return linkedSitesLink(t, n, pskBytes, LinkConfig{Native: true, FiberKm: 25, BlockBits: 200_000})
+}
+
+// linkedSitesWASM is linkedSites running the WASM plugins.
+func linkedSitesWASM(t *testing.T, n int) (a, b *testSite) {
+	t.Helper()
+	dir, err := pluginbuild.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return linkedSitesLink(t, n, 4096, LinkConfig{PluginDir: dir, FiberKm: 25, BlockBits: 200_000})
+}
+
+// linkedSitesLink is linkedSites with the given link settings (the
+// pre-shared secret, of pskBytes, is made here).
+func linkedSitesLink(t *testing.T, n, pskBytes int, lc LinkConfig) (a, b *testSite) {
+	t.Helper()
 	p := newTestPKI(t)
 	a, b = allocSite(t, p, "sender_app", n), allocSite(t, p, "receiver_app", n)
 	psk := filepath.Join(t.TempDir(), "link.psk")
@@ -35,7 +53,7 @@ func linkedSitesPSK(t *testing.T, n, pskBytes int) (a, b *testSite) {
 	if err := os.WriteFile(psk, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lc := LinkConfig{PSKFile: psk, Native: true, FiberKm: 25, BlockBits: 200_000}
+	lc.PSKFile = psk
 	a.link, b.link = lc, lc
 	a.boot(map[string][]string{"receiver_app": b.allAddrs()})
 	b.boot(map[string][]string{"sender_app": a.allAddrs()})

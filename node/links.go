@@ -240,14 +240,17 @@ func (p *pluginSet) Runner(sel host.Selection) (host.Runner, error) {
 	return p.host.Runner(sel)
 }
 
-// loadInstalled adds site-installed modules named in sel to the host.
+// loadInstalled adds site-installed modules named in sel to the host, or
+// replaces one the host holds with other content (removed and installed
+// again under the same name).
 func (p *pluginSet) loadInstalled(sel host.Selection) error {
-	have := map[string]bool{}
+	have := map[string]string{}
 	for _, info := range p.host.Plugins() {
-		have[info.Name] = true
+		have[info.Name] = info.SHA256
 	}
 	for kind, name := range sel {
-		if have[name] {
+		sum, installed := p.store.PluginDigest(name)
+		if cur, ok := have[name]; ok && (!installed || cur == sum) {
 			continue
 		}
 		ctx := context.Background()

@@ -137,6 +137,18 @@ func (s *Store) PluginModule(ctx context.Context, name string) (PluginModule, er
 	return cp, nil
 }
 
+// PluginDigest returns the sha256 of an installed module from this node's
+// applied state; false when it is not installed (here, yet).
+func (s *Store) PluginDigest(name string) (string, bool) {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	m, ok := s.fsm.st.plugins[name]
+	if !ok {
+		return "", false
+	}
+	return m.SHA256, true
+}
+
 // UsePlugin selects the plugin for a step (empty name: back to the
 // default). The link negotiates the change with the peer site before a
 // session uses it.

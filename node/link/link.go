@@ -730,6 +730,19 @@ func (l *Link) noteMismatch(ours, theirs host.Selection) {
 		"peer", l.cfg.PeerKME, "ours", selString(ours), "theirs", selString(theirs))
 }
 
+// UsesPlugin reports whether the plugin set last agreed with the peer (the
+// one sessions run until a new set is agreed) names the plugin.
+func (l *Link) UsesPlugin(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.agreed {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *Link) noteAgreed(sel host.Selection, r host.Runner) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -15,56 +15,6 @@ import (
 	"qkdkms/plugins/steps"
 )
 
-// abiModule is a hand-made plugin implementing the ABI's six exports (and
-// _initialize) trivially, except that export hang never returns: it loops,
-// or recurses without end when hang is "recursion".
-func abiModule(hang string) []byte {
-	const (
-		tVoid = iota // () → ()
-		tRet         // () → i32
-		tOne         // (i32) → i32
-		tFive        // (i32 ×5) → i32
-		tRec         // (i32) → ()
-	)
-	i5 := []byte{wasmtest.I32, wasmtest.I32, wasmtest.I32, wasmtest.I32, wasmtest.I32}
-	loop := []byte{0x03, 0x40, 0x0C, 0x00, 0x0B} // loop br 0 end
-	ret := func(v int64) []byte { return wasmtest.I32Const(v) }
-	fns := []wasmtest.Func{
-		{Name: "_initialize", Type: tVoid},
-		{Name: "qkd_abi_version", Type: tRet, Body: ret(1)},
-		{Name: "qkd_alloc", Type: tOne, Body: ret(1024)},
-		{Name: "qkd_new", Type: tFive, Body: ret(0)},
-		{Name: "qkd_step", Type: tFive, Body: ret(0)},
-		{Name: "qkd_result_ptr", Type: tRet, Body: ret(4096)}, // 40 zero bytes: a valid "not done" result
-		{Name: "qkd_result_len", Type: tRet, Body: ret(40)},
-		// rec(n): if n { rec(n-1); rec(n-1) } — 2^n calls, no loop at all
-		{Type: tRec, Body: wasmtest.Cat([]byte{0x20, 0, 0x04, 0x40},
-			[]byte{0x20, 0}, wasmtest.I32Const(1), []byte{0x6B, 0x10, 7},
-			[]byte{0x20, 0}, wasmtest.I32Const(1), []byte{0x6B, 0x10, 7}, []byte{0x0B})},
-	}
-	for i := range fns {
-		if hang == "" || fns[i].Name != hang {
-			continue
-		}
-		var result []byte
-		if fns[i].Type != tVoid {
-			result = ret(0)
-		}
-		fns[i].Body = wasmtest.Cat(loop, result)
-	}
-	if hang == "recursion" {
-		fns[4].Body = wasmtest.Cat(wasmtest.I32Const(62), []byte{0x10, 7}, ret(0))
-	}
-	return wasmtest.Module{
-		Types: [][2][]byte{
-			tVoid: {nil, nil}, tRet: {nil, {wasmtest.I32}}, tOne: {{wasmtest.I32}, {wasmtest.I32}},
-			tFive: {i5, {wasmtest.I32}}, tRec: {{wasmtest.I32}, nil},
-		},
-		MemPages: 1,
-		Funcs:    fns,
-	}.Bytes()
-}
-
 func addModule(t testing.TB, h *host.Host, name string, wasm []byte) {
 	t.Helper()
 	sum := sha256.Sum256(wasm)
@@ -95,13 +45,13 @@ func runOnce(ctx context.Context, h *host.Host, name string) error {
 func TestRunawayPlugins(t *testing.T) {
 	ctx := context.Background()
 	h := openHost(t, host.Options{CallTimeout: 200 * time.Millisecond})
-	addModule(t, h, "fine", abiModule(""))
+	addModule(t, h, "fine", wasmtest.ABIModule(""))
 	if err := runOnce(ctx, h, "fine"); err != nil {
 		t.Fatalf("the module without a hang: %v", err)
 	}
 	for _, hang := range []string{"_initialize", "qkd_abi_version", "qkd_alloc", "qkd_new", "qkd_step", "qkd_result_ptr", "qkd_result_len", "recursion"} {
 		t.Run(hang, func(t *testing.T) {
-			addModule(t, h, "hang-"+hang, abiModule(hang))
+			addModule(t, h, "hang-"+hang, wasmtest.ABIModule(hang))
 			start := time.Now()
 			err := runOnce(ctx, h, "hang-"+hang)
 			if !errors.Is(err, host.ErrTrap) || !strings.Contains(err.Error(), "deadline exceeded") {
@@ -119,7 +69,7 @@ func TestRunawayPlugins(t *testing.T) {
 func TestRunawayDoesNotBlockGC(t *testing.T) {
 	ctx := context.Background()
 	h := openHost(t, host.Options{CallTimeout: time.Second})
-	addModule(t, h, "hang", abiModule("qkd_step"))
+	addModule(t, h, "hang", wasmtest.ABIModule("qkd_step"))
 	done := make(chan error, 1)
 	go func() { done <- runOnce(ctx, h, "hang") }()
 	gcs := 0

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"qkdkms/plugins/host"
+	"qkdkms/plugins/instrument/wasmtest"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/bits"
 	"qkdkms/plugins/steps/reconcile/cascade"
@@ -26,7 +27,7 @@ import (
 func BenchmarkSafepointGap(b *testing.B) {
 	ctx := context.Background()
 	hang := openHost(b, host.Options{CallTimeout: 500 * time.Millisecond})
-	addModule(b, hang, "hang", abiModule("qkd_step"))
+	addModule(b, hang, "hang", wasmtest.ABIModule("qkd_step"))
 	r, err := openHost(b, host.Options{}).Runner(nil)
 	if err != nil {
 		b.Fatal(err)

@@ -187,7 +187,7 @@ func printLinks(w io.Writer, ls []link.Status) {
 
 func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: qkdkms plugin list | install FILE.wasm --name N --step S --version V [--abi 1] | use STEP NAME[@VERSION] [admin flags]")
+		fmt.Fprintln(stderr, "usage: qkdkms plugin list | install FILE.wasm --name N --step S --version V [--abi 1] | use STEP NAME[@VERSION] | remove NAME[@VERSION] [admin flags]")
 		return 2
 	}
 	switch args[0] {
@@ -221,13 +221,18 @@ func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				req.WASM = b
 				return c.InstallPlugin(ctx, req)
 			}, printPlugins)
+	case "remove":
+		return adminCall(ctx, "plugin remove", "plugin remove NAME[@VERSION] [admin flags]", args[1:], stdout, stderr, nil, nArgs(1),
+			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
+				return c.RemovePlugin(ctx, pos[0])
+			}, printPlugins)
 	case "use":
 		return adminCall(ctx, "plugin use", "plugin use STEP NAME[@VERSION] [admin flags]", args[1:], stdout, stderr, nil, nArgs(2),
 			func(ctx context.Context, c *node.AdminClient, pos []string) (node.PluginsResponse, error) {
 				return c.UsePlugin(ctx, pos[0], pos[1])
 			}, printPlugins)
 	default:
-		fmt.Fprintf(stderr, "qkdkms plugin: unknown command %q (list, install, use)\n", args[0])
+		fmt.Fprintf(stderr, "qkdkms plugin: unknown command %q (list, install, use, remove)\n", args[0])
 		return 2
 	}
 }

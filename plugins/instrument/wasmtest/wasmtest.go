@@ -177,3 +177,55 @@ func Cat(parts ...[]byte) []byte {
 	}
 	return b
 }
+
+// ABIModule is a hand-made step plugin implementing the ABI's six exports (and
+// _initialize) trivially, except that export hang never returns: it loops,
+// or recurses without end when hang is "recursion" (qkd_step then
+// calls a function that calls itself twice, 62 levels deep: no loop at all).
+// With hang "" every call returns at once and qkd_step never reports done.
+func ABIModule(hang string) []byte {
+	const (
+		tVoid = iota // () → ()
+		tRet         // () → i32
+		tOne         // (i32) → i32
+		tFive        // (i32 ×5) → i32
+		tRec         // (i32) → ()
+	)
+	i5 := []byte{I32, I32, I32, I32, I32}
+	loop := []byte{0x03, 0x40, 0x0C, 0x00, 0x0B} // loop br 0 end
+	ret := func(v int64) []byte { return I32Const(v) }
+	fns := []Func{
+		{Name: "_initialize", Type: tVoid},
+		{Name: "qkd_abi_version", Type: tRet, Body: ret(1)},
+		{Name: "qkd_alloc", Type: tOne, Body: ret(1024)},
+		{Name: "qkd_new", Type: tFive, Body: ret(0)},
+		{Name: "qkd_step", Type: tFive, Body: ret(0)},
+		{Name: "qkd_result_ptr", Type: tRet, Body: ret(4096)}, // 40 zero bytes: a valid "not done" result
+		{Name: "qkd_result_len", Type: tRet, Body: ret(40)},
+		// rec(n): if n { rec(n-1); rec(n-1) } — 2^n calls, no loop at all
+		{Type: tRec, Body: Cat([]byte{0x20, 0, 0x04, 0x40},
+			[]byte{0x20, 0}, I32Const(1), []byte{0x6B, 0x10, 7},
+			[]byte{0x20, 0}, I32Const(1), []byte{0x6B, 0x10, 7}, []byte{0x0B})},
+	}
+	for i := range fns {
+		if hang == "" || fns[i].Name != hang {
+			continue
+		}
+		var result []byte
+		if fns[i].Type != tVoid {
+			result = ret(0)
+		}
+		fns[i].Body = Cat(loop, result)
+	}
+	if hang == "recursion" {
+		fns[4].Body = Cat(I32Const(62), []byte{0x10, 7}, ret(0))
+	}
+	return Module{
+		Types: [][2][]byte{
+			tVoid: {nil, nil}, tRet: {nil, {I32}}, tOne: {{I32}, {I32}},
+			tFive: {i5, {I32}}, tRec: {{I32}, nil},
+		},
+		MemPages: 1,
+		Funcs:    fns,
+	}.Bytes()
+}
