@@ -3,11 +3,13 @@
 // which it got, and tests can check the two give bit-identical results.
 //
 // The WASM host: one wazero runtime, an on-disk compilation cache, modules
-// pinned by sha256 in a manifest and compiled once, a fresh instance per
-// step of a session, a memory page limit, a per-call deadline that closes the
-// instance, WASI with no filesystem, no arguments or environment, a clock
+// pinned by sha256 in a manifest, instrumented (plugins/instrument) and
+// compiled once, a fresh instance per step of a session, a memory page
+// limit, a per-call deadline checked by the instrumented modules' yield
+// calls, WASI with no filesystem, no arguments or environment, a clock
 // frozen at zero and a random source seeded by the host, and the guest's
-// memory zeroed before the instance is closed.
+// memory in its own mapping, unmapped when the instance is closed. Admit
+// checks a module before it is installed into a site.
 package host
 
 import (
@@ -71,7 +73,7 @@ type Runner interface {
 // Instance is one step of one party of one session.
 type Instance interface {
 	Step(ctx context.Context, in steps.Input) (steps.Result, error)
-	// Close releases the instance (zeroing WASM memory first).
+	// Close releases the instance (and a WASM instance's memory).
 	Close(ctx context.Context) error
 }
 
