@@ -1,10 +1,9 @@
 // Package amplify is privacy amplification by Toeplitz hashing: the final key
 // is y = T·x over GF(2), where x is the n-bit reconciled key and T the ℓ×n
 // Toeplitz matrix T[i][j] = s[i−j+n−1] given by n+ℓ−1 seed bits of Alice's.
-// y_i is bit i+n−1 of the integer convolution s∗x reduced mod 2; the
-// convolution is computed exactly with a number-theoretic transform (ntt.go),
-// as a cyclic convolution of length 2^⌈log2(n+ℓ−1)⌉ (the wrap-around only
-// touches coefficients below n−1, which are not needed).
+// y_i is bit i+n−1 of the GF(2)[z] product s·x, computed exactly with an
+// additive FFT over GF(2^16) on the bytes of s and x (gf.go), in blocks for
+// long keys, on all cores.
 //
 // Input: the reconciled key (wire vec). Params: u32 ℓ (1 ≤ ℓ ≤ n), chosen by
 // the host from the finite-key bound.
@@ -26,79 +25,19 @@ import (
 const (
 	Name    = "amplify"
 	Version = "1.0.0"
+	// maxLog bounds the seed: n+ℓ−1 ≤ 2^maxLog bits, else a parameter
+	// error (the limit of the first, NTT-based implementation, kept so that
+	// every version of the plugin accepts the same inputs).
+	maxLog = 26
 )
 
 // Toeplitz returns T·x for the ℓ×n Toeplitz matrix given by seed s
-// (s.N = x.N+ℓ−1), computed by NTT convolution.
+// (s.N = x.N+ℓ−1): bits n−1 … n+ℓ−2 of the GF(2)[z] product s·x, computed
+// with an additive FFT over GF(2^16) (gf.go).
 func Toeplitz(x, s bits.Vec, l int) bits.Vec {
-	n := x.N
-	m := n + l - 1
-	logn := uint(1)
-	for 1<<logn < m {
-		logn++
-	}
-	t := newTables(logn)
-	N := 1 << logn
-	a := make([]uint32, N)
-	b := make([]uint32, N)
-	expand(a, s)
-	expand(b, x)
-	t.forward(a)
-	t.forward(b)
-	b = b[:len(a)]
-	i := 0
-	for ; i+4 <= len(a); i += 4 {
-		aa := a[i : i+4 : i+4]
-		bb := b[i : i+4 : i+4]
-		aa[0] = mulMont(aa[0], bb[0])
-		aa[1] = mulMont(aa[1], bb[1])
-		aa[2] = mulMont(aa[2], bb[2])
-		aa[3] = mulMont(aa[3], bb[3])
-	}
-	for ; i < len(a); i++ {
-		a[i] = mulMont(a[i], b[i])
-	}
-	t.inverse(a)
 	out := bits.New(l)
-	c := a[n-1 : n-1+l]
-	for i := 0; i < l; i++ {
-		v := mulShoup(c[i], t.scale, t.scaleShoup)
-		if v >= P {
-			v -= P
-		}
-		out.W[i>>6] |= uint64(v&1) << (uint(i) & 63)
-	}
+	copy(out.W, toeplitzGF(x.Bytes(), s.Bytes(), x.N, l, maxK))
 	return out
-}
-
-func expand(dst []uint32, v bits.Vec) {
-	for wi, w := range v.W {
-		base := wi * 64
-		lim := 64
-		if base+64 > v.N {
-			lim = v.N - base
-		}
-		d := dst[base : base+lim]
-		if lim == 64 {
-			// unrolled by 8: fewer loop back-edges (see ntt.go)
-			for j := 0; j < 64; j += 8 {
-				dd := d[j : j+8 : j+8]
-				x := w >> uint(j)
-				dd[0] = uint32(x) & 1
-				dd[1] = uint32(x>>1) & 1
-				dd[2] = uint32(x>>2) & 1
-				dd[3] = uint32(x>>3) & 1
-				dd[4] = uint32(x>>4) & 1
-				dd[5] = uint32(x>>5) & 1
-				dd[6] = uint32(x>>6) & 1
-				dd[7] = uint32(x>>7) & 1
-			}
-			continue
-		}
-		for j := range d {
-			d[j] = uint32(w>>uint(j)) & 1
-		}
-	}
 }
 
 // Naive computes T·x directly (for tests): y_i = ⊕_j s[i−j+n−1]·x_j.
