@@ -31,6 +31,7 @@ import (
 
 	"qkdkms/plugins/host"
 	"qkdkms/plugins/steps"
+	"qkdkms/quantum"
 	"qkdkms/quantum/auth"
 	"qkdkms/quantum/session"
 	"qkdkms/quantum/sim"
@@ -390,10 +391,13 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	l.status.Connected = true
 	l.mu.Unlock()
 	_, _ = rand.Read(seed[:])
-	tx, err := sim.NewTransmitter(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), fiber.OnSend(quantumLink{w}))
+	simTx, err := sim.NewTransmitter(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), fiber.OnSend(quantumLink{w}))
 	if err != nil {
 		return err
 	}
+	// Frame f+1 crosses the quantum link while frame f is post-processed.
+	tx := quantum.NewPrefetchTransmitter(simTx)
+	defer tx.Close()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "alice")
 	for frame := uint64(1); ctx.Err() == nil; frame++ {
 		conn, ok, err := l.pick(ctx)
@@ -583,7 +587,7 @@ func (l *Link) split(keyBytes int, st raftstore.LinkState, need int) (authBytes,
 func blockID(id [16]byte) string { return hex.EncodeToString(id[:]) }
 
 // aliceSession runs one session as the initiator.
-func (l *Link) aliceSession(ctx context.Context, w *wire, tx *sim.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
+func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
 	defer cancel()
 	ch := auth.NewChannel(w, l.hash)
@@ -849,11 +853,14 @@ func (l *Link) Serve(conn net.Conn) {
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
-	rx, err := sim.NewReceiver(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), quantumLink{w})
+	simRx, err := sim.NewReceiver(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), quantumLink{w})
 	if err != nil {
 		l.cfg.Logger.Error("link: receiver", "err", err)
 		return
 	}
+	// Bob measures frame f+1 while frame f is post-processed.
+	rx := quantum.NewPrefetchReceiver(simRx)
+	defer rx.Close()
 	l.mu.Lock()
 	l.status.Connected = true
 	l.mu.Unlock()
@@ -882,7 +889,7 @@ func (l *Link) Serve(conn net.Conn) {
 var errLinkGone = errors.New("link: connection closed")
 
 // bobSession answers one session (or a ping).
-func (l *Link) bobSession(ctx context.Context, w *wire, rx *sim.Receiver) error {
+func (l *Link) bobSession(ctx context.Context, w *wire, rx quantum.Receiver) error {
 	ch := auth.NewChannel(w, l.hash)
 	b, err := ch.Recv(ctx)
 	if err != nil {

@@ -65,7 +65,8 @@ func TestRunawayPlugins(t *testing.T) {
 // TestRunawayDoesNotBlockGC: while a plugin loops, garbage collections
 // (each stops the world) keep completing. Without instrumentation the first
 // collection after the plugin entered its loop waited for the call to end,
-// so only the handful started before it could finish.
+// so only those started before it (0 to 2 here) could finish; with it,
+// hundreds complete on an idle machine and tens on a loaded one.
 func TestRunawayDoesNotBlockGC(t *testing.T) {
 	ctx := context.Background()
 	h := openHost(t, host.Options{CallTimeout: time.Second})
@@ -79,7 +80,7 @@ func TestRunawayDoesNotBlockGC(t *testing.T) {
 			if !errors.Is(err, host.ErrTrap) {
 				t.Fatalf("want a trap, got %v", err)
 			}
-			if gcs < 100 {
+			if gcs < 10 {
 				t.Fatalf("only %d collections completed during the plugin call", gcs)
 			}
 			t.Logf("%d collections completed during the plugin call", gcs)

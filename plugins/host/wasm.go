@@ -96,6 +96,15 @@ type Host struct {
 	mu   sync.Mutex
 	mods map[string]*module // by name
 	list []Info
+
+	// Calls into instances hold life for reading; Close cancels closing
+	// (the calls' yields see it and stop) and takes life for writing, so
+	// the runtime, and with it every instance's memory mapping, is closed
+	// only once no call runs.
+	life    sync.RWMutex
+	closed  bool
+	closing context.Context
+	stop    context.CancelFunc
 }
 
 type module struct {
@@ -119,6 +128,7 @@ func New(ctx context.Context, opts Options) (*Host, error) {
 	cfg := wazero.NewRuntimeConfig().
 		WithMemoryLimitPages(opts.MemoryLimitPages)
 	h := &Host{opts: opts, log: opts.Logger, mods: map[string]*module{}}
+	h.closing, h.stop = context.WithCancel(context.Background())
 	if opts.CacheDir != "" {
 		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
 		if err != nil {
@@ -302,11 +312,29 @@ func (h *Host) Runner(sel Selection) (Runner, error) {
 
 // Close closes the runtime and every instance.
 func (h *Host) Close(ctx context.Context) error {
+	h.stop()
+	h.life.Lock()
+	h.closed = true
+	h.life.Unlock()
 	err := h.rt.Close(ctx)
 	if h.cache != nil {
 		h.cache.Close(ctx)
 	}
 	return err
+}
+
+// enter starts a call into an instance: it fails once the host is closed,
+// and the returned context ends when the host starts closing. leave ends
+// the call.
+func (h *Host) enter(ctx context.Context) (cctx context.Context, leave func(), err error) {
+	h.life.RLock()
+	if h.closed {
+		h.life.RUnlock()
+		return nil, nil, ErrClosed
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
+	stop := context.AfterFunc(h.closing, cancel)
+	return cctx, func() { stop(); cancel(); h.life.RUnlock() }, nil
 }
 
 type wasmRunner struct {
@@ -341,8 +369,11 @@ func (r *wasmRunner) New(ctx context.Context, kind steps.Kind, role steps.Role, 
 		WithWalltime(zeroWall, sys.ClockResolution(1)).
 		WithNanotime(zeroNano, sys.ClockResolution(1))
 	inst := &wasmInst{h: r.h, info: m.info, stderr: stderr}
-	cctx, cancel := context.WithTimeout(ctx, r.h.opts.CallTimeout)
-	defer cancel()
+	cctx, leave, err := r.h.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	mod, err := r.h.rt.InstantiateModule(experimental.WithMemoryAllocator(cctx, memoryAllocator), m.compiled, cfg)
 	if err != nil {
 		return nil, inst.trap("instantiate", err)
@@ -472,8 +503,11 @@ func (i *wasmInst) Step(ctx context.Context, in steps.Input) (steps.Result, erro
 	if i.closed {
 		return steps.Result{}, ErrClosed
 	}
-	cctx, cancel := context.WithTimeout(ctx, i.h.opts.CallTimeout)
-	defer cancel()
+	cctx, leave, err := i.h.enter(ctx)
+	if err != nil {
+		return steps.Result{}, err
+	}
+	defer leave()
 	ip, err := i.put(cctx, in.Data)
 	if err != nil {
 		return steps.Result{}, err

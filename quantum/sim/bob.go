@@ -50,6 +50,19 @@ func (b *Receiver) Receive(ctx context.Context, frame uint64, n uint64) ([]quant
 	return b.measure(ctx, tf)
 }
 
+// ReceiveNext takes whichever frame arrives next and measures it
+// (quantum.NextReceiver, for prefetching).
+func (b *Receiver) ReceiveNext(ctx context.Context) (frame, n uint64, dets []quantum.Detection, err error) {
+	tf, err := b.link.RecvFrame(ctx)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("sim: receive frame: %w", err)
+	}
+	dets, err = b.measure(ctx, tf)
+	return tf.Frame, tf.Pulses, dets, err
+}
+
+var _ quantum.NextReceiver = (*Receiver)(nil)
+
 func (b *Receiver) measure(ctx context.Context, tf *TransitFrame) ([]quantum.Detection, error) {
 	n := tf.Pulses
 	if n == 0 {
