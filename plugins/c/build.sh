@@ -15,11 +15,12 @@ for src in */*.c; do
 	name=$(basename "$src" .c)
 	# -fuse-ld=lld with lld-19's wasm-ld; no libc, no entry point, the
 	# exports named by QKD_EXPORT; SIMD128 and bulk memory (wazero supports
-	# both); paths and build IDs kept out of the output.
+	# both); paths and build IDs kept out of the output. QKD_CFLAGS: extra
+	# flags for test builds only (the committed modules are built without).
 	"$cc" --target=wasm32-unknown-unknown -O3 -msimd128 -mbulk-memory -mnontrapping-fptoint -msign-ext \
 		-nostdlib -ffreestanding -fno-builtin-malloc -fdebug-prefix-map="$here"=. -ffile-prefix-map="$here"=. \
 		-Wall -Wextra -Werror -Wno-unused-function -Wno-unused-parameter -I. \
 		-fuse-ld=lld -Wl,--no-entry -Wl,--strip-all -Wl,--stack-first -Wl,-z,stack-size=1048576 \
-		-o "$out/$name.wasm" "$src"
+		${QKD_CFLAGS:-} -o "$out/$name.wasm" "$src"
 done
 echo "plugins/c: $(ls "$out"/*.wasm | wc -l) modules in $out"

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -25,16 +26,22 @@ import (
 	"qkdkms/plugins/steps/wire"
 )
 
-// ampCRunner loads the committed C build into a fresh host, under the name
-// "amplify"; the other step kinds get placeholders (the same module under
-// other names), never run.
+// ampCRunner loads the committed C build into a fresh host.
 func ampCRunner(t testing.TB) host.Runner {
 	t.Helper()
 	root, err := pluginbuild.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "plugins", "c", "wasm", "amplify.wasm"))
+	return ampCRunnerFrom(t, filepath.Join(root, "plugins", "c", "wasm", "amplify.wasm"))
+}
+
+// ampCRunnerFrom loads a build of the C plugin into a fresh host, under the
+// name "amplify"; the other step kinds get placeholders (the same module
+// under other names), never run.
+func ampCRunnerFrom(t testing.TB, path string) host.Runner {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +254,50 @@ func TestCAmplifyMatchesGo(t *testing.T) {
 					t.Fatalf("%s: differs from the direct product in %d bits", name, got.Diff(want))
 				}
 			}
+		}
+	}
+}
+
+// TestCAmplifyTransformSizes: short keys are hashed by the definition
+// (direct in amplify.c); a build without that shortcut (-DDIRECT_MAX=0,
+// made here with plugins/c/build.sh) runs the transform on every size, from
+// 2-point transforms up, and must agree with Go too.
+func TestCAmplifyTransformSizes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the C plugins")
+	}
+	if _, err := exec.LookPath("clang-19"); err != nil {
+		t.Skip("clang-19 not installed")
+	}
+	root, err := pluginbuild.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(filepath.Join(root, "plugins", "c", "build.sh"), dir)
+	cmd.Env = append(os.Environ(), "QKD_CFLAGS=-DDIRECT_MAX=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cr, nr := ampCRunnerFrom(t, filepath.Join(dir, "amplify.wasm")), ampNative(t)
+	r := bits.NewRNG([]byte("c-sizes"), "test")
+	type size struct{ n, l int }
+	var sizes []size
+	for n := 1; n <= 40; n++ {
+		sizes = append(sizes, size{n, 1}, size{n, (n + 1) / 2}, size{n, n})
+	}
+	for p := 64; p <= 1<<15; p *= 2 {
+		for _, n := range []int{p - 1, p, p + 1, 3 * p / 2} {
+			sizes = append(sizes, size{n, 1 + int(r.Uint64()%uint64(n))}, size{n, n})
+		}
+	}
+	sizes = append(sizes, size{200_000, 100_000}, size{600_001, 300_000})
+	for _, sz := range sizes {
+		x := ampRandVec(r, sz.n)
+		name := fmt.Sprintf("n=%d/l=%d", sz.n, sz.l)
+		c := ampCase{name: name, params: ampU32(uint32(sz.l)), seedA: []byte(name), seedB: []byte("b"), inA: vecIn(x), inB: vecIn(x)}
+		if _, _, err := runAmp(t, cr, nr, c); err != nil {
+			t.Fatalf("%s: %v", name, err)
 		}
 	}
 }
