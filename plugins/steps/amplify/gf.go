@@ -116,51 +116,98 @@ func capacity(K int) int { return 1<<K + 1 - 1<<(K&(K-1)) }
 // time without unsafe.
 var le = binary.LittleEndian
 
-// divide divides the block a (2h elements, h = 2^i) by s_i in place: the top
-// half becomes the quotient, the bottom half the remainder. s_i = x^h +
-// Σ_{j ⊊ i} x^(2^j), so the long division adds a[t] to a[t−h+2^j] for t
-// descending; it is done in runs of L elements, L the smallest shift h−2^j,
-// which only read values already final.
-func divide(a []byte, i int) {
-	if i == 0 {
+// Conversion to the novel basis. Dividing by s_{k−1}, then by s_{k−2}, …
+// costs Σ_i (2^popcount(i) − 1)/2 ≈ 32 additions per element for k = 16,
+// as s_i has 2^popcount(i) terms. Instead: s_{a+b} = s_a∘s_b, so with τ =
+// 2^k2 (k2 a power of two, s_k2 = x^τ + x) and y = s_k2(x),
+// X_{m1·τ+m2}(x) = X_{m1}(y)·X_{m2}(x) (the basis of the top k1 = k−k2
+// levels in y, times that of the bottom k2 levels in x). So: expand f in
+// powers of y (taylor), f = Σ_q g_q(x)·y^q with deg g_q < τ; convert each
+// g_q (a row of τ coefficients) on k2 levels; then convert, for each
+// position in the rows, the column of coefficients of y^q on k1 levels —
+// the same algorithm with rows as elements. That is 16 additions per element
+// for k = 16, mostly of long aligned runs.
+
+// toNovel converts in place a polynomial of degree < 2^k whose coefficients
+// are vectors of e field elements (a holds 2^k·e elements, 2 bytes each)
+// from the monomial to the novel basis.
+func toNovel(a []byte, k, e int) {
+	switch {
+	case k <= 1: // X_0 = 1, X_1 = s_0 = x
+		return
+	case k == 4 && e == 1:
+		a = a[:32]
+		w0, w1, w2, w3 := divide16(le.Uint64(a[0:]), le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:]))
+		le.PutUint64(a[0:], w0)
+		le.PutUint64(a[8:], w1)
+		le.PutUint64(a[16:], w2)
+		le.PutUint64(a[24:], w3)
 		return
 	}
-	h := 1 << i
-	jmax := i & (i - 1)
-	L := h - 1<<jmax
-	for T := 2 * h; T > h; T -= L {
-		lo := max(T-L, h)
-		src := a[2*lo : 2*T]
-		for j := jmax; ; j = (j - 1) & i {
-			d := h - 1<<j
-			xorInto(a[2*(lo-d):2*(T-d)], src)
-			if j == 0 {
-				break
-			}
-		}
+	k2 := 1 << (bits.Len(uint(k-1)) - 1) // the largest power of two < k
+	taylor(a, k, k2, e)
+	row := 2 * e << k2 // bytes
+	for q := 0; q < len(a); q += row {
+		toNovel(a[q:q+row], k2, e)
 	}
+	toNovel(a, k-k2, e<<k2)
 }
 
-// undivide is the inverse of divide: the same additions in reverse order.
-func undivide(a []byte, i int) {
-	if i == 0 {
+// fromNovel is toNovel's inverse.
+func fromNovel(a []byte, k, e int) {
+	switch {
+	case k <= 1:
+		return
+	case k == 4 && e == 1:
+		a = a[:32]
+		w0, w1, w2, w3 := undivide16(le.Uint64(a[0:]), le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:]))
+		le.PutUint64(a[0:], w0)
+		le.PutUint64(a[8:], w1)
+		le.PutUint64(a[16:], w2)
+		le.PutUint64(a[24:], w3)
 		return
 	}
-	h := 1 << i
-	jmax := i & (i - 1)
-	L := h - 1<<jmax
-	runs := (h + L - 1) / L
-	for c := runs - 1; c >= 0; c-- {
-		T := 2*h - c*L
-		lo := max(T-L, h)
-		src := a[2*lo : 2*T]
-		for j := jmax; ; j = (j - 1) & i {
-			d := h - 1<<j
-			xorInto(a[2*(lo-d):2*(T-d)], src)
-			if j == 0 {
-				break
-			}
-		}
+	k2 := 1 << (bits.Len(uint(k-1)) - 1)
+	fromNovel(a, k-k2, e<<k2)
+	row := 2 * e << k2
+	for q := 0; q < len(a); q += row {
+		fromNovel(a[q:q+row], k2, e)
+	}
+	untaylor(a, k, k2, e)
+}
+
+// taylor expands f (2^k coefficients of e elements) in powers of y = x^τ +
+// x, τ = 2^k2: f = f0 + y^(2^(k−k2−1))·f1 with y^(2^j) = x^(τ·2^j) + x^(2^j),
+// a division by a binomial (f[i−D] += f[i] for i descending, D = t − t/τ,
+// t = 2^(k−1), in runs of D), then f0 and f1 recursively. The coefficient
+// of y^q ends in row q.
+func taylor(a []byte, k, k2, e int) {
+	if k <= k2 {
+		return
+	}
+	t := 1 << (k - 1)
+	d := t - t>>k2
+	for T := 2 * t; T > t; T -= d {
+		lo := max(T-d, t)
+		xorInto(a[2*e*(lo-d):2*e*(T-d)], a[2*e*lo:2*e*T])
+	}
+	taylor(a[:2*e*t], k-1, k2, e)
+	taylor(a[2*e*t:], k-1, k2, e)
+}
+
+// untaylor is taylor's inverse: the same additions in reverse order (runs
+// ascending; an addition reading f[i] still precedes the one writing it).
+func untaylor(a []byte, k, k2, e int) {
+	if k <= k2 {
+		return
+	}
+	t := 1 << (k - 1)
+	d := t - t>>k2
+	untaylor(a[:2*e*t], k-1, k2, e)
+	untaylor(a[2*e*t:], k-1, k2, e)
+	for lo := t; lo < 2*t; lo += d {
+		T := min(lo+d, 2*t)
+		xorInto(a[2*e*(lo-d):2*e*(T-d)], a[2*e*lo:2*e*T])
 	}
 }
 
@@ -308,7 +355,7 @@ func undivide16(w0, w1, w2, w3 uint64) (uint64, uint64, uint64, uint64) {
 // fwd16 is forward on a block of 16 elements at offset base.
 func (t *gfTables) fwd16(a []byte, base int) {
 	a = a[:32]
-	w0, w1, w2, w3 := divide16(le.Uint64(a[0:]), le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:]))
+	w0, w1, w2, w3 := le.Uint64(a[0:]), le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:])
 	// level 3
 	c := t.twLog[base>>4]
 	w0 ^= t.mul4(w2, c)
@@ -373,7 +420,6 @@ func (t *gfTables) inv16(a []byte, base int) {
 	w3 ^= w1
 	w0 ^= t.mul4(w2, c)
 	w1 ^= t.mul4(w3, c)
-	w0, w1, w2, w3 = undivide16(w0, w1, w2, w3)
 	le.PutUint64(a[0:], w0)
 	le.PutUint64(a[8:], w1)
 	le.PutUint64(a[16:], w2)
@@ -397,10 +443,10 @@ func (t *gfTables) slowButterfly(u, v []byte, b int, inv bool) {
 	}
 }
 
-// forward turns the coefficients of a polynomial of degree < n = 2^k (a
-// holds 2n bytes) into its values: element u becomes f(ω(base + u)) (base
-// = 0 at the top; the recursion passes the offset of the block). Depth
-// first, so that blocks are finished while in cache.
+// forward turns the novel-basis coefficients of a polynomial of degree <
+// n = 2^k (a holds 2n bytes; toNovel) into its values: element u becomes
+// f(ω(base + u)) (base = 0 at the top; the recursion passes the offset of
+// the block). Depth first, so that blocks are finished while in cache.
 func (t *gfTables) forward(a []byte, base int) {
 	n := len(a) / 2
 	switch {
@@ -410,22 +456,20 @@ func (t *gfTables) forward(a []byte, base int) {
 		for h := n / 2; h >= 1; h /= 2 {
 			i := bits.TrailingZeros(uint(h))
 			for s := 0; s < n; s += 2 * h {
-				blk := a[2*s : 2*(s+2*h)]
-				divide(blk, i)
-				t.slowButterfly(blk[:2*h], blk[2*h:], (base+s)>>(i+1), false)
+				t.slowButterfly(a[2*s:2*(s+h)], a[2*(s+h):2*(s+2*h)], (base+s)>>(i+1), false)
 			}
 		}
 	default:
 		h := n / 2
 		i := bits.TrailingZeros(uint(h))
-		divide(a, i)
 		t.butterfly(a[:2*h], a[2*h:], base>>(i+1))
 		t.forward(a[:2*h], base)
 		t.forward(a[2*h:], base+h)
 	}
 }
 
-// inverse is forward's inverse: values at ω(base + u) in, coefficients out.
+// inverse is forward's inverse: values at ω(base + u) in, novel-basis
+// coefficients out.
 func (t *gfTables) inverse(a []byte, base int) {
 	n := len(a) / 2
 	switch {
@@ -435,9 +479,7 @@ func (t *gfTables) inverse(a []byte, base int) {
 		for h := 1; h < n; h *= 2 {
 			i := bits.TrailingZeros(uint(h))
 			for s := 0; s < n; s += 2 * h {
-				blk := a[2*s : 2*(s+2*h)]
-				t.slowButterfly(blk[:2*h], blk[2*h:], (base+s)>>(i+1), true)
-				undivide(blk, i)
+				t.slowButterfly(a[2*s:2*(s+h)], a[2*(s+h):2*(s+2*h)], (base+s)>>(i+1), true)
 			}
 		}
 	default:
@@ -446,7 +488,6 @@ func (t *gfTables) inverse(a []byte, base int) {
 		t.inverse(a[:2*h], base)
 		t.inverse(a[2*h:], base+h)
 		t.unbutterfly(a[:2*h], a[2*h:], base>>(i+1))
-		undivide(a, i)
 	}
 }
 
@@ -513,6 +554,7 @@ func toeplitzGF(xb, sb []byte, n, l, maxk int) []uint64 {
 				}
 			}
 		}
+		toNovel(a, k, 1)
 		t.forward(a, 0)
 		lg := make([]uint32, N)
 		for f := range lg {
@@ -536,6 +578,7 @@ func toeplitzGF(xb, sb []byte, n, l, maxk int) []uint64 {
 			}
 		}
 		t.inverse(acc, 0)
+		fromNovel(acc, k, 1)
 		for i := o * bm; i < min(o*bm+bm, M); i++ {
 			cs[i] = le.Uint16(acc[2*(bk-1+i-o*bm):])
 		}
