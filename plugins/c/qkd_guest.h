@@ -52,6 +52,7 @@ void *memmove(void *d, const void *s, size_t n) {
 
 extern unsigned char __heap_base;
 static uint32_t qkd_brk; /* next free byte; 0 until first use */
+static uint32_t qkd_top; /* highest qkd_brk so far: memory above it is untouched */
 
 /* qkd_malloc returns 16-byte-aligned zeroed memory, or NULL when the memory
  * limit is reached. Memory is never returned except by qkd_free of the most
@@ -69,9 +70,14 @@ static void *qkd_malloc(size_t n) {
 			return NULL;
 	}
 	void *p = (void *)(size_t)qkd_brk;
+	/* memory never handed out is zero (WebAssembly zero-fills it); only a
+	 * rolled-back region below qkd_top needs clearing. Not writing the rest
+	 * also leaves untouched the pages a large allocation never uses. */
+	if (qkd_brk < qkd_top)
+		__builtin_memset(p, 0, qkd_top - qkd_brk < n ? qkd_top - qkd_brk : n);
 	qkd_brk = (uint32_t)end;
-	/* fresh pages are zero; a rolled-back region may not be */
-	__builtin_memset(p, 0, n);
+	if (qkd_brk > qkd_top)
+		qkd_top = qkd_brk;
 	return p;
 }
 
@@ -173,7 +179,8 @@ static void qkd_w_grow(qkd_writer *w, uint32_t k) {
 /* qkd_w_reserve makes room for k more bytes up front (one allocation). */
 static void qkd_w_reserve(qkd_writer *w, uint32_t k) { qkd_w_grow(w, k); }
 static void qkd_w_raw(qkd_writer *w, const void *b, uint32_t k) {
-	qkd_w_grow(w, k);
+	if (w->err || w->n + k > w->cap) /* only then the call */
+		qkd_w_grow(w, k);
 	if (w->err)
 		return;
 	if (k)
@@ -350,7 +357,10 @@ static int qkd_fail(const char *msg) {
 QKD_EXPORT("qkd_abi_version") int qkd_abi_version(void) { return 1; }
 
 QKD_EXPORT("qkd_alloc") uint32_t qkd_alloc(uint32_t size) {
-	void *p = qkd_malloc(size ? size : 1);
+	static uint8_t empty[16]; /* a zero-length string may have any pointer (ABI.md §3) */
+	if (size == 0)
+		return (uint32_t)(size_t)empty;
+	void *p = qkd_malloc(size);
 	return (uint32_t)(size_t)p; /* 0 (out of memory): the host's write fails */
 }
 
