@@ -4,7 +4,7 @@ BIN     := bin/qkdkms
 PLUGINS := bin/plugins
 export CGO_ENABLED ?= 0
 
-.PHONY: all build plugins test fuzz bench lint run e2e up down clean
+.PHONY: all build plugins cplugins check-cplugins test fuzz bench lint run e2e up down clean
 
 all: build plugins
 
@@ -15,6 +15,19 @@ build:
 ## plugins: the post-processing step plugins (WASM) and their manifest into bin/plugins
 plugins:
 	./plugins/build.sh $(PLUGINS)
+
+## cplugins: rebuild the committed C step plugins (plugins/c/wasm) with clang-19 and lld-19
+cplugins:
+	./plugins/c/build.sh
+
+## check-cplugins: fail unless a rebuild of the C plugins reproduces the committed bytes
+check-cplugins:
+	@tmp=$$(mktemp -d) && ./plugins/c/build.sh $$tmp && \
+	for f in plugins/c/wasm/*.wasm; do \
+		cmp "$$f" "$$tmp/$$(basename $$f)" || { echo "$$f: the committed build differs from a rebuild (make cplugins)"; rm -rf $$tmp; exit 1; }; \
+	done; \
+	for f in $$tmp/*.wasm; do [ -f plugins/c/wasm/$$(basename $$f) ] || { echo "$$(basename $$f): built but not committed (make cplugins)"; rm -rf $$tmp; exit 1; }; done; \
+	rm -rf $$tmp; echo "plugins/c: committed builds reproduced byte for byte"
 
 ## test: vet, unit and integration tests, and a short fuzz run of the ETSI decoders (40,000 inputs each)
 test: lint
@@ -27,10 +40,18 @@ test: lint
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyRequest -fuzztime 40000x ./etsi
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyIDs -fuzztime 40000x ./etsi
+	$(GO) test -run '^$$' -fuzz FuzzRewrite -fuzztime 20000x ./plugins/instrument
 
-## bench: every benchmark, printed as a table
+## bench: every benchmark, printed as a table: the post-processing figures
+## first (reconcile over 200 frames per point, amplify, scheduler gaps,
+## whole sessions, the live link), then the rest
+BENCH_PP := ^Benchmark(Reconcile|Amplify|SafepointGap|Session|LiveKeyRate)$$
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 60m ./... | tee bench.out
+	$(GO) test -run '^$$' -bench '^BenchmarkReconcile$$' -benchtime 200x -timeout 60m ./plugins/host | tee bench.out
+	$(GO) test -run '^$$' -bench '^Benchmark(Amplify|SafepointGap)$$' -benchtime 5x -timeout 30m ./plugins/host | tee -a bench.out
+	$(GO) test -run '^$$' -bench '^BenchmarkSession$$' -benchtime 5x -timeout 30m ./quantum/session | tee -a bench.out
+	$(GO) test -run '^$$' -bench '^BenchmarkLiveKeyRate$$' -benchtime 8x -timeout 30m ./node | tee -a bench.out
+	$(GO) test -run '^$$' -bench . -skip '$(BENCH_PP)' -benchtime 2s -timeout 60m ./... | tee -a bench.out
 	@echo; echo "== summary =="; grep -E '^Benchmark' bench.out
 
 ## lint: gofmt and go vet

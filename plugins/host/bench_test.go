@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"qkdkms/plugins/host"
+	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/bits"
 	"qkdkms/plugins/steps/reconcile/cascade"
@@ -15,12 +18,27 @@ import (
 
 func h2(x float64) float64 { return -x*math.Log2(x) - (1-x)*math.Log2(1-x) }
 
+// runners: the shipped WASM plugins ("wasm": the C builds of the hot
+// steps), the Go guests built to WASM ("wasm-go", the reference as WASM) and
+// the native Go steps ("native").
 func runners(b *testing.B, sel host.Selection) []struct {
 	name string
 	r    host.Runner
 } {
-	h := openHost(b, host.Options{})
-	w, err := h.Runner(sel)
+	w, err := openHost(b, host.Options{}).Runner(sel)
+	if err != nil {
+		b.Fatal(err)
+	}
+	goDir, err := pluginbuild.GoDir()
+	if err != nil {
+		b.Fatal(err)
+	}
+	gh, err := host.Open(context.Background(), goDir, host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { gh.Close(context.Background()) })
+	g, err := gh.Runner(sel)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -31,7 +49,7 @@ func runners(b *testing.B, sel host.Selection) []struct {
 	return []struct {
 		name string
 		r    host.Runner
-	}{{"wasm", w}, {"native", n}}
+	}{{"wasm", w}, {"wasm-go", g}, {"native", n}}
 }
 
 // exactErrors returns a copy of a with exactly round(q·n) flipped bits.

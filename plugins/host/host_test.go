@@ -119,40 +119,74 @@ func runCase(t *testing.T, r host.Runner, c stepCase) run {
 	return run{ra, rb, ta, tb}
 }
 
+// TestNativeAndWASMIdentical: every step gives the same output, metrics and
+// messages natively, as shipped WASM (C builds of the hot steps), as the Go
+// guests built to WASM, and as shipped WASM without the load-time
+// instrumentation.
 func TestNativeAndWASMIdentical(t *testing.T) {
-	h := openHost(t, host.Options{})
+	ctx := context.Background()
+	cache := host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache")}
+	shipped := openHost(t, host.Options{})
+	goDir, err := pluginbuild.GoDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	goHost, err := host.Open(ctx, goDir, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer goHost.Close(ctx)
+	dir, err := pluginbuild.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := host.OpenUninstrumented(ctx, dir, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close(ctx)
 	for _, c := range cases() {
-		t.Run(c.plugin, func(t *testing.T) {
-			sel := host.Selection{c.kind: c.plugin}
-			nr, err := host.Native(sel)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wr, err := h.Runner(sel)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n, w := runCase(t, nr, c), runCase(t, wr, c)
-			for _, p := range []struct {
-				name string
-				x, y steps.Result
-				tx   host.Transcript
-				ty   host.Transcript
-			}{{"alice", n.ra, w.ra, n.ta, w.ta}, {"bob", n.rb, w.rb, n.tb, w.tb}} {
-				if !bytes.Equal(p.x.Output, p.y.Output) || p.x.Metrics != p.y.Metrics {
-					t.Errorf("%s: native and WASM outputs differ (metrics %+v vs %+v)", p.name, p.x.Metrics, p.y.Metrics)
+		sel := host.Selection{c.kind: c.plugin}
+		nr, err := host.Native(sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, other := range []struct {
+			name string
+			h    *host.Host
+		}{{"shipped", shipped}, {"go-guests", goHost}, {"uninstrumented", plain}} {
+			t.Run(c.plugin+"/"+other.name, func(t *testing.T) {
+				wr, err := other.h.Runner(sel)
+				if err != nil {
+					t.Fatal(err)
 				}
-				if len(p.tx.Msgs) != len(p.ty.Msgs) {
-					t.Fatalf("%s: %d native messages, %d WASM", p.name, len(p.tx.Msgs), len(p.ty.Msgs))
-				}
-				for i := range p.tx.Msgs {
-					if !bytes.Equal(p.tx.Msgs[i], p.ty.Msgs[i]) {
-						t.Errorf("%s: message %d differs", p.name, i)
-					}
-				}
+				sameRun(t, runCase(t, nr, c), runCase(t, wr, c))
+			})
+		}
+	}
+}
+
+// sameRun fails unless two runs of a case agree on every output, metric
+// and message.
+func sameRun(t *testing.T, n, w run) {
+	t.Helper()
+	for _, p := range []struct {
+		name string
+		x, y steps.Result
+		tx   host.Transcript
+		ty   host.Transcript
+	}{{"alice", n.ra, w.ra, n.ta, w.ta}, {"bob", n.rb, w.rb, n.tb, w.tb}} {
+		if !bytes.Equal(p.x.Output, p.y.Output) || p.x.Metrics != p.y.Metrics {
+			t.Errorf("%s: outputs differ (metrics %+v vs %+v)", p.name, p.x.Metrics, p.y.Metrics)
+		}
+		if len(p.tx.Msgs) != len(p.ty.Msgs) {
+			t.Fatalf("%s: %d messages vs %d", p.name, len(p.tx.Msgs), len(p.ty.Msgs))
+		}
+		for i := range p.tx.Msgs {
+			if !bytes.Equal(p.tx.Msgs[i], p.ty.Msgs[i]) {
+				t.Errorf("%s: message %d differs", p.name, i)
 			}
-			t.Logf("%s: alice %+v, %d messages", c.plugin, w.ra.Metrics, len(w.ta.Msgs)+len(w.tb.Msgs))
-		})
+		}
 	}
 }
 

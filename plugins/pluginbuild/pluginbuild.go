@@ -18,18 +18,28 @@ import (
 	"sync"
 )
 
-var (
+type result struct {
 	once sync.Once
 	dir  string
 	err  error
-)
+}
 
-// Dir returns a directory holding the built plugins and manifest.json,
-// building them if needed. Safe for concurrent use; builds at most once per
-// process.
+var shipped, goGuests result
+
+// Dir returns a directory holding the plugins as shipped (plugins/build.sh:
+// the committed C builds of the hot steps, Go builds of the others) and
+// manifest.json, building them if needed. Safe for concurrent use; builds
+// at most once per process.
 func Dir() (string, error) {
-	once.Do(func() { dir, err = build() })
-	return dir, err
+	shipped.once.Do(func() { shipped.dir, shipped.err = build(false) })
+	return shipped.dir, shipped.err
+}
+
+// GoDir is Dir with every step built from its Go guest (GO_GUESTS=1), the
+// reference implementation.
+func GoDir() (string, error) {
+	goGuests.once.Do(func() { goGuests.dir, goGuests.err = build(true) })
+	return goGuests.dir, goGuests.err
 }
 
 // Root finds the repository root (the directory holding go.mod) above the
@@ -51,17 +61,17 @@ func Root() (string, error) {
 	}
 }
 
-func build() (string, error) {
+func build(goOnly bool) (string, error) {
 	root, err := Root()
 	if err != nil {
 		return "", err
 	}
 	h := sha256.New()
-	fmt.Fprintln(h, runtime.Version())
+	fmt.Fprintln(h, runtime.Version(), goOnly)
 	var files []string
-	for _, sub := range []string{"plugins/steps", "plugins/sdk", "plugins/wasm", "plugins/build.sh", "go.mod", "go.sum"} {
+	for _, sub := range []string{"plugins/steps", "plugins/sdk", "plugins/wasm", "plugins/c/wasm", "plugins/build.sh", "go.mod", "go.sum"} {
 		_ = filepath.WalkDir(filepath.Join(root, sub), func(p string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go") || strings.HasSuffix(p, ".sh") || strings.HasSuffix(p, ".mod") || strings.HasSuffix(p, ".sum")) {
+			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go") || strings.HasSuffix(p, ".sh") || strings.HasSuffix(p, ".mod") || strings.HasSuffix(p, ".sum") || strings.HasSuffix(p, ".wasm")) {
 				files = append(files, p)
 			}
 			return nil
@@ -95,6 +105,9 @@ func build() (string, error) {
 	}
 	cmd := exec.Command("sh", filepath.Join(root, "plugins", "build.sh"), tmp)
 	cmd.Dir = root
+	if goOnly {
+		cmd.Env = append(os.Environ(), "GO_GUESTS=1")
+	}
 	if o, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(tmp)
 		return "", fmt.Errorf("pluginbuild: build.sh: %w\n%s", err, o)
