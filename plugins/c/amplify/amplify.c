@@ -17,7 +17,8 @@
  * of GF(2^16), the byte-wise product is a polynomial product over GF(2^16)
  * computed with Lin–Chung–Han's additive FFT on Cantor's basis, in blocks
  * of 2^15 key bytes when the key is long. The wide levels of the transform
- * use SIMD128 table look-ups (i8x16.swizzle on 4-bit nibbles).
+ * use SIMD128 table look-ups (i8x16.swizzle on 4-bit nibbles); the last
+ * four levels and the pointwise products use logarithm tables.
  */
 #include <wasm_simd128.h>
 
@@ -151,7 +152,7 @@ static const uint16_t cantor[16] = {0x0001, 0xacca, 0x3c0e, 0x163e, 0xc582, 0xed
  * transform altogether (direct). */
 static struct {
 	uint16_t *log;  /* [65536] log[a] base z (a ≠ 0) */
-	uint16_t *exp;  /* [2·65535] z^(i mod 65535) */
+	uint16_t *exp;  /* [2·65535+2] z^(i mod 65535) (the last two: never used unmasked) */
 	uint16_t *twlog; /* [N/2] log of tw[b] = ω(2b), the twiddle of block b on any level (b ≠ 0) */
 	/* [min(N/32, NIB_N)][8]: nib[b][2k], nib[b][2k+1] are the low and high
 	 * bytes of tw[b]·(v << 4k), v < 16, for the swizzle multiplication of
@@ -256,7 +257,8 @@ static uint64_t ld64(const uint16_t *p) {
 }
 static void st64(uint16_t *p, uint64_t x) { __builtin_memcpy(p, &x, 8); }
 
-/* xor_into: dst[0..n) += src[0..n); dst below src if they overlap. */
+/* xor_into: dst[0..n) += src[0..n) (never overlapping: the runs of the
+ * conversion are at most as long as their shift). */
 static void xor_into(uint16_t *dst, const uint16_t *src, uint32_t n) {
 	uint32_t i = 0;
 	for (; i + 32 <= n; i += 32) {
@@ -618,6 +620,53 @@ static void inverse(uint16_t *a, uint32_t n, uint32_t base) {
 	unbutterfly(a, a + h, h, base >> (i + 1));
 }
 
+/* to_logs replaces the n values of a by their logarithms, ZLOG for 0, so
+ * that the pointwise products (a transform is used by several) take one
+ * table look-up: mul_logs adds x·s to y for x, s in that form. */
+#define ZLOG 0xFFFFu
+
+static void to_logs(uint16_t *a, uint32_t n) {
+	uint32_t f = 0;
+	const v128_t z = wasm_i16x8_splat((int16_t)ZLOG);
+	for (; f + 8 <= n; f += 8) {
+		v128_t v = wasm_v128_load(a + f);
+		const uint16_t *g = gf.log;
+		v128_t l = wasm_u16x8_make(g[wasm_u16x8_extract_lane(v, 0)], g[wasm_u16x8_extract_lane(v, 1)],
+		                           g[wasm_u16x8_extract_lane(v, 2)], g[wasm_u16x8_extract_lane(v, 3)],
+		                           g[wasm_u16x8_extract_lane(v, 4)], g[wasm_u16x8_extract_lane(v, 5)],
+		                           g[wasm_u16x8_extract_lane(v, 6)], g[wasm_u16x8_extract_lane(v, 7)]);
+		wasm_v128_store(a + f, wasm_v128_bitselect(z, l, wasm_i16x8_eq(v, wasm_i16x8_splat(0))));
+	}
+	for (; f < n; f++) {
+		uint16_t v = a[f], l = gf.log[v];
+		a[f] = v ? l : (uint16_t)ZLOG;
+	}
+}
+
+static void mul_logs(uint16_t *y, const uint16_t *x, const uint16_t *s, uint32_t n) {
+	uint32_t f = 0;
+	/* 8 at a time: the sums of logarithms and the zero test in SIMD, the
+	 * 8 look-ups (there is no gather) scalar */
+	const v128_t z = wasm_i16x8_splat((int16_t)ZLOG);
+	for (; f + 8 <= n; f += 8) {
+		v128_t lx = wasm_v128_load(x + f), ls = wasm_v128_load(s + f);
+		v128_t lo = wasm_i32x4_add(wasm_u32x4_extend_low_u16x8(lx), wasm_u32x4_extend_low_u16x8(ls));
+		v128_t hi = wasm_i32x4_add(wasm_u32x4_extend_high_u16x8(lx), wasm_u32x4_extend_high_u16x8(ls));
+		const uint16_t *e = gf.exp;
+		v128_t p = wasm_u16x8_make(e[wasm_i32x4_extract_lane(lo, 0)], e[wasm_i32x4_extract_lane(lo, 1)],
+		                           e[wasm_i32x4_extract_lane(lo, 2)], e[wasm_i32x4_extract_lane(lo, 3)],
+		                           e[wasm_i32x4_extract_lane(hi, 0)], e[wasm_i32x4_extract_lane(hi, 1)],
+		                           e[wasm_i32x4_extract_lane(hi, 2)], e[wasm_i32x4_extract_lane(hi, 3)]);
+		v128_t zero = wasm_v128_or(wasm_i16x8_eq(lx, z), wasm_i16x8_eq(ls, z));
+		wasm_v128_store(y + f, wasm_v128_xor(wasm_v128_load(y + f), wasm_v128_andnot(p, zero)));
+	}
+	for (; f < n; f++) {
+		uint32_t lx = x[f], ls = s[f];
+		uint16_t p = gf.exp[lx + ls]; /* lx + ls ≤ 2·ZLOG: inside exp */
+		y[f] ^= lx != ZLOG && ls != ZLOG ? p : 0;
+	}
+}
+
 /* byte_at: byte u of a bit string of nbits bits, bits beyond masked off
  * (the buffers are read in place, and may hold any bits there). */
 static uint8_t byte_at(const uint8_t *b, uint64_t nbits, int64_t u) {
@@ -699,6 +748,7 @@ static int toeplitz(const uint8_t *xb, const uint8_t *sb, uint32_t n, uint32_t l
 			x[j] = byte_at(xb, n, (int64_t)q * bk + j);
 		to_novel(x, k, 1);
 		forward(x, N, 0);
+		to_logs(x, N);
 	}
 	/* Segment d = o − q + nk − 1: output block o and key block q use the
 	 * bm+bk−1 seed bytes from tlo + o·bm − (q+1)·bk + 1 (bm = bk, or one
@@ -710,14 +760,11 @@ static int toeplitz(const uint8_t *xb, const uint8_t *sb, uint32_t n, uint32_t l
 			a[v] = byte_at(sb, sbits, start + v);
 		to_novel(a, k, 1);
 		forward(a, N, 0);
+		to_logs(a, N);
 		for (uint32_t o = 0; o < nm; o++) {
 			int64_t q = (int64_t)o + nk - 1 - d;
-			if (q < 0 || q >= nk)
-				continue;
-			const uint16_t *x = xs + (size_t)q * N;
-			uint16_t *y = acc + (size_t)o * N;
-			for (uint32_t f = 0; f < N; f++)
-				y[f] ^= gf_mul(x[f], a[f]);
+			if (q >= 0 && q < nk)
+				mul_logs(acc + (size_t)o * N, xs + (size_t)q * N, a, N);
 		}
 	}
 	/* interpolate; output w = o·bm + i is coefficient bk−1+i of block o.
