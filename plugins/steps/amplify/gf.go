@@ -144,6 +144,16 @@ func toNovel(a []byte, k, e int) {
 		le.PutUint64(a[24:], w3)
 		return
 	}
+	if k == 16 && e == 1 {
+		// the rows of 256 would be converted in short runs: transposed,
+		// they are converted as columns, in runs of whole rows
+		taylor(a, 16, 8, 1)
+		transpose256(a)
+		toNovel(a, 8, 256)
+		transpose256(a)
+		toNovel(a, 8, 256)
+		return
+	}
 	k2 := 1 << (bits.Len(uint(k-1)) - 1) // the largest power of two < k
 	taylor(a, k, k2, e)
 	row := 2 * e << k2 // bytes
@@ -167,6 +177,14 @@ func fromNovel(a []byte, k, e int) {
 		le.PutUint64(a[24:], w3)
 		return
 	}
+	if k == 16 && e == 1 {
+		fromNovel(a, 8, 256)
+		transpose256(a)
+		fromNovel(a, 8, 256)
+		transpose256(a)
+		untaylor(a, 16, 8, 1)
+		return
+	}
 	k2 := 1 << (bits.Len(uint(k-1)) - 1)
 	fromNovel(a, k-k2, e<<k2)
 	row := 2 * e << k2
@@ -174,6 +192,33 @@ func fromNovel(a []byte, k, e int) {
 		fromNovel(a[q:q+row], k2, e)
 	}
 	untaylor(a, k, k2, e)
+}
+
+// transpose256 transposes in place the 256×256 matrix of elements a holds,
+// by blocks of 4×4 (four words of four elements).
+func transpose256(a []byte) {
+	const lo16, lo32 = 0x0000_FFFF_0000_FFFF, 0x0000_0000_FFFF_FFFF
+	tr := func(b []byte) (uint64, uint64, uint64, uint64) {
+		w0, w1, w2, w3 := le.Uint64(b), le.Uint64(b[512:]), le.Uint64(b[1024:]), le.Uint64(b[1536:])
+		t0, t1 := w0&lo16|(w1&lo16)<<16, w0>>16&lo16|w1&^lo16
+		t2, t3 := w2&lo16|(w3&lo16)<<16, w2>>16&lo16|w3&^lo16
+		return t0&lo32 | t2<<32, t1&lo32 | t3<<32, t0>>32 | t2&^lo32, t1>>32 | t3&^lo32
+	}
+	put := func(b []byte, r0, r1, r2, r3 uint64) {
+		le.PutUint64(b, r0)
+		le.PutUint64(b[512:], r1)
+		le.PutUint64(b[1024:], r2)
+		le.PutUint64(b[1536:], r3)
+	}
+	for i := 0; i < 256; i += 4 {
+		for j := i; j < 256; j += 4 {
+			x, y := a[2*(256*i+j):], a[2*(256*j+i):]
+			x0, x1, x2, x3 := tr(x)
+			y0, y1, y2, y3 := tr(y)
+			put(x, y0, y1, y2, y3)
+			put(y, x0, x1, x2, x3)
+		}
+	}
 }
 
 // taylor expands f (2^k coefficients of e elements) in powers of y = x^τ +
@@ -536,8 +581,17 @@ func toeplitzGF(xb, sb []byte, n, l, maxk int) []uint64 {
 			}
 		}
 	}
-	// Transform the key blocks and the seed segments, keep their logs.
+	// Transform the key blocks and the seed segments, keep their logs
+	// (arrays from a pool: a hash of 10^6 bits needs 11 of 256 KiB, which
+	// would otherwise keep the garbage collector busy).
 	logs := make([][]uint32, nk+len(segs))
+	defer func() {
+		for _, lg := range logs {
+			if lg != nil {
+				logPool.Put((*[1 << maxK]uint32)(lg[:1<<maxK]))
+			}
+		}
+	}()
 	parallel(len(logs), func(job int, buf []byte) {
 		a := buf[:2*N]
 		clear(a)
@@ -556,7 +610,7 @@ func toeplitzGF(xb, sb []byte, n, l, maxk int) []uint64 {
 		}
 		toNovel(a, k, 1)
 		t.forward(a, 0)
-		lg := make([]uint32, N)
+		lg := logPool.Get().(*[1 << maxK]uint32)[:N]
 		for f := range lg {
 			lg[f] = t.log[le.Uint16(a[2*f:])]
 		}
@@ -607,15 +661,21 @@ func toeplitzGF(xb, sb []byte, n, l, maxk int) []uint64 {
 	return out
 }
 
+var (
+	logPool = sync.Pool{New: func() any { return new([1 << maxK]uint32) }}
+	bufPool = sync.Pool{New: func() any { return new([2 << maxK]byte) }}
+)
+
 // parallel runs f(0) … f(jobs−1) on up to GOMAXPROCS goroutines, each with a
-// scratch buffer of bufLen.
+// scratch buffer of bufLen ≤ 2^(maxK+1) bytes.
 func parallel(jobs int, f func(job int, buf []byte), bufLen int) {
 	w := min(runtime.GOMAXPROCS(0), jobs)
 	if w <= 1 {
-		buf := make([]byte, bufLen)
+		b := bufPool.Get().(*[2 << maxK]byte)
 		for j := 0; j < jobs; j++ {
-			f(j, buf)
+			f(j, b[:bufLen])
 		}
+		bufPool.Put(b)
 		return
 	}
 	var next atomic.Int64
@@ -624,7 +684,9 @@ func parallel(jobs int, f func(job int, buf []byte), bufLen int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, bufLen)
+			b := bufPool.Get().(*[2 << maxK]byte)
+			defer bufPool.Put(b)
+			buf := b[:bufLen]
 			for {
 				j := int(next.Add(1)) - 1
 				if j >= jobs {
