@@ -429,12 +429,24 @@ func BenchmarkAmplifyC(b *testing.B) {
 		name string
 		r    host.Runner
 	}{{"wasm-c", ampCRunner(b)}, {"native", ampNative(b)}}
-	if gw, err := openHost(b, host.Options{}).Runner(nil); err == nil {
-		rs = append(rs, struct {
-			name string
-			r    host.Runner
-		}{"wasm-go", gw})
+	// the Go step built to WASM (the Go guests)
+	goDir, err := pluginbuild.GoDir()
+	if err != nil {
+		b.Fatal(err)
 	}
+	gh, err := host.Open(context.Background(), goDir, host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { gh.Close(context.Background()) })
+	gw, err := gh.Runner(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs = append(rs, struct {
+		name string
+		r    host.Runner
+	}{"wasm-go", gw})
 	for _, rr := range rs {
 		for _, n := range []int{1_000_000, 10_000_000} {
 			b.Run(fmt.Sprintf("%s/n=%d", rr.name, n), func(b *testing.B) {
