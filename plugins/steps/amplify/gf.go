@@ -25,7 +25,8 @@ package amplify
 //     s_i(ω(u)) = ω(u >> i).
 //   - novel basis X_m = Π_{bit i of m} s_i; a polynomial of degree < 2^k is
 //     converted to it by dividing by s_{k−1}, then the quotient and the
-//     remainder recursively by s_{k−2}, … (divide).
+//     remainder recursively by s_{k−2}, … (by definition; toNovel computes
+//     the same faster).
 //   - on the coset V_{i+1} + ω(base), f = f0 + s_i·f1 equals f0 + c·f1 on
 //     V_i + ω(base) and f0 + (c+1)·f1 on the other half, c = ω(base >> i):
 //     the butterfly (u, v) → (u + c·v, u + (c+1)·v).
@@ -350,7 +351,8 @@ func (t *gfTables) unbutterfly(u, v []byte, b int) {
 const lo32, lane1, lane2 = 0xFFFF_FFFF, 0xFFFF << 16, 0xFFFF << 32
 
 // divide16 divides a 16-element block by s_3 = x^8+x^4+x^2+x, then each
-// half by s_2 = x^4+x and each quarter by s_1 = x^2+x (divide, levels 3…1).
+// half by s_2 = x^4+x and each quarter by s_1 = x^2+x: toNovel on 16
+// elements.
 func divide16(w0, w1, w2, w3 uint64) (uint64, uint64, uint64, uint64) {
 	// s_3: a[t−4], a[t−6], a[t−7] += a[t] for t = 15…12 (word 3), then 11…8
 	w2 ^= w3 ^ w3>>32 ^ w3>>48
