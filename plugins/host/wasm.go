@@ -343,9 +343,37 @@ func (h *Host) enter(ctx context.Context) (cctx context.Context, leave func(), e
 		h.life.RUnlock()
 		return nil, nil, ErrClosed
 	}
-	cctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
-	stop := context.AfterFunc(h.closing, cancel)
-	return cctx, func() { stop(); cancel(); h.life.RUnlock() }, nil
+	return &callContext{Context: ctx, deadline: time.Now().Add(h.opts.CallTimeout), h: h}, h.life.RUnlock, nil
+}
+
+// callContext is the context of one call into an instance: the caller's
+// values and cancellation, plus the call's deadline and the host's closing,
+// which Err reports when asked — by the instrumented module's yields —
+// without a timer per call (a session makes thousands of calls).
+type callContext struct {
+	context.Context
+	deadline time.Time
+	h        *Host
+}
+
+func (c *callContext) Deadline() (time.Time, bool) {
+	if d, ok := c.Context.Deadline(); ok && d.Before(c.deadline) {
+		return d, true
+	}
+	return c.deadline, true
+}
+
+func (c *callContext) Err() error {
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if c.h.closing.Err() != nil {
+		return context.Canceled
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 type wasmRunner struct {
@@ -378,7 +406,8 @@ func (r *wasmRunner) New(ctx context.Context, kind steps.Kind, role steps.Role, 
 		WithStderr(stderr).
 		WithRandSource(rand.NewChaCha8(key)).
 		WithWalltime(zeroWall, sys.ClockResolution(1)).
-		WithNanotime(zeroNano, sys.ClockResolution(1))
+		WithNanotime(zeroNano, sys.ClockResolution(1)).
+		WithNanosleep(func(int64) {}) // poll_oneoff never blocks the host: no real time for the guest
 	inst := &wasmInst{h: r.h, info: m.info, stderr: stderr}
 	cctx, leave, err := r.h.enter(ctx)
 	if err != nil {
