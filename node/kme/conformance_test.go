@@ -5,11 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"testing"
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/etsitest"
+	"qkdkms/internal/testenv"
 )
 
 // TestConformance runs the etsi conformance suite against two real sites
@@ -45,9 +45,9 @@ func TestConformance(t *testing.T) {
 		Levels: func(ctx context.Context) (map[string]int, error) {
 			out := map[string]int{}
 			for _, s := range []*tsite{a, b} {
-				l := s.leader()
-				if l == nil {
-					return nil, fmt.Errorf("site %s has no leader", s.id)
+				var l *tnode
+				if err := testenv.Until(ctx, "a leader at site "+s.id, func() bool { l = s.leader(); return l != nil }); err != nil {
+					return nil, err
 				}
 				cs, err := l.store.Connections(ctx)
 				if err != nil {

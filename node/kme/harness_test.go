@@ -23,6 +23,7 @@ import (
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
+	"qkdkms/internal/testenv"
 	"qkdkms/raftstore"
 )
 
@@ -148,7 +149,7 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 			}
 		}
 		for _, n := range s.nodes {
-			hb, el, lease := 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+			hb, el, lease := testenv.Scaled(200*time.Millisecond), testenv.Scaled(200*time.Millisecond), testenv.Scaled(100*time.Millisecond)
 			if opts.raftDefaults {
 				hb, el, lease = 0, 0, 0
 			}
@@ -205,7 +206,7 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 // handler is a node's HTTPS mux: the ETSI API and the internal endpoints;
 // when the site is cut off, calls from other sites are dropped.
 func (n *tnode) handler() http.Handler {
-	api := etsi.NewHandler(n.kme, etsi.Options{Timeout: 10 * time.Second})
+	api := etsi.NewHandler(n.kme, etsi.Options{Timeout: testenv.Scaled(10 * time.Second)})
 	in := n.kme.InternalHandler()
 	// Like node's mux: no path cleaning (no redirects), the ETSI handler
 	// answers everything outside /internal/ (JSON 404s included).
@@ -249,7 +250,7 @@ func (w *world) httpClient(leaf pki.Leaf) *http.Client {
 		ForceAttemptHTTP2:   false,
 	}
 	w.tb.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return &http.Client{Transport: tr, Timeout: testenv.Scaled(30 * time.Second)}
 }
 
 // sae is an SAE client with its own certificate.
@@ -295,15 +296,9 @@ func (s *tsite) leader() *tnode {
 
 func (s *tsite) waitLeader(tb testing.TB) *tnode {
 	tb.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if l := s.leader(); l != nil {
-			return l
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	tb.Fatalf("site %s: no leader", s.id)
-	return nil
+	var l *tnode
+	testenv.WaitFor(tb, "a leader at site "+s.id, func() bool { l = s.leader(); return l != nil })
+	return l
 }
 
 // follower returns the i-th live follower, or the leader when there are

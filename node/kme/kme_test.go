@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/internal/testenv"
 	"qkdkms/raftstore"
 )
 
@@ -26,7 +27,7 @@ const (
 )
 
 func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(60*time.Second))
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -480,6 +481,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	var mu sync.Mutex
 	var received []got
 	var failures int
+	keys := func() int { mu.Lock(); defer mu.Unlock(); return len(received) }
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range pairs {
@@ -498,7 +500,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 				if n.dead.Load() {
 					continue
 				}
-				c, cancel := context.WithTimeout(ctx, 5*time.Second)
+				c, cancel := context.WithTimeout(ctx, testenv.Scaled(5*time.Second))
 				enc, err := masters[i].enc(c, n, slaves[i].id, map[string]any{"number": 2})
 				cancel()
 				mu.Lock()
@@ -513,12 +515,15 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
-	w.sites[siteA].leader().kill()
-	time.Sleep(700 * time.Millisecond)
-	w.sites[siteB].leader().kill()
-	w.sites[siteB].waitLeader(t)
-	time.Sleep(500 * time.Millisecond)
+	// Keys flow, then after each leader's death they flow again.
+	for _, s := range []*tsite{w.sites[siteA], w.sites[siteB]} {
+		n := keys()
+		testenv.WaitFor(t, "keys issued", func() bool { return keys() > n })
+		s.waitLeader(t).kill()
+		s.waitLeader(t)
+	}
+	n := keys()
+	testenv.WaitFor(t, "keys issued once both sites have new leaders", func() bool { return keys() > n })
 	close(stop)
 	wg.Wait()
 	t.Logf("%d keys received, %d failed calls", len(received), failures)
@@ -550,7 +555,7 @@ func TestImportOutOfStep(t *testing.T) {
 	first, other := bits(), bits()
 	w.sites[siteA].cutOnly.Store("/internal/v1/peer/block")
 	w.sites[siteA].cut.Store(true)
-	short, cancel := context.WithTimeout(ctx, time.Second)
+	short, cancel := context.WithTimeout(ctx, testenv.Scaled(time.Second))
 	err := fb.ImportBlock(short, "m", "s", "blk-1", first)
 	cancel()
 	if !errors.Is(err, etsi.ErrUnavailable) {
