@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/internal/testenv"
 )
 
 // etsiSAE is an SAE talking HTTPS to nodes with its own certificate.
@@ -52,8 +53,8 @@ func (s *etsiSAE) post(addr, path string, body any) (int, []byte) {
 // enc asks addr for n keys for slave, retrying 503 (election, relay) for a while.
 func (s *etsiSAE) enc(addr, slave string, n int) []etsi.KeyObject {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var keys []etsi.KeyObject
+	testenv.WaitFor(s.t, "enc_keys at "+addr+" to answer other than 503", func() bool {
 		code, body := s.post(addr, "/api/v1/keys/"+slave+"/enc_keys", etsi.KeyRequest{Number: n})
 		if code == http.StatusOK {
 			var kc etsi.KeyContainer
@@ -63,14 +64,16 @@ func (s *etsiSAE) enc(addr, slave string, n int) []etsi.KeyObject {
 			if len(kc.Keys) != n {
 				s.t.Fatalf("enc_keys returned %d keys, want %d", len(kc.Keys), n)
 			}
-			return kc.Keys
+			keys = kc.Keys
+			return true
 		}
-		if code != http.StatusServiceUnavailable && code != 0 || time.Now().After(deadline) {
+		if code != http.StatusServiceUnavailable && code != 0 {
 			s.t.Fatalf("enc_keys at %s: %d %s", addr, code, body)
 		}
 		s.t.Logf("enc_keys at %s: %d %s (retrying)", addr, code, strings.TrimSpace(string(body)))
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false
+	})
+	return keys
 }
 
 func (s *etsiSAE) dec(addr, master string, ids []string) (int, []etsi.KeyObject) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/internal/testenv"
 	"qkdkms/raftstore"
 )
 
@@ -178,9 +179,9 @@ func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Co
 		Peers:     s.peers,
 		Link:      s.link,
 		Raft: RaftTiming{
-			HeartbeatTimeout:   Duration(300 * time.Millisecond),
-			ElectionTimeout:    Duration(300 * time.Millisecond),
-			LeaderLeaseTimeout: Duration(150 * time.Millisecond),
+			HeartbeatTimeout:   Duration(testenv.Scaled(300 * time.Millisecond)),
+			ElectionTimeout:    Duration(testenv.Scaled(300 * time.Millisecond)),
+			LeaderLeaseTimeout: Duration(testenv.Scaled(150 * time.Millisecond)),
 		},
 		Logger: s.logger,
 	}
@@ -204,22 +205,12 @@ func (s *testSite) restart(id string) *Node {
 	s.t.Helper()
 	var ln net.Listener
 	var err error
-	for i := 0; i < 50; i++ { // the old socket may linger for a moment
-		if ln, err = net.Listen("tcp", s.addrs[id]); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		s.t.Fatalf("relisten %s: %v", s.addrs[id], err)
-	}
+	// The old socket may linger for a moment.
+	testenv.WaitFor(s.t, "the address "+s.addrs[id]+" of "+id+" to be free again", func() bool {
+		ln, err = net.Listen("tcp", s.addrs[id])
+		return err == nil
+	})
 	return s.start(id, ln, nil)
-}
-
-func (s *testSite) node(id string) *Node {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.nodes[id]
 }
 
 func (s *testSite) drop(id string) {
@@ -249,8 +240,8 @@ func (s *testSite) allAddrs() []string {
 // leader waits until the live nodes agree on a leader among them.
 func (s *testSite) leader() *Node {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	var leader *Node
+	testenv.WaitFor(s.t, "the nodes of site "+s.kme+" to agree on a leader", func() bool {
 		for _, n := range s.live() {
 			if n.Store().IsLeader() {
 				agree := true
@@ -260,14 +251,14 @@ func (s *testSite) leader() *Node {
 					}
 				}
 				if agree {
-					return n
+					leader = n
+					return true
 				}
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	s.t.Fatalf("site %s: no leader within 30s", s.kme)
-	return nil
+		return false
+	})
+	return leader
 }
 
 func (s *testSite) follower() *Node {
@@ -286,12 +277,17 @@ func (s *testSite) follower() *Node {
 // the same digest, and returns it.
 func (s *testSite) waitDigests() string {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
 	var last []string
-	for time.Now().Before(deadline) {
+	var d0 string
+	converged := false
+	defer func() {
+		if !converged {
+			s.t.Logf("site %s: last digests %v", s.kme, last)
+		}
+	}()
+	testenv.WaitFor(s.t, "the digests of site "+s.kme+" to converge", func() bool {
 		last = last[:0]
 		var idx0 uint64
-		var d0 string
 		same := true
 		for i, n := range s.live() {
 			idx, d := n.Store().Digest()
@@ -302,13 +298,10 @@ func (s *testSite) waitDigests() string {
 				same = false
 			}
 		}
-		if same && len(last) > 0 {
-			return d0
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	s.t.Fatalf("site %s: digests never converged: %v", s.kme, last)
-	return ""
+		return same && len(last) > 0
+	})
+	converged = true
+	return d0
 }
 
 func (s *testSite) closeAll() {
@@ -321,5 +314,5 @@ func (s *testSite) closeAll() {
 }
 
 func httpClient(cfg *tls.Config) *http.Client {
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
+	return &http.Client{Timeout: testenv.Scaled(20 * time.Second), Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/internal/testenv"
 	"qkdkms/plugins/host"
 	"qkdkms/plugins/pluginbuild"
 	"qkdkms/quantum/sim"
@@ -88,14 +89,10 @@ func liveRate(b *testing.B, mode, dir string, block, sessions int) float64 {
 	}
 	alice := sb.leader().links.byPeer["sender_app"]
 	// Measure from the end of the first session to the end of the last.
-	for alice.Status().Sessions < 1 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(b, "the first session", func() bool { return alice.Status().Sessions >= 1 })
 	st0, t0 := alice.Status(), time.Now()
 	b.ResetTimer()
-	for alice.Status().Sessions < st0.Sessions+int64(sessions) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(b, "the measured sessions", func() bool { return alice.Status().Sessions >= st0.Sessions+int64(sessions) })
 	b.StopTimer()
 	st1 := alice.Status()
 	if st1.Aborted != st0.Aborted {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"qkdkms/internal/testenv"
 	"qkdkms/plugins/pluginbuild"
 	"strings"
 	"testing"
@@ -62,23 +64,24 @@ func linkedSitesLink(t *testing.T, n, pskBytes int, lc LinkConfig) (a, b *testSi
 
 // waitStored waits until the connection's pool at both sites' leaders
 // holds at least want keys, and returns the two statuses.
-func waitStored(t *testing.T, a, b *testSite, master, slave string, want int64, within time.Duration) (raftstore.ConnectionStatus, raftstore.ConnectionStatus) {
+func waitStored(t *testing.T, a, b *testSite, master, slave string, want int64) (raftstore.ConnectionStatus, raftstore.ConnectionStatus) {
 	t.Helper()
-	deadline := time.Now().Add(within)
 	var sa, sb raftstore.ConnectionStatus
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	testenv.WaitFor(t, fmt.Sprintf("both pools of %s→%s to hold %d keys", master, slave, want), func() bool {
 		var errA, errB error
-		sa, errA = a.leader().Store().Connection(ctx, master, slave)
-		sb, errB = b.leader().Store().Connection(ctx, master, slave)
-		cancel()
-		if errA == nil && errB == nil && sa.StoredKeys >= want && sb.StoredKeys >= want {
-			return sa, sb
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("pools did not reach %d keys within %v: sender %d, receiver %d", want, within, sa.StoredKeys, sb.StoredKeys)
+		sa, sb, errA, errB = leaderPools(a, b, master, slave)
+		return errA == nil && errB == nil && sa.StoredKeys >= want && sb.StoredKeys >= want
+	})
 	return sa, sb
+}
+
+// leaderPools reads a connection's pool at both sites' leaders.
+func leaderPools(a, b *testSite, master, slave string) (sa, sb raftstore.ConnectionStatus, errA, errB error) {
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(2*time.Second))
+	defer cancel()
+	sa, errA = a.leader().Store().Connection(ctx, master, slave)
+	sb, errB = b.leader().Store().Connection(ctx, master, slave)
+	return sa, sb, errA, errB
 }
 
 // registerLinked registers ghi→jkl from sender_app to receiver_app,
@@ -137,10 +140,10 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 		t.Skip("runs QKD sessions")
 	}
 	a, b := linkedSites(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
 	defer cancel()
 	conn := registerLinked(t, ctx, a, 200)
-	sa, sb := waitStored(t, a, b, "ghi", "jkl", 200, 2*time.Minute)
+	sa, sb := waitStored(t, a, b, "ghi", "jkl", 200)
 	if sa.StoredBits != sb.StoredBits || sa.AddedBlocks != sb.AddedBlocks {
 		t.Fatalf("pools differ: sender %d bits in %d blocks, receiver %d bits in %d blocks",
 			sa.StoredBits, sa.AddedBlocks, sb.StoredBits, sb.AddedBlocks)
@@ -156,7 +159,7 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 
 	keysMatch(t, ctx, a, b, 3)
 	// The pool refills after the keys were taken.
-	waitStored(t, a, b, "ghi", "jkl", 200, time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", 200)
 
 	// A site fed by a QKD link refuses admin block imports (they could
 	// reach the two sites in a different order than the link's blocks).
@@ -181,21 +184,20 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 // samePools checks that both sites hold the same blocks for a connection.
 func samePools(t *testing.T, a, b *testSite, master, slave string) (raftstore.ConnectionStatus, raftstore.ConnectionStatus) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
 	var sa, sb raftstore.ConnectionStatus
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		var errA, errB error
-		sa, errA = a.leader().Store().Connection(ctx, master, slave)
-		sb, errB = b.leader().Store().Connection(ctx, master, slave)
-		cancel()
-		if errA == nil && errB == nil && sa.AddedBlocks == sb.AddedBlocks && sa.StoredBits == sb.StoredBits {
-			return sa, sb
+	same := false
+	defer func() {
+		if !same {
+			t.Logf("pools differ: sender %d bits / %d blocks, receiver %d bits / %d blocks",
+				sa.StoredBits, sa.AddedBlocks, sb.StoredBits, sb.AddedBlocks)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("pools differ: sender %d bits / %d blocks, receiver %d bits / %d blocks",
-		sa.StoredBits, sa.AddedBlocks, sb.StoredBits, sb.AddedBlocks)
+	}()
+	testenv.WaitFor(t, "both sites to hold the same blocks of "+master+"→"+slave, func() bool {
+		var errA, errB error
+		sa, sb, errA, errB = leaderPools(a, b, master, slave)
+		return errA == nil && errB == nil && sa.AddedBlocks == sb.AddedBlocks && sa.StoredBits == sb.StoredBits
+	})
+	same = true
 	return sa, sb
 }
 
@@ -207,11 +209,11 @@ func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
 		t.Skip("runs QKD sessions")
 	}
 	a, b := linkedSites(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(4*time.Minute))
 	defer cancel()
 	registerLinked(t, ctx, a, 2000)
 	for round := range 2 {
-		waitStored(t, a, b, "ghi", "jkl", int64(200*(round+1)), time.Minute)
+		waitStored(t, a, b, "ghi", "jkl", int64(200*(round+1)))
 		old := a.leader()
 		t.Logf("round %d: killing leader %s of sender_app mid-generation", round, old.ID())
 		old.Kill()
@@ -220,7 +222,7 @@ func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
 		t.Logf("new leader %s", nl.ID())
 		a.restart(old.ID())
 	}
-	waitStored(t, a, b, "ghi", "jkl", 600, 2*time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", 600)
 	samePools(t, a, b, "ghi", "jkl")
 	keysMatch(t, ctx, a, b, 10)
 	a.waitDigests()
@@ -234,10 +236,10 @@ func TestLinkEavesdropper(t *testing.T) {
 		t.Skip("runs QKD sessions")
 	}
 	a, b := linkedSites(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
 	defer cancel()
 	registerLinked(t, ctx, a, 100000)
-	waitStored(t, a, b, "ghi", "jkl", 100, time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", 100)
 	// The site whose KME ID sorts first (receiver_app) plays Alice and runs
 	// the simulated fiber.
 	l, err := b.leader().linkTo("sender_app")
@@ -252,16 +254,14 @@ func TestLinkEavesdropper(t *testing.T) {
 	}
 	// Wait for two aborted sessions under attack.
 	base := l.Status().Aborted
-	deadline := time.Now().Add(time.Minute)
-	for l.Status().Aborted < base+2 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "two sessions aborted under attack", func() bool { return l.Status().Aborted >= base+2 })
 	st := l.Status()
 	if st.Aborted < base+2 || st.LastQBER < 0.2 {
 		t.Fatalf("under attack: %+v", st)
 	}
 	before, _ := samePools(t, a, b, "ghi", "jkl")
-	time.Sleep(2 * time.Second)
+	aborted := l.Status().Aborted
+	testenv.WaitFor(t, "two more sessions aborted under attack", func() bool { return l.Status().Aborted >= aborted+2 })
 	after, _ := samePools(t, a, b, "ghi", "jkl")
 	if after.AddedBlocks != before.AddedBlocks {
 		t.Fatalf("blocks were added under a full intercept-resend attack: %d → %d", before.AddedBlocks, after.AddedBlocks)
@@ -273,7 +273,7 @@ func TestLinkEavesdropper(t *testing.T) {
 	if err := l.SetEve(0); err != nil {
 		t.Fatal(err)
 	}
-	waitStored(t, a, b, "ghi", "jkl", after.StoredKeys+100, time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", after.StoredKeys+100)
 	if q := l.Status().LastQBER; q > 0.05 {
 		t.Fatalf("QBER %.3f after the attack stopped", q)
 	}
@@ -287,14 +287,14 @@ func TestLinkPluginSwap(t *testing.T) {
 		t.Skip("runs QKD sessions")
 	}
 	a, b := linkedSites(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
 	defer cancel()
 	registerLinked(t, ctx, a, 100000)
 	stored := func() int64 {
-		s, _ := waitStored(t, a, b, "ghi", "jkl", 0, time.Minute)
+		s, _ := waitStored(t, a, b, "ghi", "jkl", 0)
 		return s.StoredKeys
 	}
-	waitStored(t, a, b, "ghi", "jkl", 100, time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", 100)
 	alice := b.leader().links.byPeer["sender_app"]
 	if !strings.Contains(alice.Status().Plugins, "reconcile=cascade@") {
 		t.Fatalf("default plugins: %q", alice.Status().Plugins)
@@ -309,17 +309,16 @@ func TestLinkPluginSwap(t *testing.T) {
 	if err := a.leader().usePlugin(ctx, UseRequest{Step: "amplify", Plugin: "cascade"}); err == nil {
 		t.Fatal("a reconcile plugin was accepted for the amplify step")
 	}
-	deadline := time.Now().Add(time.Minute)
-	for a.leader().links.byPeer["receiver_app"].Status().PluginMismatch == "" && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "the sender site to report the plugin mismatch", func() bool {
+		return a.leader().links.byPeer["receiver_app"].Status().PluginMismatch != ""
+	})
 	mismatch := a.leader().links.byPeer["receiver_app"].Status().PluginMismatch
 	if !strings.Contains(mismatch, "cascade-yanetal") {
 		t.Fatalf("mismatch not reported at the sender site: %q", mismatch)
 	}
 	t.Logf("reported: %s", mismatch)
 	n0 := stored()
-	waitStored(t, a, b, "ghi", "jkl", n0+100, time.Minute) // keys keep flowing on the old set
+	waitStored(t, a, b, "ghi", "jkl", n0+100) // keys keep flowing on the old set
 	if !strings.Contains(alice.Status().Plugins, "reconcile=cascade@") {
 		t.Fatalf("old set not in use during the mismatch: %q", alice.Status().Plugins)
 	}
@@ -327,15 +326,14 @@ func TestLinkPluginSwap(t *testing.T) {
 	if err := b.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "cascade-yanetal@" + "1.0.0"}); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(time.Minute)
-	for !strings.Contains(alice.Status().Plugins, "reconcile=cascade-yanetal@") && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "sessions on cascade-yanetal", func() bool {
+		return strings.Contains(alice.Status().Plugins, "reconcile=cascade-yanetal@")
+	})
 	if st := alice.Status(); !strings.Contains(st.Plugins, "reconcile=cascade-yanetal@") || st.PluginMismatch != "" {
 		t.Fatalf("new set not agreed: %+v", st)
 	}
 	n1 := stored()
-	waitStored(t, a, b, "ghi", "jkl", n1+100, time.Minute)
+	waitStored(t, a, b, "ghi", "jkl", n1+100)
 	samePools(t, a, b, "ghi", "jkl")
 }
 
@@ -347,15 +345,12 @@ func TestLinkPadsFromSessions(t *testing.T) {
 		t.Skip("runs QKD sessions")
 	}
 	a, b := linkedSitesPSK(t, 1, 16+32) // hash key + the pads of one session
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
 	defer cancel()
 	registerLinked(t, ctx, a, 100000)
 	alice := b.leader().links.byPeer["sender_app"]
-	deadline := time.Now().Add(2 * time.Minute)
 	const sessions = 12 // past the 8 sessions' worth of pads after which used pads are erased
-	for alice.Status().Sessions < sessions && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, fmt.Sprintf("%d sessions", sessions), func() bool { return alice.Status().Sessions >= sessions })
 	st := alice.Status()
 	if st.Sessions < sessions || st.Aborted != 0 {
 		t.Fatalf("sessions on replenished pads: %+v", st)

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"qkdkms/internal/testenv"
 )
 
 // TestProcessSite builds the qkdkms binary and runs a 3-node site as child
@@ -108,7 +110,7 @@ func TestProcessSite(t *testing.T) {
 	leaderOf := func(via ...string) ServersResponse {
 		t.Helper()
 		var res ServersResponse
-		waitFor(t, "a leader", func() bool {
+		testenv.WaitFor(t, "a leader", func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			r, err := admin(via...).Servers(ctx)
@@ -134,7 +136,7 @@ func TestProcessSite(t *testing.T) {
 		}
 	}
 	var second string
-	waitFor(t, "a new leader", func() bool {
+	testenv.WaitFor(t, "a new leader", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		r, err := admin(survivors...).Servers(ctx)
@@ -145,7 +147,7 @@ func TestProcessSite(t *testing.T) {
 
 	// The killed node restarts from its data dir and reports ready.
 	start(first)
-	waitFor(t, first+" ready", func() bool {
+	testenv.WaitFor(t, first+" ready", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		r, err := admin(addrs[first]).Servers(ctx)
@@ -173,7 +175,7 @@ func TestProcessSite(t *testing.T) {
 	}
 
 	// The plain-HTTP seed listener of n1 answers.
-	waitFor(t, "seed /ping", func() bool {
+	testenv.WaitFor(t, "seed /ping", func() bool {
 		resp, err := http.Get("http://" + seedAddr + "/ping")
 		if err != nil {
 			return false

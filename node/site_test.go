@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"qkdkms/internal/testenv"
 )
 
 func TestSiteMembershipThroughFollower(t *testing.T) {
@@ -51,7 +53,7 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 	if d := site.waitDigests(); d == "" {
 		t.Fatal("empty digest")
 	}
-	waitFor(t, "n4 to follow "+leader.ID(), func() bool { id, _ := n4.Store().Leader(); return id == leader.ID() })
+	testenv.WaitFor(t, "n4 to follow "+leader.ID(), func() bool { id, _ := n4.Store().Leader(); return id == leader.ID() })
 
 	// Remove it again, this time asking n4 itself (a follower).
 	res, err = p.adminClient(t, "site_a", n4.Addr()).Remove(ctx, "n4")
@@ -81,7 +83,7 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 	if newLeader.ID() == leader.ID() {
 		t.Fatal("removed leader still leads")
 	}
-	waitFor(t, "two servers", func() bool {
+	testenv.WaitFor(t, "two servers", func() bool {
 		r, err := admin.Servers(ctx)
 		return err == nil && len(r.Servers) == 2 && r.Leader == newLeader.ID()
 	})
@@ -202,18 +204,6 @@ func TestRaftALPNRefusesOtherSite(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds (30 s at most).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -241,18 +231,10 @@ func TestHealthReadyMetrics(t *testing.T) {
 		}
 		// Ready once the node knows a leader and has applied the leader's
 		// barrier; right after an election that can take a moment.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			code, b := get(n, "/readyz")
-			if code == http.StatusOK {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s /readyz: %d %s", n.ID(), code, b)
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		testenv.WaitFor(t, n.ID()+" /readyz to answer 200", func() bool {
+			code, _ := get(n, "/readyz")
+			return code == http.StatusOK
+		})
 	}
 	body := scrape(t, c, leader)
 	for _, want := range []string{
