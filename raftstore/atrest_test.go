@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"qkdkms/internal/testenv"
 )
 
 type fakeClock struct {
@@ -39,8 +41,8 @@ func openSingle(t *testing.T, dir string, kek []byte, logOut io.Writer, mod func
 	cfg := Config{NodeID: "n1", DataDir: dir, Transport: tr, KEK: kek, NoSync: true,
 		Bootstrap:        []raft.Server{{ID: "n1", Address: "n1"}},
 		Logger:           slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond,
-		LeaderLeaseTimeout: 50 * time.Millisecond, SnapshotThreshold: 1 << 30, SnapshotInterval: time.Hour,
+		HeartbeatTimeout: testenv.Scaled(50 * time.Millisecond), ElectionTimeout: testenv.Scaled(50 * time.Millisecond),
+		LeaderLeaseTimeout: testenv.Scaled(50 * time.Millisecond), SnapshotThreshold: 1 << 30, SnapshotInterval: time.Hour,
 		RaftLogLevel: "debug"}
 	if mod != nil {
 		mod(&cfg)
@@ -49,16 +51,11 @@ func openSingle(t *testing.T, dir string, kek []byte, logOut io.Writer, mod func
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := s.Connections(context.Background()); err == nil {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("single node never became leader")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "the single node to lead", func() bool {
+		_, err := s.Connections(context.Background())
+		return err == nil
+	})
+	return s
 }
 
 func newKEK(t *testing.T) []byte {
@@ -338,16 +335,10 @@ func TestAtRestShredding(t *testing.T) {
 	// The node restarts from what is left and reaches the same state.
 	s2 := openSingle(t, dir, kek, io.Discard, mod)
 	defer s2.Shutdown(ctx)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, d := s2.Digest(); d == digest {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("restarted node has a different state")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "the restarted node to reach the state it had", func() bool {
+		_, d := s2.Digest()
+		return d == digest
+	})
 	if st, err := s2.Connection(ctx, "A", "B"); err != nil || st.StoredBits != 4*1024*8-(64+1+12)*256 {
 		t.Fatalf("after restart: %+v %v", st, err)
 	}

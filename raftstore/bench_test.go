@@ -18,6 +18,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
+
+	"qkdkms/internal/testenv"
 )
 
 // tcpSite starts n stores on loopback TCP transports with fsync on.
@@ -57,19 +59,20 @@ func tcpSite(b *testing.B, n int, noSync bool) []*Store {
 }
 
 func waitLeader(b testing.TB, stores []*Store) *Store {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	b.Helper()
+	var leader *Store
+	testenv.WaitFor(b, "a leader that answers reads", func() bool {
 		for _, s := range stores {
 			if s.IsLeader() {
 				if _, err := s.Connections(context.Background()); err == nil {
-					return s
+					leader = s
+					return true
 				}
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	b.Fatal("no leader")
-	return nil
+		return false
+	})
+	return leader
 }
 
 var benchConn = Connection{MasterSAE: "master", SlaveSAE: "slave", KeySize: 256, MaxKeyPerRequest: 128}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"qkdkms/internal/testenv"
 	"qkdkms/raftstore"
 	"qkdkms/raftstore/storetest"
 )
@@ -47,14 +48,15 @@ func ids(n int) []string {
 // change (what node's forwarding does).
 func withLeader(t *testing.T, c *storetest.Cluster, fn func(s *raftstore.Store) error) error {
 	t.Helper()
-	for i := 0; ; i++ {
-		err := fn(c.Leader(t))
-		if err == nil || i > 100 || !(errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader) ||
-			errors.Is(err, raftstore.ErrClosed)) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
+	var err error
+	if werr := testenv.Until(context.Background(), "a leader that takes the call", func() bool {
+		err = fn(c.Leader(t))
+		return err == nil || !(errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader) ||
+			errors.Is(err, raftstore.ErrClosed))
+	}); werr != nil {
+		return fmt.Errorf("%w (last error: %w)", werr, err)
 	}
+	return err
 }
 
 // TestTwoSitesRoundTrip: a master site issues, the slave site records the
@@ -245,6 +247,8 @@ func TestFailover(t *testing.T) {
 	// its request (same ID) on whichever node leads until it succeeds.
 	old := c.Leader(t)
 	oldID, _ := old.Leader()
+	issued := func() int { is.mu.Lock(); defer is.mu.Unlock(); return len(is.reqs) }
+	before := issued()
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -259,7 +263,7 @@ func TestFailover(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(20 * time.Millisecond)
+	testenv.WaitFor(t, "the concurrent callers' first keys", func() bool { return issued() > before })
 	c.Crash(oldID)
 	wg.Wait()
 	round(10)
@@ -278,19 +282,14 @@ func TestFailover(t *testing.T) {
 		t.Fatalf("write on partitioned leader: %v", err)
 	}
 	// The majority elects a new leader and carries on.
-	deadline := time.Now().Add(10 * time.Second)
-	var nl *raftstore.Store
-	for nl == nil && time.Now().Before(deadline) {
+	testenv.WaitFor(t, "the majority to elect a leader", func() bool {
 		for _, s := range c.Stores {
 			if s != nil && s != l && s.IsLeader() {
-				nl = s
+				return true
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if nl == nil {
-		t.Fatal("majority elected no leader")
-	}
+		return false
+	})
 	for i := 0; i < 30; i++ { // enough entries to snapshot past the isolated node
 		if err := withLeader(t, c, func(s *raftstore.Store) error {
 			if s == l {

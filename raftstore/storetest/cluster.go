@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"qkdkms/internal/testenv"
 	"qkdkms/raftstore"
 )
 
@@ -101,8 +102,8 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 			NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: servers,
 			Logger:           slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: o.level})).With("node", c.IDs[i]),
 			NoSync:           true,
-			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+			HeartbeatTimeout: testenv.Scaled(100 * time.Millisecond), ElectionTimeout: testenv.Scaled(100 * time.Millisecond),
+			LeaderLeaseTimeout: testenv.Scaled(100 * time.Millisecond), CommitTimeout: 5 * time.Millisecond,
 		}
 		for _, m := range o.mods {
 			m(i, &cfg)
@@ -166,27 +167,27 @@ func (c *Cluster) Store(id string) *raftstore.Store {
 // Config returns node i's config (e.g. its DataDir).
 func (c *Cluster) Config(i int) raftstore.Config { return c.cfgs[i] }
 
-// Leader waits (up to 15 s) for a running node that leads and answers
-// reads, and returns it.
+// Leader waits for a running node that leads and answers reads, and
+// returns it.
 func (c *Cluster) Leader(t testing.TB) *raftstore.Store {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	var leader *raftstore.Store
+	testenv.WaitFor(t, "a leader that answers reads", func() bool {
 		for _, s := range c.running() {
 			if !s.IsLeader() {
 				continue
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(500*time.Millisecond))
 			_, err := s.Connections(ctx)
 			cancel()
 			if err == nil {
-				return s
+				leader = s
+				return true
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("storetest: no leader within 15s")
-	return nil
+		return false
+	})
+	return leader
 }
 
 // Followers returns the running nodes that are not leader right now.
@@ -318,15 +319,20 @@ func (c *Cluster) Restart(t testing.TB, id string) *raftstore.Store {
 	return s
 }
 
-// WaitDigestsEqual waits (up to 20 s) until every running node applied the
-// same index with the same state digest, and returns that digest.
+// WaitDigestsEqual waits until every running node applied the same index
+// with the same state digest, and returns that digest.
 func (c *Cluster) WaitDigestsEqual(t testing.TB) string {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	var last, d0 string
+	equal := false
+	defer func() {
+		if !equal {
+			t.Logf("storetest: last digests:%s", last)
+		}
+	}()
+	testenv.WaitFor(t, "equal digests on every running node", func() bool {
 		var idx0 uint64
-		var d0 string
+		d0 = ""
 		same := true
 		last = ""
 		for _, s := range c.running() {
@@ -338,11 +344,8 @@ func (c *Cluster) WaitDigestsEqual(t testing.TB) string {
 				same = false
 			}
 		}
-		if same && d0 != "" {
-			return d0
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("storetest: digests differ after 20s:%s", last)
-	return ""
+		return same && d0 != ""
+	})
+	equal = true
+	return d0
 }
