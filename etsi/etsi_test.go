@@ -45,17 +45,16 @@ func (l *testLog) records() []map[string]any {
 }
 
 type twoSites struct {
-	world          *memkme.World
-	ca             *pki.CA
-	dir            string
-	a, b           *httptest.Server
-	audit          *testLog
-	certs          sync.Map
-	noID           tls.Certificate
-	harness        etsitest.Harness
-	seedA, seedB   *httptest.Server
-	seedAudit      *testLog
-	httpsA, httpsB string
+	world        *memkme.World
+	ca           *pki.CA
+	dir          string
+	a, b         *httptest.Server
+	audit        *testLog
+	certs        sync.Map
+	noID         tls.Certificate
+	harness      etsitest.Harness
+	seedA, seedB *httptest.Server
+	seedAudit    *testLog
 }
 
 // newTwoSites starts two in-memory KMEs, "sender_app" and "receiver_app",

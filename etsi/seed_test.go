@@ -165,7 +165,6 @@ func TestSeedAPI(t *testing.T) {
 		})
 	}
 	// GET and POST both work; keys match across sites; 3 keys of 64 bits in the pool
-	var ids []string
 	for i, method := range []string{"GET", "POST", "GET"} {
 		code, b := seedDo(t, method, A+"/get_key?slave_host=jkl", "application/x-www-form-urlencoded", "")
 		var k etsi.SeedKey
@@ -177,7 +176,6 @@ func TestSeedAPI(t *testing.T) {
 		if code != 200 || json.Unmarshal(b, &s) != nil || s != k {
 			t.Fatalf("slave get_key %d: %d %s, want %+v", i, code, b, k)
 		}
-		ids = append(ids, k.KeyID)
 	}
 	if code, b := seedDo(t, "GET", A+"/get_key?slave_host=jkl", "", ""); code != 503 {
 		t.Fatalf("empty pool: %d %s", code, b)
