@@ -29,9 +29,10 @@ check-cplugins:
 	for f in $$tmp/*.wasm; do [ -f plugins/c/wasm/$$(basename $$f) ] || { echo "$$(basename $$f): built but not committed (make cplugins)"; rm -rf $$tmp; exit 1; }; done; \
 	rm -rf $$tmp; echo "plugins/c: committed builds reproduced byte for byte"
 
-## test: vet, unit and integration tests, and a short fuzz run of the ETSI decoders (40,000 inputs each)
+## test: lint, every package's tests under the race detector (which needs
+## cgo), and a short fuzz run of the ETSI decoders (40,000 inputs each)
 test: lint
-	$(GO) test -count=1 -timeout 20m ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 # Execution counts, not durations: a duration -fuzztime can fail spuriously
@@ -54,10 +55,14 @@ bench:
 	$(GO) test -run '^$$' -bench . -skip '$(BENCH_PP)' -benchtime 2s -timeout 60m ./... | tee -a bench.out
 	@echo; echo "== summary =="; grep -E '^Benchmark' bench.out
 
-## lint: gofmt and go vet
+## lint: gofmt, go vet, go.mod tidy, and staticcheck with no finding but
+## those waived in .ci/staticcheck-waivers (elsewhere: //lint:ignore CHECK reason)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum untidy (run go mod tidy):"; $(GO) mod tidy -diff; exit 1; }
+	./.ci/staticcheck $(GO) run $(STATICCHECK)
 
 ## run: the embedded demo — two sites × three nodes on 127.0.0.1 joined by a simulated 25 km QKD link
 run: build plugins
