@@ -244,26 +244,32 @@ func TestCCascadeMatchesGo(t *testing.T) {
 	}
 }
 
-// TestCCascadeLarge: n = 10^5 at several error rates, many seeds.
+// TestCCascadeLarge: n around 10^5 at several error rates and seeds, and
+// the sizes where the permutation tables change form (2^16, 2^17).
 func TestCCascadeLarge(t *testing.T) {
 	rs := cRunners(t)
-	runs := 4
+	type tc struct {
+		n int
+		q float64
+	}
+	var cases []tc
+	for _, q := range []float64{0.01, 0.02, 0.05, 0.1} {
+		cases = append(cases, tc{100000, q}, tc{100001, q}) // odd n: the n/2 passes permute instead of splitting in halves
+	}
+	cases = append(cases, tc{65536, 0.03}, tc{65537, 0.03}, tc{131072, 0.02}, tc{131073, 0.02}, tc{150001, 0.04})
 	if testing.Short() {
-		runs = 1
+		cases = cases[:3]
 	}
 	for _, name := range cascadePlugins {
-		for _, q := range []float64{0.01, 0.02, 0.05, 0.1} {
-			for s := 0; s < runs; s++ {
-				t.Run(fmt.Sprintf("%s/q=%g/%d", name, q, s), func(t *testing.T) {
-					n := 100000 + s // odd n: the n/2 passes permute instead of splitting in halves
-					a, b := keyPair(fmt.Sprint("large", q, s), n, q)
-					ra, rb, err := lockstep(t, rs[name], name, q, []byte(fmt.Sprint(s)), a, b, nil)
-					if err != nil {
-						t.Fatal(err)
-					}
-					t.Logf("leaked %d rounds %d corrected %d, equal=%v", ra.Leaked, ra.Rounds, rb.Corrected, bytes.Equal(ra.Output, rb.Output))
-				})
-			}
+		for s, c := range cases {
+			t.Run(fmt.Sprintf("%s/n=%d/q=%g", name, c.n, c.q), func(t *testing.T) {
+				a, b := keyPair(fmt.Sprint("large", c, s), c.n, c.q)
+				ra, rb, err := lockstep(t, rs[name], name, c.q, []byte(fmt.Sprint(s)), a, b, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("leaked %d rounds %d corrected %d, equal=%v", ra.Leaked, ra.Rounds, rb.Corrected, bytes.Equal(ra.Output, rb.Output))
+			})
 		}
 	}
 }

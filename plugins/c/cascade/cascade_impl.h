@@ -213,6 +213,51 @@ static bitsview r_bits(qkd_reader *r) {
 }
 static uint8_t bits_get(bitsview v, uint32_t i) { return (uint8_t)(v.b[i >> 3] >> (i & 7) & 1); }
 
+/* ---- packed arrays and permutation tables --------------------------------- */
+
+static uint64_t load64(const uint8_t *p) {
+	uint64_t x;
+	__builtin_memcpy(&x, p, 8);
+	return x;
+}
+static void store64(uint8_t *p, uint64_t x) { __builtin_memcpy(p, &x, 8); }
+
+/* packed_get/packed_set: entry i of an array of bits-bit entries (bits ≤ 32;
+ * the array has 8 spare bytes at the end). */
+static uint32_t packed_get(const uint64_t *a, uint32_t bits, uint32_t i) {
+	uint64_t o = (uint64_t)i * bits;
+	return (uint32_t)((load64((const uint8_t *)a + (o >> 3)) >> (o & 7)) & (((uint64_t)1 << bits) - 1));
+}
+static void packed_set(uint64_t *a, uint32_t bits, uint32_t i, uint32_t v) {
+	uint64_t o = (uint64_t)i * bits;
+	uint8_t *p = (uint8_t *)a + (o >> 3);
+	uint64_t m = (((uint64_t)1 << bits) - 1) << (o & 7);
+	store64(p, (load64(p) & ~m) | ((uint64_t)v << (o & 7)));
+}
+
+/* A permutation table (a Go []uint32 of values < n): entry i is lo[i] |
+ * hi_i << 16, hi_i the i-th hb-bit field of hi, hb = Len(n−1) − 16 (0 for
+ * n ≤ 2^16: no hi). Two bytes and a bit per entry for n ≤ 2^17 instead of
+ * four: fewer memory pages to touch, and each page a WASM instance touches
+ * first costs a page fault in the host (an instance lives for one session). */
+typedef struct {
+	uint16_t *lo;
+	uint64_t *hi;
+	uint32_t hb;
+} ptab;
+
+static inline __attribute__((always_inline)) uint32_t ptab_get(ptab a, uint32_t i) {
+	uint32_t v = a.lo[i];
+	if (a.hb)
+		v |= packed_get(a.hi, a.hb, i) << 16;
+	return v;
+}
+static inline __attribute__((always_inline)) void ptab_set(ptab a, uint32_t i, uint32_t v) {
+	a.lo[i] = (uint16_t)v;
+	if (a.hb)
+		packed_set(a.hi, a.hb, i, v >> 16);
+}
+
 /* ---- RNG (bits/rng.go) ---------------------------------------------------- */
 
 /* rng is xoshiro256** (bits.RNG). */
@@ -390,7 +435,7 @@ typedef struct {
 	uint32_t n, cap;
 } cands;
 
-static void cands_push(cands *s, uint32_t b, uint32_t h, uint32_t lo, uint32_t hi) {
+static inline __attribute__((always_inline)) void cands_push(cands *s, uint32_t b, uint32_t h, uint32_t lo, uint32_t hi) {
 	grow((void **)&s->v, &s->cap, s->n + 1, sizeof(cand));
 	cand c = {b, h, lo, hi};
 	s->v[s->n++] = c;
@@ -408,9 +453,9 @@ enum { ORDER_KEY, ORDER_PERM, ORDER_HALVES };
 /* pass: cascade.go's pass, laid out to touch few memory pages (each page a
  * WASM instance touches first costs a page fault in the host, and an
  * instance lives for one session, so that cost is paid every time):
- *   - a permutation pass keeps perm and its inverse packed in ibits bits
- *     per entry, in the pages the shuffle used (Bob only; Alice needs
- *     neither once bv is built);
+ *   - a permutation pass keeps perm and its inverse as permutation tables
+ *     (ptab: two bytes and a bit per entry; Bob only, Alice needs neither
+ *     once bv is built);
  *   - a halves pass keeps no bv: a range's parity is that of the key under
  *     the subset bitmap (or its complement) between the range's first and
  *     last key positions; the rank directory has one entry per eight words;
@@ -423,8 +468,8 @@ typedef struct {
 	uint32_t k, nb;
 	uint32_t ts;    /* tree slots per block: 2·nextpow2(k) */
 	int order;      /* ORDER_* */
-	uint64_t *perm; /* ORDER_PERM, Bob: permuted position → key position (packed) */
-	uint64_t *inv;  /* ORDER_PERM, Bob: key position → permuted position (packed) */
+	ptab perm;      /* ORDER_PERM, Bob: permuted position → key position */
+	ptab inv;       /* ORDER_PERM, Bob: key position → permuted position */
 	uint64_t *sel;  /* ORDER_HALVES: the first block's positions (NULL: not built) */
 	uint32_t *rank; /* ORDER_HALVES: selected bits before word 8i, at i */
 	uint8_t par0;   /* ORDER_HALVES: parity of the key's selected bits at the start */
@@ -442,7 +487,7 @@ static struct {
 	uint8_t perm_seed[32];
 	uint32_t n;
 	uint64_t *key; /* n bits */
-	uint32_t ibits; /* bits per packed permutation entry: Len(n−1) */
+	uint32_t hb; /* high bits per permutation table entry */
 	pass ps[PASSES];
 	int state;
 	int built;    /* Bob: the first message arrived */
@@ -462,26 +507,6 @@ static struct {
 } c;
 
 /* ---- packed arrays, node states ------------------------------------------- */
-
-static uint64_t load64(const uint8_t *p) {
-	uint64_t x;
-	__builtin_memcpy(&x, p, 8);
-	return x;
-}
-static void store64(uint8_t *p, uint64_t x) { __builtin_memcpy(p, &x, 8); }
-
-/* packed_get/packed_set: entry i of an array of bits-bit entries (bits ≤ 32;
- * the array has 8 spare bytes at the end). */
-static uint32_t packed_get(const uint64_t *a, uint32_t bits, uint32_t i) {
-	uint64_t o = (uint64_t)i * bits;
-	return (uint32_t)((load64((const uint8_t *)a + (o >> 3)) >> (o & 7)) & (((uint64_t)1 << bits) - 1));
-}
-static void packed_set(uint64_t *a, uint32_t bits, uint32_t i, uint32_t v) {
-	uint64_t o = (uint64_t)i * bits;
-	uint8_t *p = (uint8_t *)a + (o >> 3);
-	uint64_t m = (((uint64_t)1 << bits) - 1) << (o & 7);
-	store64(p, (load64(p) & ~m) | ((uint64_t)v << (o & 7)));
-}
 
 /* node_get/node_set: the state of node h of block b of pass p. Nodes h ≥ 2
  * only ever hold 0, QUERIED, KNOWN or KNOWN|DIFF (a query is made for an
@@ -602,8 +627,7 @@ static void halves(pass *p, int i, int store) {
 	}
 }
 
-/* gather: bv[t] = key[perm[t]] for the 32-bit permutation perm, one
- * output word at a time. */
+/* gather: bv[t] = key[perm[t]], one output word at a time. */
 static void gather(uint64_t *bv, const uint32_t *perm) {
 	uint32_t n = c.n, full = n / 64;
 	const uint64_t *kw = c.key;
@@ -623,40 +647,9 @@ static void gather(uint64_t *bv, const uint32_t *perm) {
 	}
 }
 
-/* pack_in_place packs the n 32-bit entries of a into b bits each from the
- * front of the same array (b ≤ 32): word w of the packed stream is written
- * once the entries up to (64w+64)/b ≥ 2w+2 are read, whose 32-bit words
- * end at byte 8w+8. The stream is one word longer than its n·b bits. */
-static void pack_in_place(uint32_t *a, uint32_t n, uint32_t b) {
-	uint64_t *pk = (uint64_t *)a, acc = 0;
-	uint32_t have = 0, w = 0;
-#define PACK1(v)                                                                                                      \
-	do {                                                                                                           \
-		uint64_t v_ = (v);                                                                                     \
-		acc |= v_ << have;                                                                                     \
-		have += b;                                                                                             \
-		if (have >= 64) {                                                                                      \
-			pk[w++] = acc;                                                                                 \
-			have -= 64;                                                                                    \
-			acc = have ? v_ >> (b - have) : 0;                                                             \
-		}                                                                                                      \
-	} while (0)
-	uint32_t t = 0;
-	for (; t + 8 <= n; t += 8) {
-		PACK1(a[t]);
-		PACK1(a[t + 1]);
-		PACK1(a[t + 2]);
-		PACK1(a[t + 3]);
-		PACK1(a[t + 4]);
-		PACK1(a[t + 5]);
-		PACK1(a[t + 6]);
-		PACK1(a[t + 7]);
-	}
-	for (; t < n; t++)
-		PACK1(a[t]);
-#undef PACK1
-	pk[w] = acc;
-}
+/* The 32-bit shuffle and the low halves written over it share memory. */
+typedef uint32_t __attribute__((may_alias)) u32_alias;
+typedef uint16_t __attribute__((may_alias)) u16_alias;
 
 /* top_count: cascade.topCount — parities in Alice's first message. */
 static uint32_t top_count(void) {
@@ -672,7 +665,7 @@ static uint32_t top_count(void) {
 /* build: cascade.build — every pass's order from the permutation seed. */
 static void build(const uint8_t perm_seed[32]) {
 	__builtin_memcpy(c.perm_seed, perm_seed, 32);
-	c.ibits = c.n > 1 ? (uint32_t)len32(c.n - 1) : 1;
+	c.hb = c.n > 65536 ? (uint32_t)len32(c.n - 1) - 16 : 0;
 	for (int i = 0; i < PASSES; i++) {
 		pass *p = &c.ps[i];
 		if (i == 0) {
@@ -685,33 +678,44 @@ static void build(const uint8_t perm_seed[32]) {
 			rng r;
 			pass_label(label, i);
 			rng_new(&r, perm_seed, 32, label);
-			uint32_t n = c.n, b = c.ibits;
+			uint32_t n = c.n, hb = c.hb;
 			p->order = ORDER_PERM;
 			p->bv = must_alloc((uint64_t)qkd_words(n) * 8 + 8);
-			/* the shuffle's 32-bit words; Bob then packs perm into the
-			 * front and its inverse behind it, in the same pages */
-			uint64_t packed = (((uint64_t)n * b + 63) / 64 + 1) * 8;
-			uint64_t size = (uint64_t)n * 4;
-			if (c.role == QKD_BOB && 2 * packed > size)
-				size = 2 * packed;
-			uint32_t *perm = must_alloc(size);
-			rng_perm(&r, n, perm);
-			gather(p->bv, perm);
+			/* the shuffle's 32-bit words; Bob then keeps perm and its
+			 * inverse as tables whose low halves fill the same pages,
+			 * perm.lo over the front, inv.lo behind it, the high bits
+			 * after */
+			uint64_t half = ((uint64_t)n * 2 + 7) & ~7ull; /* one table's low halves */
+			uint64_t lo = 2 * half, hib = hb ? (((uint64_t)n * hb + 7) / 8 + 15) & ~7ull : 0;
+			uint64_t size = c.role == QKD_BOB ? lo + 2 * hib : lo;
+			uint8_t *mem = must_alloc(size);
+			rng_perm(&r, n, (uint32_t *)mem);
+			gather(p->bv, (const uint32_t *)mem);
 			if (c.role != QKD_BOB) {
-				qkd_free(perm, (size_t)size); /* the next pass's shuffle reuses it */
+				qkd_free(mem, (size_t)size); /* the next pass's shuffle reuses it */
 			} else {
-				pack_in_place(perm, n, b);
-				uint64_t *pk = p->perm = (uint64_t *)perm;
-				uint64_t *inv = p->inv = (uint64_t *)((uint8_t *)perm + packed);
+				ptab perm = {(uint16_t *)mem, hb ? (uint64_t *)(mem + lo) : NULL, hb};
+				ptab inv = {(uint16_t *)(mem + half), hb ? (uint64_t *)(mem + lo + hib) : NULL, hb};
+				/* low halves in place: lo[t] (bytes 2t, 2t+1) only covers
+				 * 32-bit entries already read */
+				const u32_alias *a32 = (const u32_alias *)mem;
+				u16_alias *a16 = (u16_alias *)mem;
+				for (uint32_t t = 0; t < n; t++) {
+					uint32_t v = a32[t];
+					a16[t] = (uint16_t)v;
+					if (hb)
+						packed_set(perm.hi, hb, t, v >> 16);
+				}
 				uint32_t t = 0;
 				for (; t + 4 <= n; t += 4) {
-					packed_set(inv, b, packed_get(pk, b, t), t);
-					packed_set(inv, b, packed_get(pk, b, t + 1), t + 1);
-					packed_set(inv, b, packed_get(pk, b, t + 2), t + 2);
-					packed_set(inv, b, packed_get(pk, b, t + 3), t + 3);
+					ptab_set(inv, ptab_get(perm, t), t);
+					ptab_set(inv, ptab_get(perm, t + 1), t + 1);
+					ptab_set(inv, ptab_get(perm, t + 2), t + 2);
+					ptab_set(inv, ptab_get(perm, t + 3), t + 3);
 				}
 				for (; t < n; t++)
-					packed_set(inv, b, packed_get(pk, b, t), t);
+					ptab_set(inv, ptab_get(perm, t), t);
+				p->perm = perm, p->inv = inv;
 			}
 		}
 		if (c.role == QKD_BOB) {
@@ -762,7 +766,7 @@ static uint8_t block_parity(const pass *p, uint32_t b) {
 static uint32_t idx(const pass *p, uint32_t x) {
 	switch (p->order) {
 	case ORDER_PERM:
-		return packed_get(p->inv, c.ibits, x);
+		return ptab_get(p->inv, x);
 	case ORDER_HALVES: {
 		uint32_t w = x >> 6;
 		uint64_t m = p->sel[w];
@@ -782,7 +786,7 @@ static uint32_t idx(const pass *p, uint32_t x) {
 static uint32_t pos(const pass *p, uint32_t t) {
 	switch (p->order) {
 	case ORDER_PERM:
-		return packed_get(p->perm, c.ibits, t);
+		return ptab_get(p->perm, t);
 	case ORDER_HALVES: {
 		int sel = t < p->k;
 		if (!sel)
@@ -1090,7 +1094,7 @@ static void start_pass(int j) {
 		return; /* pass 0 starts before any correction */
 	if (p->order == ORDER_PERM) {
 		for (uint32_t i = 0; i < c.nflips; i++) {
-			uint32_t t = packed_get(p->inv, c.ibits, c.flips[i]);
+			uint32_t t = ptab_get(p->inv, c.flips[i]);
 			vec_flip(p->bv, t);
 			p->root[t / p->k] ^= DIFF;
 		}
@@ -1256,15 +1260,22 @@ static int plugin_step(qkd_bytes in, qkd_bytes peer, int has_peer, qkd_result *r
 	}
 	if (c.state == 1 && has_peer) {
 		c.rounds++;
-		if (c.role == QKD_ALICE)
-			return alice_answer(peer, res);
-		if (!c.built) {
-			if (bob_first(peer) != QKD_OK)
-				return QKD_ERR;
-		} else if (bob_answers(peer) != QKD_OK) {
-			return QKD_ERR;
+		int st;
+		if (c.role == QKD_ALICE) {
+			st = alice_answer(peer, res);
+		} else {
+			if (!c.built)
+				st = bob_first(peer);
+			else
+				st = bob_answers(peer);
+			if (st == QKD_OK)
+				st = bob_run(res);
 		}
-		return bob_run(res);
+		/* Nothing refers to the message any more (ABI.md §3: the guest may
+		 * free it): when no allocation followed it, the next message
+		 * reuses its memory instead of new pages. */
+		qkd_free((void *)peer.p, peer.n);
+		return st;
 	}
 	return qkd_fail("step: protocol violation: cascade: unexpected call");
 }
