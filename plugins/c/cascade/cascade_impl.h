@@ -12,10 +12,18 @@
  * and includes this header once (plugins/c/cascade/cascade.c,
  * plugins/c/cascade-yanetal/cascade-yanetal.c).
  *
- * Memory: the bump allocator of qkd_guest.h; an instance lives for one
- * session, so nothing is freed except growable arrays moved on growth.
- * Running out of memory traps (the host aborts the session, ABI.md §1), as
- * the Go plugin's runtime does.
+ * Speed. The data structures are Go's, laid out so that few memory pages
+ * are touched and few loop iterations run: an instance lives for one
+ * session, every page it touches first costs the host a page fault, and the
+ * host counts every loop iteration and call (ABI.md §1, instrumentation).
+ * Where the C differs from the Go in how it gets a result (not in the
+ * result), a comment says why the result is the same.
+ *
+ * Memory: the bump allocator of qkd_guest.h (memory it never handed out is
+ * left untouched); nothing is freed except growable arrays moved on growth,
+ * a pass's shuffle buffer (Alice) and each received message. Running out of
+ * memory traps (the host aborts the session, ABI.md §1), as the Go plugin's
+ * runtime does.
  */
 #ifndef CASCADE_IMPL_H
 #define CASCADE_IMPL_H
@@ -170,7 +178,6 @@ static int64_t block(double q, int64_t n, int i) {
 
 /* ---- bit vectors (bits.Vec) ----------------------------------------------- */
 
-static uint8_t vec_get(const uint64_t *w, uint32_t i) { return (uint8_t)(w[i >> 6] >> (i & 63) & 1); }
 static void vec_set1(uint64_t *w, uint32_t i) { w[i >> 6] |= 1ull << (i & 63); }
 static void vec_flip(uint64_t *w, uint32_t i) { w[i >> 6] ^= 1ull << (i & 63); }
 
@@ -184,8 +191,8 @@ static uint8_t vec_parity(const uint64_t *w, uint32_t lo, uint32_t hi) {
 	if (wl == wh)
 		return (uint8_t)(popcount64(w[wl] & ml & mh) & 1);
 	uint64_t x = w[wl] & ml;
-	/* eight words per iteration: in WASM each loop back-edge costs a
-	 * termination check (the host closes instances on context expiry) */
+	/* eight words per iteration: fewer loop iterations for the host to
+	 * count */
 	uint32_t i = wl + 1;
 	for (; i + 8 <= wh; i += 8)
 		x ^= w[i] ^ w[i + 1] ^ w[i + 2] ^ w[i + 3] ^ w[i + 4] ^ w[i + 5] ^ w[i + 6] ^ w[i + 7];
@@ -450,20 +457,20 @@ typedef struct {
  * halves (cascade.go halves), the others a random permutation. */
 enum { ORDER_KEY, ORDER_PERM, ORDER_HALVES };
 
-/* pass: cascade.go's pass, laid out to touch few memory pages (each page a
- * WASM instance touches first costs a page fault in the host, and an
- * instance lives for one session, so that cost is paid every time):
+/* pass: cascade.go's pass, laid out to touch few memory pages:
  *   - a permutation pass keeps perm and its inverse as permutation tables
  *     (ptab: two bytes and a bit per entry; Bob only, Alice needs neither
  *     once bv is built);
  *   - a halves pass keeps no bv: a range's parity is that of the key under
  *     the subset bitmap (or its complement) between the range's first and
- *     last key positions; the rank directory has one entry per eight words;
- *     Alice builds the bitmap only when asked about that pass;
+ *     last key positions (range_parity); the rank directory has one entry
+ *     per eight words; the bitmap is built when first needed (halves,
+ *     ensure_sel);
  *   - node states take two bits (st, see node_get), the roots one byte each
  *     in root (Go moves the roots into st when it allocates the tree; here
- *     they stay in root).
- * The messages, outputs and metrics are those of the Go code. */
+ *     they stay in root, with Alice's parity of the block in APAR);
+ *   - Bob's passes not started yet are not updated by corrections, but
+ *     brought up to date when they start (flip, start_pass). */
 typedef struct {
 	uint32_t k, nb;
 	uint32_t ts;    /* tree slots per block: 2·nextpow2(k) */
@@ -506,7 +513,7 @@ static struct {
 	uint32_t nflips, flipcap;
 } c;
 
-/* ---- packed arrays, node states ------------------------------------------- */
+/* ---- node states ----------------------------------------------------------- */
 
 /* node_get/node_set: the state of node h of block b of pass p. Nodes h ≥ 2
  * only ever hold 0, QUERIED, KNOWN or KNOWN|DIFF (a query is made for an
