@@ -65,6 +65,9 @@ type Config struct {
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
 	Listener net.Listener `json:"-"`
+	// SeedListener, when set, is used instead of binding SeedListen (tests
+	// and embedding; not part of the file format).
+	SeedListener net.Listener `json:"-"`
 	// Logger, when set, receives every log record instead of stderr (tests
 	// and embedding; log.level/log.format then do not apply to it).
 	Logger *slog.Logger `json:"-"`

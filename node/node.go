@@ -151,7 +151,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		ErrorLog:          slog.NewLogLogger(n.logger.With("component", "http").Handler(), slog.LevelDebug),
 	}
 	if cfg.SeedListen != "" && n.services.seed != nil {
-		n.seedLn, err = net.Listen("tcp", cfg.SeedListen)
+		n.seedLn = cfg.SeedListener
+		if n.seedLn == nil {
+			n.seedLn, err = net.Listen("tcp", cfg.SeedListen)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("node: seed listener %s: %w", cfg.SeedListen, err)
 		}

@@ -45,19 +45,29 @@ func TestProcessSite(t *testing.T) {
 	run("certs", "operator", "ops", "--kme", "site_a", "--pki", pkiDir)
 	run("kek", filepath.Join(dir, "site_a.kek"))
 
+	// Every port is bound here once and handed to its node's first process
+	// (--listen-fd): no moment in which another program can take it.
 	ids := []string{"n1", "n2", "n3"}
 	addrs := map[string]string{}
-	for _, id := range ids {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	held := map[string]*os.File{} // "n1", "n1-seed": sockets not handed over yet
+	hold := func(name string) string {
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs[id] = ln.Addr().String()
+		f, err := ln.File()
+		if err != nil {
+			t.Fatal(err)
+		}
 		ln.Close()
+		held[name] = f
+		t.Cleanup(func() { f.Close() })
+		return ln.Addr().String()
 	}
-	seedLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	seedAddr := seedLn.Addr().String()
-	seedLn.Close()
+	for _, id := range ids {
+		addrs[id] = hold(id)
+	}
+	seedAddr := hold("n1-seed")
 	cfgPath := map[string]string{}
 	for _, id := range ids {
 		c := map[string]any{
@@ -80,10 +90,24 @@ func TestProcessSite(t *testing.T) {
 	procs := map[string]*exec.Cmd{}
 	logs := map[string]*bytes.Buffer{}
 	start := func(id string) {
-		cmd := exec.Command(bin, "serve", "--config", cfgPath[id])
+		args := []string{"serve", "--config", cfgPath[id]}
+		var files []*os.File
+		for _, h := range []struct{ name, flag string }{{id, "--listen-fd"}, {id + "-seed", "--seed-listen-fd"}} {
+			if f := held[h.name]; f != nil {
+				args = append(args, h.flag, fmt.Sprint(3+len(files)))
+				files = append(files, f)
+				delete(held, h.name)
+			}
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.ExtraFiles = files
 		logs[id] = &bytes.Buffer{}
 		cmd.Stderr = logs[id]
-		if err := cmd.Start(); err != nil {
+		err := cmd.Start()
+		for _, f := range files {
+			f.Close() // the node holds the port now; a restart binds it again
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 		procs[id] = cmd

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -51,6 +53,33 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	dur("raft-heartbeat-timeout", "raft.heartbeat_timeout", func(c *node.Config, v node.Duration) { c.Raft.HeartbeatTimeout = v })
 	dur("raft-election-timeout", "raft.election_timeout", func(c *node.Config, v node.Duration) { c.Raft.ElectionTimeout = v })
 	dur("raft-leader-lease-timeout", "raft.leader_lease_timeout", func(c *node.Config, v node.Duration) { c.Raft.LeaderLeaseTimeout = v })
+
+	// An inherited listening socket (fd 3 and up, as a supervisor or a test
+	// harness that holds the port passes it): no moment in which the port
+	// is free for another program to take.
+	fd := func(name, usage string, apply func(*node.Config, net.Listener)) {
+		var v int
+		f.fs.IntVar(&v, name, 0, usage)
+		f.set[name] = func(c *node.Config) error {
+			if v < 3 {
+				return fmt.Errorf("-%s %d: not an inherited descriptor (3 and up)", name, v)
+			}
+			file := os.NewFile(uintptr(v), name)
+			defer file.Close()
+			ln, err := net.FileListener(file)
+			if err != nil {
+				return fmt.Errorf("-%s %d: %w", name, v, err)
+			}
+			apply(c, ln)
+			return nil
+		}
+	}
+	fd("listen-fd", "serve on this inherited listening socket instead of binding listen", func(c *node.Config, ln net.Listener) {
+		c.Listener, c.Listen = ln, ln.Addr().String()
+	})
+	fd("seed-listen-fd", "serve the seed API on this inherited listening socket instead of binding seed_listen", func(c *node.Config, ln net.Listener) {
+		c.SeedListener, c.SeedListen = ln, ln.Addr().String()
+	})
 
 	var boot string
 	f.fs.StringVar(&boot, "bootstrap", "", "bootstrap: the static site, ID=HOST:PORT,ID=HOST:PORT,...")
