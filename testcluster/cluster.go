@@ -49,8 +49,15 @@ type Options struct {
 	// with FreePorts).
 	Seed                             bool
 	SenderSeedPort, ReceiverSeedPort int
-	// FreePorts picks free loopback ports for every port left 0.
+	// FreePorts picks free loopback ports for every port left 0: the
+	// harness binds them and hands each to the node that serves on it
+	// (Listeners), so no other program can take one in between.
 	FreePorts bool
+	// Listeners are bound loopback listeners, kept open by the caller
+	// until the cluster starts: a node whose TLS or seed port is one of
+	// theirs inherits that socket on its first start instead of binding
+	// the port (a restart binds it again, as a restarted process would).
+	Listeners []*net.TCPListener
 	// SAEs to issue certificates for (default ghi, jkl).
 	SAEs []string
 	// Raft timing ("" = node defaults), NoSync for tests.
@@ -121,6 +128,10 @@ type Cluster struct {
 	netns   *netnsSetup
 	mounted map[string]bool // node ID → tmpfs mounted on its data dir
 
+	// inherit holds bound listening sockets by address until the node
+	// serving there first starts and inherits them (Options.Listeners).
+	inherit map[string]*os.File
+
 	// external, when set, reports the state of nodes the harness does not
 	// run as child processes (compose mode): whether node id runs, and
 	// whether it cannot answer (paused or cut off) and is to be skipped.
@@ -152,29 +163,46 @@ func New(o Options) (*Cluster, error) {
 	}
 	if o.FreePorts {
 		// Node ports must be consecutive per site: find contiguous runs.
-		var err error
-		if o.SenderPort == 0 {
-			if o.SenderPort, err = freeRun(o.Nodes); err != nil {
-				return nil, err
+		var lns []*net.TCPListener
+		fail := func(err error) (*Cluster, error) {
+			for _, l := range lns {
+				l.Close()
 			}
+			return nil, err
+		}
+		if o.SenderPort == 0 {
+			run, err := reserveRun(o.Nodes)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.SenderPort = port(run[0])
 		}
 		if o.ReceiverPort == 0 {
-			if o.ReceiverPort, err = freeRunExcept(o.Nodes, o.SenderPort, o.Nodes); err != nil {
-				return nil, err
-			}
-		}
-		if o.Seed && (o.SenderSeedPort == 0 || o.ReceiverSeedPort == 0) {
-			ports, err := freePorts(2)
+			run, err := reserveRun(o.Nodes)
 			if err != nil {
-				return nil, err
+				return fail(err)
 			}
-			if o.SenderSeedPort == 0 {
-				o.SenderSeedPort = ports[0]
-			}
-			if o.ReceiverSeedPort == 0 {
-				o.ReceiverSeedPort = ports[1]
-			}
+			lns = append(lns, run...)
+			o.ReceiverPort = port(run[0])
 		}
+		if o.Seed && o.SenderSeedPort == 0 {
+			run, err := reserveRun(1)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.SenderSeedPort = port(run[0])
+		}
+		if o.Seed && o.ReceiverSeedPort == 0 {
+			run, err := reserveRun(1)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.ReceiverSeedPort = port(run[0])
+		}
+		o.Listeners = append(lns, o.Listeners...)
 	}
 	if o.Seed {
 		if o.SenderSeedPort == 0 {
@@ -206,7 +234,27 @@ func New(o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}}, nil
+	c := &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, inherit: map[string]*os.File{}}
+	for _, ln := range o.Listeners {
+		f, err := ln.File()
+		if err != nil {
+			c.closeInherited()
+			return nil, fmt.Errorf("testcluster: listener %s: %w", ln.Addr(), err)
+		}
+		ln.Close() // f holds the socket now
+		c.inherit[ln.Addr().String()] = f
+	}
+	return c, nil
+}
+
+// closeInherited closes the sockets no node took over.
+func (c *Cluster) closeInherited() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a, f := range c.inherit {
+		f.Close()
+		delete(c.inherit, a)
+	}
 }
 
 // Start generates the layout, starts every node and waits until each site
@@ -267,11 +315,26 @@ func (c *Cluster) StartNode(id string) error {
 		args = append([]string{"netns", "exec", n.Netns, name}, args...)
 		name = "ip"
 	}
+	// Sockets the harness holds for this node are handed over (fd 3 and
+	// up) and closed here: from then on the node alone holds its ports.
+	var handed []*os.File
+	for _, h := range []struct{ addr, flag string }{{n.Listen, "--listen-fd"}, {n.SeedListen, "--seed-listen-fd"}} {
+		if f := c.inherit[h.addr]; f != nil && h.addr != "" && n.Netns == "" {
+			args = append(args, h.flag, strconv.Itoa(3+len(handed)))
+			handed = append(handed, f)
+			delete(c.inherit, h.addr)
+		}
+	}
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), c.opts.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	cmd.ExtraFiles = handed
+	err = cmd.Start()
+	for _, f := range handed {
+		f.Close()
+	}
+	if err != nil {
 		logf.Close()
 		return fmt.Errorf("testcluster: start %s: %w", id, err)
 	}
@@ -424,6 +487,7 @@ func (c *Cluster) StopAll() {
 		c.netns = nil
 	}
 	c.unmountAll()
+	c.closeInherited()
 }
 
 // newNetnsCluster lays out a cluster whose nodes live in namespaces.
@@ -749,55 +813,34 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// freeRun finds n consecutive free loopback TCP ports.
-func freeRun(n int) (int, error) { return freeRunExcept(n, 0, 0) }
-
-func freeRunExcept(n, avoidStart, avoidLen int) (int, error) {
+// reserveRun binds n consecutive free loopback TCP ports and returns their
+// listeners, which stay bound until closed or handed to the nodes.
+func reserveRun(n int) ([]*net.TCPListener, error) {
 	for try := 0; try < 200; try++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("testcluster: free port: %w", err)
-		}
-		base := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if base+n > 65535 || (avoidLen > 0 && base < avoidStart+avoidLen && avoidStart < base+n) {
-			continue
-		}
-		ok := true
-		for p := base; p < base+n; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, errors.New("testcluster: no run of free ports")
-}
-
-// freePorts reserves and releases n free loopback ports.
-func freePorts(n int) ([]int, error) {
-	var out []int
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		first, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			return nil, fmt.Errorf("testcluster: free port: %w", err)
 		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+		run := []*net.TCPListener{first}
+		base := port(first)
+		for p := base + 1; p < base+n && p <= 65535; p++ {
+			l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p})
+			if err != nil {
+				break
+			}
+			run = append(run, l)
+		}
+		if len(run) == n {
+			return run, nil
+		}
+		for _, l := range run {
+			l.Close()
+		}
 	}
-	return out, nil
+	return nil, errors.New("testcluster: no run of free ports")
 }
+
+func port(l *net.TCPListener) int { return l.Addr().(*net.TCPAddr).Port }
 
 // SAE returns a workload client for SAE name talking to the nodes of site.
 func (c *Cluster) SAE(name, site string) (*SAE, error) {

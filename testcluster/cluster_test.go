@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"qkdkms/internal/testenv"
 )
 
 // binary is bin/qkdkms built by TestMain for the process tests ("" when
@@ -181,12 +183,7 @@ func TestClusterNetnsIsolate(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The isolated node is still reachable by clients but not ready.
-	for c.Ready(ctx, old) {
-		if ctx.Err() != nil {
-			t.Fatalf("isolated %s still ready", old)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, "isolated "+old+" to report not ready", func() bool { return !c.Ready(ctx, old) })
 	if err := c.Heal(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -33,6 +34,9 @@ type DemoOptions struct {
 	Link *LinkSpec
 	// ExtraArgs are appended to every `qkdkms serve`.
 	ExtraArgs []string
+	// Listeners are bound listeners for some of the ports above, handed
+	// to the nodes on their first start (Options.Listeners).
+	Listeners []*net.TCPListener
 }
 
 // RunDemo is `qkdkms demo`: the CLI shape for the dispatch table.
@@ -115,7 +119,7 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 		SenderPort: o.SenderPort, ReceiverPort: o.ReceiverPort,
 		Seed:           o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0,
 		SenderSeedPort: o.SenderSeedPort, ReceiverSeedPort: o.ReceiverSeedPort,
-		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link,
+		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link, Listeners: o.Listeners,
 	})
 	if err != nil {
 		return err

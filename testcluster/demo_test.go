@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"qkdkms/internal/testenv"
 	"qkdkms/plugins/pluginbuild"
 	"strings"
 	"sync"
@@ -39,18 +41,23 @@ func (s *syncBuffer) String() string {
 func TestDemoRunsTwice(t *testing.T) {
 	needBinary(t)
 	dir := t.TempDir()
-	sp, err := freeRun(3)
-	if err != nil {
-		t.Fatal(err)
+	// The ports stay bound until the first run's nodes take them over.
+	var lns []*net.TCPListener
+	reserve := func(n int) int {
+		run, err := reserveRun(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, run...)
+		return port(run[0])
 	}
-	rp, err := freeRunExcept(3, sp, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seeds, err := freePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp, rp := reserve(3), reserve(3)
+	seeds := []int{reserve(1), reserve(1)}
+	t.Cleanup(func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	})
 	plugins, err := pluginbuild.Dir()
 	if err != nil {
 		t.Fatal(err)
@@ -64,31 +71,39 @@ func TestDemoRunsTwice(t *testing.T) {
 		out := &syncBuffer{}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
+		opts.Listeners = nil // the second run binds the ports again, as a restart does
+		if run == 1 {
+			opts.Listeners = lns
+		}
 		go func() { done <- Demo(ctx, opts, out) }()
-		deadline := time.After(60 * time.Second)
+		ended := false
+		t.Cleanup(func() { // a failed wait leaves no node running
+			if !ended {
+				cancel()
+				<-done
+				t.Logf("run %d output:\n%s", run, out.String())
+			}
+		})
 		// The second run must show the connection (and its pool) the first
 		// run registered: the data survived the restart.
 		want := "site receiver_app   leader receiver_app-"
 		if run == 2 {
 			want = "ghi→jkl"
 		}
-		for !(strings.Contains(out.String(), "site sender_app     leader sender_app-") &&
-			strings.Contains(out.String(), want)) {
+		testenv.WaitFor(t, fmt.Sprintf("run %d: leaders on the status screen", run), func() bool {
 			select {
 			case err := <-done:
-				cancel()
+				ended = true
 				t.Fatalf("run %d: demo ended early: %v\n%s", run, err, out.String())
-			case <-deadline:
-				cancel()
-				<-done
-				t.Fatalf("run %d: no leaders on the status screen:\n%s", run, out.String())
-			case <-time.After(100 * time.Millisecond):
+			default:
 			}
-		}
+			return strings.Contains(out.String(), "site sender_app     leader sender_app-") && strings.Contains(out.String(), want)
+		})
 		if run == 1 {
 			seedWorkflow(t, seeds[0], seeds[1])
 		}
 		cancel()
+		ended = true
 		if err := <-done; err != nil {
 			t.Fatalf("run %d: %v", run, err)
 		}
@@ -166,16 +181,13 @@ func seedWorkflowWith(t *testing.T, senderPort, receiverPort int, fill func()) {
 	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var master map[string]any
-	for {
+	testenv.WaitFor(t, "a key from master get_key", func() bool {
 		code, master = post(fmt.Sprintf("http://127.0.0.1:%d/get_key?slave_host=jkl", senderPort), "application/x-www-form-urlencoded", "")
-		if code == http.StatusOK {
-			break
-		}
-		if code != http.StatusServiceUnavailable || ctx.Err() != nil {
+		if code != http.StatusOK && code != http.StatusServiceUnavailable {
 			t.Fatalf("master get_key: %d %v", code, master)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return code == http.StatusOK
+	})
 	id, _ := master["key_id"].(string)
 	code, slave := post(fmt.Sprintf("http://127.0.0.1:%d/get_key?key_id=%s", receiverPort, id), "application/x-www-form-urlencoded", "")
 	if code != http.StatusOK {

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"qkdkms/internal/testenv"
 )
 
 // TestWorkloadLeaderKill runs master/slave SAEs against the two sites,
@@ -33,11 +35,29 @@ func TestWorkloadLeaderKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := NewHistory()
-	w := NewWorkload(h, WorkloadOptions{Master: master, Slave: slave, Rate: 20, Number: 2, Duration: 8 * time.Second, NodeOf: c.NodeOf})
+	// The load runs until the test has seen keys issued before the fault,
+	// after the new election and after the restart (Duration only bounds it).
+	w := NewWorkload(h, WorkloadOptions{Master: master, Slave: slave, Rate: 20, Number: 2, Duration: time.Minute, NodeOf: c.NodeOf})
+	load, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
 	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
+	go func() { defer close(done); w.Run(load) }()
+	issued := func() int {
+		n := 0
+		for _, o := range h.Ops() {
+			if o.Kind == OpEnc && o.Outcome == OK {
+				n++
+			}
+		}
+		return n
+	}
+	moreIssued := func(what string) {
+		t.Helper()
+		n := issued()
+		testenv.WaitFor(t, "keys issued "+what, func() bool { return issued() > n })
+	}
 
-	time.Sleep(2 * time.Second)
+	moreIssued("before the fault")
 	leader, err := c.Leader(ctx, c.Sender())
 	if err != nil {
 		t.Fatal(err)
@@ -49,11 +69,13 @@ func TestWorkloadLeaderKill(t *testing.T) {
 	if _, err := c.WaitLeader(ctx, c.Sender(), leader); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	moreIssued("by the new leader")
 	if err := c.StartNode(leader); err != nil {
 		t.Fatal(err)
 	}
 	h.Mark(EventHeal, "restart "+leader)
+	moreIssued("with " + leader + " back")
+	stopLoad()
 	<-done
 	if left := w.Drain(ctx, 30*time.Second); left != 0 {
 		t.Logf("%d keys still pending after the drain", left)
