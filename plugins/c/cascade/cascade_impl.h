@@ -515,28 +515,39 @@ static struct {
 
 /* ---- node states ----------------------------------------------------------- */
 
-/* node_get/node_set: the state of node h of block b of pass p. Nodes h ≥ 2
+/* nodes: the node states of block b of a pass, with the block's base index
+ * in st computed once. node_get/node_set: the state of node h. Nodes h ≥ 2
  * only ever hold 0, QUERIED, KNOWN or KNOWN|DIFF (a query is made for an
  * unknown node; an answer, an inference or a correction leaves a node known,
  * and a known node's QUERIED bit is never read), so st stores them in two
  * bits: 0, 1 = QUERIED, 2 = KNOWN, 3 = KNOWN|DIFF. */
-static uint8_t node_get(const pass *p, uint32_t b, uint32_t h) {
+typedef struct {
+	uint8_t *st, *root;
+	uint64_t base; /* b·ts */
+	uint32_t b;
+} nodes;
+
+static inline nodes block_nodes(const pass *p, uint32_t b) {
+	nodes v = {p->st, p->root, (uint64_t)b * p->ts, b};
+	return v;
+}
+static inline __attribute__((always_inline)) uint8_t node_get(nodes v, uint32_t h) {
 	if (h == 1)
-		return p->root[b];
-	uint64_t i = (uint64_t)b * p->ts + h;
-	uint8_t code = (uint8_t)(p->st[i >> 2] >> (2 * (i & 3)) & 3);
+		return v.root[v.b];
+	uint64_t i = v.base + h;
+	uint8_t code = (uint8_t)(v.st[i >> 2] >> (2 * (i & 3)) & 3);
 	if (code & 2)
 		return (uint8_t)(KNOWN | (code & 1 ? DIFF : 0));
 	return code ? QUERIED : 0;
 }
-static void node_set(pass *p, uint32_t b, uint32_t h, uint8_t s) {
+static inline __attribute__((always_inline)) void node_set(nodes v, uint32_t h, uint8_t s) {
 	if (h == 1) {
-		p->root[b] = s;
+		v.root[v.b] = s;
 		return;
 	}
-	uint64_t i = (uint64_t)b * p->ts + h;
+	uint64_t i = v.base + h;
 	uint8_t code = s & KNOWN ? (uint8_t)(2 | (s & DIFF ? 1 : 0)) : (s & QUERIED ? 1 : 0);
-	uint8_t *q = &p->st[i >> 2];
+	uint8_t *q = &v.st[i >> 2];
 	*q = (uint8_t)((*q & ~(3 << (2 * (i & 3)))) | code << (2 * (i & 3)));
 }
 
@@ -1022,7 +1033,7 @@ static int bob_answers(qkd_bytes msg) {
 		if (bits_get(ans, i) != range_parity(p, q->lo, q->hi))
 			s |= DIFF;
 		tree(p);
-		node_set(p, q->b, q->h, s);
+		node_set(block_nodes(p, q->b), q->h, s);
 	}
 	c.nq = 0;
 	for (uint32_t i = 0; i < c.waiting.n; i++) {
@@ -1070,13 +1081,14 @@ static void flip(uint32_t x) {
 				cands_push(&p->pend, b, 1, lo, hi);
 			continue;
 		}
+		nodes v = block_nodes(p, b);
 		uint32_t h = 1;
 		for (;;) {
-			uint8_t s = node_get(p, b, h);
+			uint8_t s = node_get(v, h);
 			if (!(s & KNOWN))
 				break;
 			s ^= DIFF;
-			node_set(p, b, h, s);
+			node_set(v, h, s);
 			if (s & DIFF) /* j <= c.cur */
 				cands_push(&p->pend, b, h, lo, hi);
 			if (hi - lo <= 1)
@@ -1121,18 +1133,19 @@ static int descend(int j, cand cd) {
 	pass *p = &c.ps[j];
 	tree(p);
 	ensure_sel(p);
+	nodes v = block_nodes(p, cd.b);
 	uint32_t h = cd.h;
-	if ((node_get(p, cd.b, h) & (KNOWN | DIFF)) != (KNOWN | DIFF))
+	if ((node_get(v, h) & (KNOWN | DIFF)) != (KNOWN | DIFF))
 		return 0;
 	uint32_t lo = cd.lo, hi = cd.hi;
 	while (hi - lo > 1) {
 		uint32_t mid = lo + (hi - lo) / 2;
 		uint32_t l = 2 * h, r = 2 * h + 1;
-		uint8_t sl = node_get(p, cd.b, l), sr = node_get(p, cd.b, r);
+		uint8_t sl = node_get(v, l), sr = node_get(v, r);
 		if (!(sl & KNOWN)) {
 			if (!(sr & KNOWN)) {
 				if (!(sl & QUERIED)) {
-					node_set(p, cd.b, l, sl | QUERIED);
+					node_set(v, l, sl | QUERIED);
 					grow((void **)&c.queries, &c.qcap, c.nq + 1, sizeof(query));
 					query q = {(uint8_t)j, cd.b, l, lo, mid};
 					c.queries[c.nq++] = q;
@@ -1144,14 +1157,14 @@ static int descend(int j, cand cd) {
 			}
 			/* infer left from parent (odd) and right */
 			sl = KNOWN | (DIFF ^ (sr & DIFF));
-			node_set(p, cd.b, l, sl);
+			node_set(v, l, sl);
 		}
 		if (sl & DIFF) {
 			h = l, hi = mid;
 			continue;
 		}
 		if (!(sr & KNOWN))
-			node_set(p, cd.b, r, KNOWN | DIFF);
+			node_set(v, r, KNOWN | DIFF);
 		h = r, lo = mid;
 	}
 	flip(pos(p, lo));
