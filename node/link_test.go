@@ -323,7 +323,7 @@ func TestLinkPluginSwap(t *testing.T) {
 		t.Fatalf("old set not in use during the mismatch: %q", alice.Status().Plugins)
 	}
 	// The receiver site switches too: the new set is agreed.
-	if err := b.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "cascade-yanetal@" + "1.0.0"}); err != nil {
+	if err := b.leader().usePlugin(ctx, UseRequest{Step: "reconcile", Plugin: "cascade-yanetal@1.1.0"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "sessions on cascade-yanetal", func() bool {

@@ -11,8 +11,8 @@ go=${GO:-go}
 # name kind version, one line per plugin (first of each kind is the default)
 list='sift sift 1.0.0
 estimate estimate 1.0.0
-cascade reconcile 1.0.0
-cascade-yanetal reconcile 1.0.0
+cascade reconcile 1.1.0
+cascade-yanetal reconcile 1.1.0
 verify verify 1.0.0
 amplify amplify 1.0.0'
 entries=""

@@ -48,7 +48,7 @@ func cRunners(t testing.TB) map[string][2]host.Runner {
 			t.Fatal(err)
 		}
 		sum := sha256.Sum256(b)
-		info := host.Info{Name: name, Kind: steps.Reconcile, Version: "1.0.0", ABI: 1, SHA256: hex.EncodeToString(sum[:])}
+		info := host.Info{Name: name, Kind: steps.Reconcile, Version: cascade.Version, ABI: 1, SHA256: hex.EncodeToString(sum[:])}
 		if err := h.Add(ctx, info, b); err != nil {
 			t.Fatal(err)
 		}
@@ -284,23 +284,21 @@ func TestCCascadeBlockSizes(t *testing.T) {
 	key := randVec(bits.NewRNG([]byte("sweep"), "c-cascade-test"), n)
 	in := vecIn(key)
 	var qs []float64
-	steps_ := 4000
+	grid := 4000
 	if testing.Short() {
-		steps_ = 500
+		grid = 500
 	}
-	for i := 0; i <= steps_; i++ { // log-spaced over [0.0005, 0.35] (clamping included)
-		qs = append(qs, 0.0005*math.Pow(0.35/0.0005, float64(i)/float64(steps_)))
+	for i := 0; i <= grid; i++ { // log-spaced over [0.0005, 0.35] (clamping included)
+		qs = append(qs, 0.0005*math.Pow(0.35/0.0005, float64(i)/float64(grid)))
 	}
-	near := func(x float64) {
-		for d := -3; d <= 3; d++ {
-			y := x
-			for ; d < 0 && y > x-1; d++ {
-				y = math.Nextafter(y, 0)
-			}
-			for k := 0; k < d; k++ {
-				y = math.Nextafter(y, 1)
-			}
+	near := func(x float64) { // x and the three floats either side of it
+		y := x
+		for i := 0; i < 3; i++ {
+			y = math.Nextafter(y, 0)
+		}
+		for i := 0; i < 7; i++ {
 			qs = append(qs, y)
+			y = math.Nextafter(y, 1)
 		}
 	}
 	// option 8: ⌈log2(1/q) − ½⌉ changes at q = 2^−(m+½), ⌈(log2(1/q) + 11.5)/2⌉
@@ -346,6 +344,8 @@ func TestCCascadeBlockSizes(t *testing.T) {
 
 func f64(x float64) []byte { w := wire.Writer{}; w.F64(x); return w.B }
 
+// TestCCascadeBadParamsAndInput: parameters (f64 QBER in [0, 0.5], nothing
+// else), inputs (a wire vec, bits beyond n ignored) and calls out of order.
 func TestCCascadeBadParamsAndInput(t *testing.T) {
 	rs := cRunners(t)
 	nan := math.Float64frombits(0x7ff8000000000001)

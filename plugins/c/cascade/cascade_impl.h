@@ -1172,9 +1172,9 @@ static int descend(int j, cand cd) {
 }
 
 /* bob_run: cascade.bobRun — makes all progress possible without new
- * parities and returns the next query batch, or the final message. */
+ * parities and returns the next query batch (every pending search of every
+ * started pass), or the final message. */
 static int bob_run(qkd_result *res) {
-	int qpass = -1;
 	for (;;) {
 		int j = -1;
 		for (int i = 0; i <= c.cur && i < PASSES; i++) {
@@ -1209,8 +1209,6 @@ static int bob_run(qkd_result *res) {
 			}
 			continue;
 		}
-		if (qpass >= 0 && j > qpass)
-			break;
 		pass *p = &c.ps[j];
 		/* list := p.pend; p.pend = nil — the drained list's buffer becomes
 		 * the next spare */
@@ -1218,8 +1216,7 @@ static int bob_run(qkd_result *res) {
 		p->pend = p->spare;
 		p->pend.n = 0;
 		for (uint32_t i = 0; i < list.n; i++)
-			if (descend(j, list.v[i]))
-				qpass = j;
+			descend(j, list.v[i]);
 		p->spare = list;
 	}
 	qkd_writer *w = &c.mw;

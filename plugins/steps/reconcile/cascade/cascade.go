@@ -11,10 +11,16 @@
 //
 // Both use sub-block reuse (every block or sub-block whose parity Alice has
 // revealed, or that follows from revealed ones, is re-checked after each
-// correction), never ask for a parity that is known or inferable (the right
-// half of a binary-search node from its parent and left half; the last
-// top-level block of passes ≥ 2 from the total parity) and process the
-// smallest pending blocks first, as sequential Cascade does.
+// correction) and never ask for a parity that is known or inferable (the
+// right half of a binary-search node from its parent and left half; the last
+// top-level block of passes ≥ 2 from the total parity). Passes start one
+// after the other, as in sequential Cascade, but within the passes started
+// every binary search that is waiting for a parity asks in the same round:
+// a round carries the next query of every pending search, of every pass.
+// At n = 10^5 this takes 2.5× fewer rounds than serving the lowest pass
+// first (1,054 instead of 2,679 at QBER 2 %) with the same leakage (f 1.036
+// instead of 1.037); starting the next pass before the searches of the
+// started ones finished would halve the rounds again but double f.
 //
 // Messages. Alice → Bob first: a 32-byte permutation seed and the top-level
 // block parities of every pass (Alice's key never changes, so revealing them
@@ -37,7 +43,9 @@ import (
 	"qkdkms/plugins/steps/wire"
 )
 
-const Version = "1.0.0"
+// Version 1.1.0: every binary search that can proceed queries in the same
+// round (1.0.0 served the lowest pass first): 2.5× fewer rounds, f unchanged.
+const Version = "1.1.0"
 
 // Variant is a block-size schedule and number of passes.
 type Variant struct {
@@ -603,9 +611,9 @@ func (c *cascade) bobAnswers(msg []byte) error {
 }
 
 // bobRun makes all progress possible without new parities and returns the
-// next query batch, or the final message.
+// next query batch (every pending search of every started pass), or the
+// final message.
 func (c *cascade) bobRun() (steps.Result, error) {
-	qpass := -1
 	for {
 		j := -1
 		for i := 0; i <= c.cur && i < len(c.ps); i++ {
@@ -638,16 +646,11 @@ func (c *cascade) bobRun() (steps.Result, error) {
 			}
 			continue
 		}
-		if qpass >= 0 && j > qpass {
-			break
-		}
 		p := &c.ps[j]
 		list := p.pend
 		p.pend = nil
 		for _, cd := range list {
-			if c.descend(j, cd) {
-				qpass = j
-			}
+			c.descend(j, cd)
 		}
 	}
 	w := wire.Writer{B: make([]byte, 0, 4+9*len(c.queries))}
