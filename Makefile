@@ -30,9 +30,17 @@ check-cplugins:
 	rm -rf $$tmp; echo "plugins/c: committed builds reproduced byte for byte"
 
 ## test: lint, every package's tests under the race detector (which needs
-## cgo), and a short fuzz run of the ETSI decoders (40,000 inputs each)
+## cgo) but RACE_SLOW's, those without it, and a short fuzz run of the ETSI
+## decoders (40,000 inputs each)
+# RACE_SLOW: packages whose tests outlast make test's budget under -race on
+# the 2-core machine (2026-11-30, loaded: plugins/host past its 20 min
+# timeout, plugins/instrument 11.5 min; the whole suite takes ~3.5 min
+# without -race).
+# They still run, without the race detector, until they get cheaper under it.
+RACE_SLOW := qkdkms/plugins/host qkdkms/plugins/instrument
 test: lint
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -x $(RACE_SLOW:%=-e %))
+	$(GO) test -count=1 -timeout 20m $(RACE_SLOW)
 	$(MAKE) fuzz
 
 # Execution counts, not durations: a duration -fuzztime can fail spuriously
