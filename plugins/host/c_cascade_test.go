@@ -547,6 +547,22 @@ func TestCCascadeAfterError(t *testing.T) {
 	}
 }
 
+// TestCCascadeKeyLengths: Alice's and Bob's keys of different lengths. Bob
+// checks the number of top-level parities against his own block sizes;
+// where they differ both builds must reject the first message.
+func TestCCascadeKeyLengths(t *testing.T) {
+	rs := cRunners(t)
+	for _, name := range cascadePlugins {
+		for _, nn := range [][2]int{{1000, 2000}, {2000, 1000}, {64, 0}, {0, 64}, {5000, 4000}} {
+			a, _ := keyPair(fmt.Sprint("len", nn), nn[0], 0)
+			b, _ := keyPair(fmt.Sprint("len", nn), nn[1], 0)
+			if _, _, err := lockstep(t, rs[name], name, 0.02, []byte("k"), a, b, nil); err == nil {
+				t.Fatalf("%s: keys of %d and %d bits reconciled", name, nn[0], nn[1])
+			}
+		}
+	}
+}
+
 // BenchmarkReconcileC: both Cascade schedules at n = 10^5, the C build under
 // wazero ("wasm-c") and the Go reference natively, measured as
 // BenchmarkReconcile (bench_test.go) does: Mbit/s counts n over the wall
