@@ -1176,6 +1176,10 @@ static int descend(int j, cand cd) {
  * started pass), or the final message. */
 static int bob_run(qkd_result *res) {
 	for (;;) {
+		/* cascade.go: at most n corrections with Alice's true parities;
+		 * inconsistent ones could keep the searches correcting for ever. */
+		if (c.corrected > c.n)
+			return qkd_fail("step: protocol violation: cascade: more corrections than key bits: the peer's parities are inconsistent");
 		int j = -1;
 		for (int i = 0; i <= c.cur && i < PASSES; i++) {
 			if (c.ps[i].pend.n > 0) {

@@ -615,6 +615,12 @@ func (c *cascade) bobAnswers(msg []byte) error {
 // final message.
 func (c *cascade) bobRun() (steps.Result, error) {
 	for {
+		// With Alice's true parities every correction fixes an error, so
+		// there are at most n; inconsistent parities (a faulty or hostile
+		// peer) could otherwise keep the searches correcting for ever.
+		if c.m.Corrected > uint64(c.n) {
+			return steps.Result{}, fmt.Errorf("%w: cascade: more corrections than key bits: the peer's parities are inconsistent", steps.ErrProtocol)
+		}
 		j := -1
 		for i := 0; i <= c.cur && i < len(c.ps); i++ {
 			if len(c.ps[i].pend) > 0 {

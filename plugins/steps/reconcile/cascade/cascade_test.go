@@ -120,3 +120,47 @@ func TestCascadeCorrects(t *testing.T) {
 		}
 	}
 }
+
+// TestInconsistentParitiesEnd: when Alice's answers are wrong (a faulty or
+// hostile peer: every answered parity inverted), Bob's searches must end —
+// in an error or an output that verification will reject — instead of
+// correcting for ever.
+func TestInconsistentParitiesEnd(t *testing.T) {
+	for _, v := range []Variant{Option8, Yanetal} {
+		t.Run(v.Name, func(t *testing.T) {
+			a, b := pair("liar", 20000, 0.03)
+			f := func(role steps.Role, params, seed []byte) (steps.Step, error) { return NewVariant(v, role, params, seed) }
+			sa, _ := f(steps.Alice, Params(0.03), []byte("s"))
+			sb, _ := f(steps.Bob, Params(0.03), []byte("s"))
+			wa, wb := wire.Writer{}, wire.Writer{}
+			wa.Vec(a)
+			wb.Vec(b)
+			ra, _ := sa.Step(steps.Input{Data: wa.B})
+			rb, _ := sb.Step(steps.Input{Data: wb.B})
+			var err error
+			for round := 0; err == nil && !(ra.Done && rb.Done); round++ {
+				switch {
+				case ra.HasMsg && !rb.Done:
+					m := append([]byte(nil), ra.Msg...)
+					ra.HasMsg = false
+					if round > 0 && len(m) > 4 { // an answer batch: invert every parity
+						for i := 4; i < len(m); i++ {
+							m[i] = ^m[i]
+						}
+						if n := int(m[0]) | int(m[1])<<8 | int(m[2])<<16 | int(m[3])<<24; n%8 != 0 {
+							m[len(m)-1] &= 1<<(n%8) - 1
+						}
+					}
+					rb, err = sb.Step(steps.Input{Peer: m, HasPeer: true})
+				case rb.HasMsg && !ra.Done:
+					m := rb.Msg
+					rb.HasMsg = false
+					ra, err = sa.Step(steps.Input{Peer: m, HasPeer: true})
+				default:
+					t.Fatal("deadlock")
+				}
+			}
+			t.Logf("ended: %v (bob corrected %d)", err, rb.Corrected)
+		})
+	}
+}
