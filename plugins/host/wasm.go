@@ -101,14 +101,14 @@ type Host struct {
 	// (the calls' yields see it and stop) and takes life for writing, so
 	// the runtime, and with it every instance's memory mapping, is closed
 	// only once no call runs.
-	life    sync.RWMutex
-	closed  bool
+	life   sync.RWMutex
+	closed bool
 	// uninstrumented: compile modules as they are (tests only, to check
 	// that instrumentation changes no output; such a host cannot stop a
 	// runaway plugin).
 	uninstrumented bool
-	closing context.Context
-	stop    context.CancelFunc
+	closing        context.Context
+	stop           context.CancelFunc
 }
 
 type module struct {
