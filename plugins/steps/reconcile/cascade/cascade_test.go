@@ -129,7 +129,9 @@ func TestInconsistentParitiesEnd(t *testing.T) {
 	for _, v := range []Variant{Option8, Yanetal} {
 		t.Run(v.Name, func(t *testing.T) {
 			a, b := pair("liar", 20000, 0.03)
-			f := func(role steps.Role, params, seed []byte) (steps.Step, error) { return NewVariant(v, role, params, seed) }
+			f := func(role steps.Role, params, seed []byte) (steps.Step, error) {
+				return NewVariant(v, role, params, seed)
+			}
 			sa, _ := f(steps.Alice, Params(0.03), []byte("s"))
 			sb, _ := f(steps.Bob, Params(0.03), []byte("s"))
 			wa, wb := wire.Writer{}, wire.Writer{}
