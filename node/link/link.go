@@ -617,7 +617,6 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter
 		if _, runner, err = l.resolve(ready.Plugins); err != nil {
 			return fmt.Errorf("%w: peer proposes plugins we cannot run: %w", ErrRefused, err)
 		}
-		sel = ready.Plugins
 	} else {
 		l.noteAgreed(sel, runner)
 	}

@@ -13,6 +13,8 @@
 // built with GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared.
 package sdk
 
+//lint:file-ignore U1000 used by exports.go, which is built only for GOOS=wasip1 (//go:wasmexport)
+
 import (
 	"fmt"
 

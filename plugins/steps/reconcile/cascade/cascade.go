@@ -117,17 +117,16 @@ const (
 )
 
 type pass struct {
-	k, nb  int
-	ts     int      // tree slots per block: 2·nextpow2(k)
-	perm   []uint32 // permuted position → key position (nil: identity or halves)
-	sel    bits.Vec // halves: the first block's positions
-	rank   []uint32 // halves: selected bits before each word
-	inv    []uint32 // key position → permuted position (Bob; nil: identity)
-	bv     bits.Vec // key in permuted order
-	st     []uint8  // node states, block b's heap index h at b·ts+h (Bob, lazily)
-	root   []uint8  // root states until st is allocated
-	pend   []cand   // candidates (Bob)
-	nbytes int
+	k, nb int
+	ts    int      // tree slots per block: 2·nextpow2(k)
+	perm  []uint32 // permuted position → key position (nil: identity or halves)
+	sel   bits.Vec // halves: the first block's positions
+	rank  []uint32 // halves: selected bits before each word
+	inv   []uint32 // key position → permuted position (Bob; nil: identity)
+	bv    bits.Vec // key in permuted order
+	st    []uint8  // node states, block b's heap index h at b·ts+h (Bob, lazily)
+	root  []uint8  // root states until st is allocated
+	pend  []cand   // candidates (Bob)
 }
 
 type cand struct{ b, h, lo, hi uint32 }
