@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // etsiSAE is an SAE talking HTTPS to nodes with its own certificate.

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"qkdkms/etsi/pki"
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 )
 

@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"qkdkms/etsi"
-	"qkdkms/internal/testenv"
 	"qkdkms/plugins/host"
 	"qkdkms/plugins/pluginbuild"
+	"qkdkms/plugins/testenv"
 	"qkdkms/quantum/sim"
 	"qkdkms/quantum/simrun"
 )

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // TestProcessSite builds the qkdkms binary and runs a 3-node site as child

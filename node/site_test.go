@@ -14,7 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 func TestSiteMembershipThroughFollower(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 type fakeClock struct {

@@ -19,7 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // tcpSite starts n stores on loopback TCP transports with fsync on.

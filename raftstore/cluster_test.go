@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 	"qkdkms/raftstore/storetest"
 )

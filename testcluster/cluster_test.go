@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // binary is bin/qkdkms built by TestMain for the process tests ("" when

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // TestWorkloadLeaderKill runs master/slave SAEs against the two sites,

@@ -9,7 +9,7 @@ import (
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/etsitest"
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 )
 
 // TestConformance runs the etsi conformance suite against two real sites

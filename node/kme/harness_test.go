@@ -23,7 +23,7 @@ import (
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 )
 

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 )
 

@@ -19,13 +19,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"qkdkms/internal/testenv"
 	"qkdkms/plugins/host"
 	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/amplify"
 	"qkdkms/plugins/steps/bits"
 	"qkdkms/plugins/steps/wire"
+	"qkdkms/plugins/testenv"
 )
 
 // ampCRunner loads the committed C build into a fresh host.

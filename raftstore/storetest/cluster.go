@@ -17,7 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"qkdkms/internal/testenv"
+	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 )
 
