@@ -102,6 +102,9 @@ func Rewrite(wasm []byte) ([]byte, error) {
 		if r.err != nil {
 			return nil, r.err
 		}
+		if err := plausibleCount(id, body); err != nil {
+			return nil, err
+		}
 		if id != secCustom {
 			o, ok := order[id]
 			if !ok {
@@ -170,6 +173,27 @@ func Rewrite(wasm []byte) ([]byte, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// plausibleCount refuses a section whose leading vector count exceeds its
+// bytes (every entry takes at least one): a decoder that allocates by the
+// count, as wazero's does, would otherwise try to allocate gigabytes for a
+// module of a hundred bytes.
+func plausibleCount(id byte, body []byte) error {
+	switch id {
+	case secType, secImport, secFunction, secTable, secMemory, secGlobal, secExport, secElement, secCode, secData:
+	default:
+		return nil
+	}
+	r := &reader{b: body}
+	n := r.u32()
+	if r.err != nil {
+		return r.err
+	}
+	if uint64(n) > uint64(len(r.b)) {
+		return fmt.Errorf("%w: section %d: vector of %d entries in %d bytes", ErrMalformed, id, n, len(r.b))
+	}
+	return nil
 }
 
 // module is what the rewriter learns in a first pass.
