@@ -10,7 +10,7 @@ import (
 	"sort"
 )
 
-// Plugin selection is site state (DESIGN §6): which plugin runs each
+// Plugin selection is site state (plugins/ABI.md, README "Swap a post-processing plugin"): which plugin runs each
 // post-processing step, and WASM modules installed into the site so every
 // node can load them. Modules are not secret and are stored as is.
 
