@@ -42,7 +42,7 @@ var (
 	ErrBlockExists = errors.New("raftstore: block already exists")
 )
 
-// Connection is a registered master→slave key relationship (DESIGN §1).
+// Connection is a registered master→slave key relationship (README, etsi/API.md).
 // Its identity is the (MasterSAE, SlaveSAE) pair. Sizes are in bits.
 type Connection struct {
 	SourceKME        string `json:"source_KME_ID"`

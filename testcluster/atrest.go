@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// AtRestHit is one key found in plaintext in a file (DESIGN I5).
+// AtRestHit is one key found in plaintext in a file (invariant I5, README).
 type AtRestHit struct {
 	File     string `json:"file"`
 	Offset   int64  `json:"offset"`

@@ -33,7 +33,7 @@ const (
 )
 
 // KeyRecord is one key seen by a client: its ID, its size and a digest of
-// its bytes. Key bytes themselves never enter a history (DESIGN I5).
+// its bytes. Key bytes themselves never enter a history (invariant I5, README).
 type KeyRecord struct {
 	ID     string `json:"key_ID"`
 	Bits   int    `json:"bits"`
