@@ -78,7 +78,7 @@ type Report struct {
 
 	// Burned keys versus the keys whose fate the clients could not know:
 	// BurnAllowance counts keys asked for by ambiguous enc_keys calls and by
-	// enc_keys calls answered 503 (a failed relay burns them: README, "The invariants").
+	// enc_keys calls answered 503 (a failed relay burns them: the invariants at the top of the README).
 	Burned        int64 `json:"burned"`
 	BurnAllowance int   `json:"burn_allowance"`
 	ExcessBurned  int64 `json:"excess_burned"`

@@ -1,7 +1,7 @@
 // Package testcluster runs two qkdkms sites of N nodes each as local
 // processes (or describes the docker-compose deployment), drives SAE
 // workloads against them, injects faults and checks the recorded history
-// against the invariants I1–I7 (README, "The invariants").
+// against the invariants I1–I7 listed at the top of the README.
 //
 // The on-disk layout it writes (and RunDemo / DemoInit reuse):
 //
