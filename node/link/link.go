@@ -12,6 +12,7 @@
 // the master site did not — is closed at the start of the next session:
 // the sites compare their last link blocks and the site that is one block
 // ahead drops it (it was never carved, since only the master site carves).
+// docs/ARCHITECTURE.md, "The link session" and "Leader changes", draws both.
 package link
 
 import (
