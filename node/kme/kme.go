@@ -317,7 +317,8 @@ func (k *KME) localConnectionsOf(ctx context.Context, in saeArgs) ([]etsi.Connec
 // EncKeys issues keys to the master SAE: on the leader of the master site,
 // one commit carves and names them, then the assignment is relayed to the
 // slave site (grouped with concurrent ones). If the relay fails the keys are
-// burned and the call answers ErrUnavailable.
+// burned and the call answers ErrUnavailable (docs/ARCHITECTURE.md, "The
+// enc_keys relay").
 //
 // The request ID is chosen once, at the node the SAE called, and travels
 // with every forwarding attempt: when a leader lost its leadership while
