@@ -40,6 +40,22 @@ var (
 	ErrInvalid = errors.New("raftstore: invalid command")
 	// ErrBlockExists: a block with this ID was already added to the pool.
 	ErrBlockExists = errors.New("raftstore: block already exists")
+	// ErrOutcomeUnknown: the command was handed to Raft and then leadership
+	// was lost (raft.ErrLeadershipLost) or the caller's context ended, so it
+	// may or may not commit. Never relabel it as not-leader: a caller may
+	// retry only a command that is idempotent (same request ID, same block
+	// ID) and must otherwise treat what the command would have produced as
+	// burned (README "burned"; docs/RAFT-FORMAT.md "Outcome unknown").
+	ErrOutcomeUnknown = errors.New("raftstore: outcome unknown")
+	// ErrNotEnabled: the command needs a cluster version the site has not
+	// reached (some member runs an older binary). Refused before it is
+	// proposed; nothing changed (docs/RAFT-FORMAT.md "Cluster version").
+	ErrNotEnabled = errors.New("raftstore: command not enabled by the cluster version")
+	// ErrUpgradeRequired: this node's log holds an entry its binary cannot
+	// apply, so its state stopped at the entry before. It refuses to serve
+	// until it runs a binary that knows the entry (docs/RAFT-FORMAT.md
+	// "Unknown commands").
+	ErrUpgradeRequired = errors.New("raftstore: this node must be upgraded")
 )
 
 // Connection is a registered master→slave key relationship (README, etsi/API.md).
@@ -70,6 +86,9 @@ type ConnectionStatus struct {
 	BurnedKeys  int64 `json:"burned_keys"`  // keys burned over the connection's life
 	ErasedKeys  int64 `json:"erased_keys"`  // keys fetched by every slave and erased
 	AddedBlocks int64 `json:"added_blocks"` // blocks added over the connection's life
+	// PendingImport is the block whose import at both sites is half done
+	// (BeginImport without EndImport), "" when none.
+	PendingImport string `json:"pending_import,omitempty"`
 }
 
 // Block is final key material for one connection's pool, identical at both
@@ -178,6 +197,12 @@ type Site interface {
 	// BurnKeys makes keys unfetchable forever and counts them as burned.
 	// Unknown IDs are ignored.
 	BurnKeys(ctx context.Context, keyIDs []string) error
+	// BeginImport records that blockID's import at both sites is under way
+	// on connection master→slave (ConnectionStatus.PendingImport), so any
+	// later leader continues it; EndImport clears the record if it still
+	// names blockID. Both need cluster version 2 (ErrNotEnabled before).
+	BeginImport(ctx context.Context, master, slave, blockID string) error
+	EndImport(ctx context.Context, master, slave, blockID string) error
 
 	// Connection returns one connection's status.
 	Connection(ctx context.Context, master, slave string) (ConnectionStatus, error)
@@ -195,6 +220,16 @@ type Site interface {
 	// Digest is a hash of the FSM's committed state (equal on every node
 	// that applied the same log index).
 	Digest() (index uint64, digest string)
+
+	// The cluster version (docs/RAFT-FORMAT.md "Cluster version"): node/kme
+	// sends each node's NodeID and SupportedVersion to the leader, whose
+	// ReportVersion raises the cluster version once every member of the
+	// configuration supports a higher one. ClusterVersion reads this node's
+	// applied state.
+	NodeID() string
+	SupportedVersion() uint8
+	ClusterVersion() uint8
+	ReportVersion(ctx context.Context, id string, version uint8) error
 }
 
 // Config opens a Store (see Open in store.go).
@@ -229,6 +264,9 @@ type Config struct {
 	// RaftLogLevel is hashicorp/raft's log level ("trace" … "error");
 	// empty means "warn".
 	RaftLogLevel string
+	// MaxVersion is the highest cluster version this node supports; zero
+	// means MaxVersion. Tests set a lower one to play an older binary.
+	MaxVersion uint8
 	// Now is the leader's clock for the timestamps put into commands
 	// (request-table aging, default IssuedAt); nil means time.Now. Tests
 	// use it to move time forward.

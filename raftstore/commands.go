@@ -1,65 +1,42 @@
 package raftstore
 
 import (
-	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 )
 
-// Raft command encoding: one type byte, one version byte, then a JSON body
-// decoded strictly (unknown fields and trailing data are errors). A command
-// that cannot be decoded makes Apply panic: replicas must never silently
-// diverge.
+// Raft command encoding (docs/RAFT-FORMAT.md): one type byte, one version
+// byte, then a body, JSON decoded strictly (unknown fields and trailing data
+// are errors) except for batch. Every (type, version) pair has one entry in
+// the registry (registry.go): its name, body, applier and the cluster
+// version that enables it.
 
 type cmdType byte
 
+// Command types. A number is never reused: a retired command keeps its
+// registry entry for as long as old logs may hold it.
 const (
-	cmdRegister cmdType = 1
-	cmdUpdate   cmdType = 2
-	cmdDelete   cmdType = 3
-	cmdAddBlock cmdType = 4
-	cmdIssue    cmdType = 5
-	cmdRecord   cmdType = 6
-	cmdConsume  cmdType = 7
-	cmdBurn     cmdType = 8
-	cmdBatch    cmdType = 9
-	cmdDrop     cmdType = 10
-	cmdPads     cmdType = 11
-	cmdPlugin   cmdType = 12
+	cmdRegister       cmdType = 1
+	cmdUpdate         cmdType = 2
+	cmdDelete         cmdType = 3
+	cmdAddBlock       cmdType = 4
+	cmdIssue          cmdType = 5
+	cmdRecord         cmdType = 6
+	cmdConsume        cmdType = 7
+	cmdBurn           cmdType = 8
+	cmdBatch          cmdType = 9
+	cmdDrop           cmdType = 10
+	cmdPads           cmdType = 11
+	cmdPlugin         cmdType = 12
+	cmdClusterVersion cmdType = 13
+	cmdImport         cmdType = 14
 )
 
-const cmdVersion = 1
-
 func (t cmdType) String() string {
-	switch t {
-	case cmdRegister:
-		return "register"
-	case cmdUpdate:
-		return "update"
-	case cmdDelete:
-		return "delete"
-	case cmdAddBlock:
-		return "add_block"
-	case cmdIssue:
-		return "issue"
-	case cmdRecord:
-		return "record"
-	case cmdConsume:
-		return "consume"
-	case cmdBurn:
-		return "burn"
-	case cmdBatch:
-		return "batch"
-	case cmdDrop:
-		return "drop_last_block"
-	case cmdPads:
-		return "pads"
-	case cmdPlugin:
-		return "plugin"
+	if e := registry.latest(t, MaxVersion); e != nil {
+		return e.name
 	}
 	return fmt.Sprintf("cmd(%d)", byte(t))
 }
@@ -121,6 +98,24 @@ type burnCmd struct {
 	KeyIDs []string `json:"key_ids"`
 }
 
+// clusterVersionCmd raises the cluster version to Version (never lowers
+// it). The leader proposes it once every configuration member reported
+// support (docs/RAFT-FORMAT.md "Cluster version").
+type clusterVersionCmd struct {
+	At      int64 `json:"at"`
+	Version uint8 `json:"version"`
+}
+
+// importCmd records (Done false) or clears (Done true) the block whose
+// import at both sites is half done on connection Conn, so that any
+// leader of this site continues it (node/kme ImportBlock).
+type importCmd struct {
+	At    int64  `json:"at"`
+	Conn  string `json:"conn"`
+	Block string `json:"block"`
+	Done  bool   `json:"done,omitempty"`
+}
+
 // batchCmd carries many encoded commands in one log entry. Its body is
 // binary, not JSON: uvarint count, then per member uvarint length + bytes.
 type batchCmd struct {
@@ -133,7 +128,7 @@ func encodeBatch(cmds [][]byte) []byte {
 		n += binary.MaxVarintLen64 + len(c)
 	}
 	buf := make([]byte, 0, n)
-	buf = append(buf, byte(cmdBatch), cmdVersion)
+	buf = append(buf, byte(cmdBatch), 1)
 	buf = binary.AppendUvarint(buf, uint64(len(cmds)))
 	for _, c := range cmds {
 		buf = binary.AppendUvarint(buf, uint64(len(c)))
@@ -163,71 +158,7 @@ func decodeBatch(b []byte) (*batchCmd, error) {
 	return out, nil
 }
 
-func encodeCmd(t cmdType, body any) ([]byte, error) {
-	var buf bytes.Buffer
-	buf.WriteByte(byte(t))
-	buf.WriteByte(cmdVersion)
-	if err := json.NewEncoder(&buf).Encode(body); err != nil {
-		return nil, fmt.Errorf("raftstore: encode %s: %w", t, err)
-	}
-	return buf.Bytes(), nil
-}
-
-func newCmdBody(t cmdType) any {
-	switch t {
-	case cmdRegister, cmdUpdate:
-		return &registerCmd{}
-	case cmdDelete:
-		return &deleteCmd{}
-	case cmdAddBlock:
-		return &addBlockCmd{}
-	case cmdIssue:
-		return &issueCmd{}
-	case cmdRecord:
-		return &recordCmd{}
-	case cmdConsume:
-		return &consumeCmd{}
-	case cmdBurn:
-		return &burnCmd{}
-	case cmdDrop:
-		return &dropCmd{}
-	case cmdPads:
-		return &padsCmd{}
-	case cmdPlugin:
-		return &pluginCmd{}
-	}
-	return nil
-}
-
 var errUndecodable = errors.New("raftstore: undecodable command")
-
-// decodeCmd decodes one command strictly.
-func decodeCmd(data []byte) (cmdType, any, error) {
-	if len(data) < 2 {
-		return 0, nil, fmt.Errorf("%w: %d bytes", errUndecodable, len(data))
-	}
-	t := cmdType(data[0])
-	if data[1] != cmdVersion {
-		return t, nil, fmt.Errorf("%w: %s version %d unsupported", errUndecodable, t, data[1])
-	}
-	if t == cmdBatch {
-		b, err := decodeBatch(data[2:])
-		return t, b, err
-	}
-	body := newCmdBody(t)
-	if body == nil {
-		return t, nil, fmt.Errorf("%w: unknown type %d", errUndecodable, data[0])
-	}
-	dec := json.NewDecoder(bytes.NewReader(data[2:]))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(body); err != nil {
-		return t, nil, fmt.Errorf("%w: %s: %w", errUndecodable, t, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return t, nil, fmt.Errorf("%w: %s: trailing data", errUndecodable, t)
-	}
-	return t, body, nil
-}
 
 // Error codes a request-table entry may carry (entries are only written for
 // successes today, code 0; the field keeps the snapshot format open).

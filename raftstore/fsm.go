@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -57,6 +58,7 @@ type connState struct {
 	added      int64
 	burnedBits int64
 	holes      []hole // ranges behind carve skipped by relays, reserved for late ones
+	importing  string // block whose import at both sites is half done (cluster version 2)
 }
 
 // hole is a range of the pool stream before the carve position that no
@@ -101,6 +103,7 @@ type fsmState struct {
 	plugins map[string]*PluginModule
 	order   []*reqEntry // FIFO of reqs
 	now     int64       // largest command At seen
+	version uint8       // cluster version; 0 is 1 (see clusterVersion)
 }
 
 func newState() *fsmState {
@@ -141,102 +144,139 @@ type fsm struct {
 	st    *fsmState
 	index uint64
 
+	// maxVersion limits the registry to the entries of cluster versions up
+	// to it (MaxVersion; lower in tests that play an older binary).
+	maxVersion uint8
+	log        *slog.Logger
+	// broken is set when Apply met an entry it cannot apply; onBroken
+	// runs (in its own goroutine) when that happens.
+	broken   error
+	onBroken func()
+
 	applied  uint64 // commands applied (batch members count singly)
 	restores uint64 // snapshots restored (at start or installed from the leader)
 	batches  uint64
 }
 
-func newFSM() *fsm { return &fsm{st: newState()} }
+func newFSM() *fsm { return newFSMMax(MaxVersion, slog.Default()) }
+
+func newFSMMax(maxVersion uint8, log *slog.Logger) *fsm {
+	return &fsm{st: newState(), maxVersion: maxVersion, log: log}
+}
 
 var _ raft.FSM = (*fsm)(nil)
 
-// Apply applies one log entry. Undecodable commands panic: this is the only
-// panic in the package and means the log holds something this binary cannot
-// interpret, which must stop the node rather than let replicas diverge.
+// Apply applies one log entry. An entry this binary cannot decode (an
+// unknown command type or version, or a malformed body) does not panic:
+// the FSM stops applying from that index on and returns ErrUpgradeRequired
+// for it and every later entry, logs at error level, and the store refuses
+// to serve and takes no snapshot until the node runs a binary that knows
+// the command (docs/RAFT-FORMAT.md "Unknown commands" gives the reasoning).
+// A batch is decoded whole before any member applies.
 func (f *fsm) Apply(l *raft.Log) any {
-	t, body, err := decodeCmd(l.Data)
-	if err != nil {
-		panic(fmt.Sprintf("raftstore: FATAL: log index %d: %v", l.Index, err))
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.index = l.Index
-	if t == cmdBatch {
-		b := body.(*batchCmd)
-		out := make([]result, len(b.Cmds))
-		for i, raw := range b.Cmds {
-			st, sb, err := decodeCmd(raw)
-			if err != nil || st == cmdBatch {
-				panic(fmt.Sprintf("raftstore: FATAL: log index %d batch member %d: %v (type %s)", l.Index, i, err, st))
-			}
-			out[i] = f.apply(st, sb)
+	if f.broken != nil {
+		return result{err: f.broken}
+	}
+	e, body, err := decodeCmdMax(l.Data, f.maxVersion)
+	if err != nil {
+		return f.breakAt(l.Index, err)
+	}
+	if e.typ != cmdBatch {
+		if r, bad := f.checkRaise(l.Index, e, body); bad {
+			return r
 		}
-		f.batches++
-		return out
+		f.index = l.Index
+		return f.apply(e, body)
 	}
-	return f.apply(t, body)
+	b := body.(*batchCmd)
+	es := make([]*cmdEntry, len(b.Cmds))
+	bodies := make([]any, len(b.Cmds))
+	for i, raw := range b.Cmds {
+		me, mb, err := decodeCmdMax(raw, f.maxVersion)
+		if err == nil && me.typ == cmdBatch {
+			err = fmt.Errorf("%w: batch inside a batch", errUndecodable)
+		}
+		if err != nil {
+			return f.breakAt(l.Index, fmt.Errorf("batch member %d: %w", i, err))
+		}
+		if r, bad := f.checkRaise(l.Index, me, mb); bad {
+			return r
+		}
+		es[i], bodies[i] = me, mb
+	}
+	f.index = l.Index
+	out := make([]result, len(es))
+	for i := range es {
+		out[i] = f.apply(es[i], bodies[i])
+	}
+	f.batches++
+	return out
 }
 
-type applyFunc func(st *fsmState, body any) result
-
-var dispatch = map[cmdType]applyFunc{
-	cmdRegister: func(st *fsmState, b any) result { return st.register(b.(*registerCmd)) },
-	cmdUpdate:   func(st *fsmState, b any) result { return st.update(b.(*registerCmd)) },
-	cmdDelete:   func(st *fsmState, b any) result { return st.deleteConn(b.(*deleteCmd)) },
-	cmdAddBlock: func(st *fsmState, b any) result { return st.addBlock(b.(*addBlockCmd)) },
-	cmdIssue:    func(st *fsmState, b any) result { return st.issue(b.(*issueCmd)) },
-	cmdRecord:   func(st *fsmState, b any) result { return st.record(b.(*recordCmd)) },
-	cmdConsume:  func(st *fsmState, b any) result { return st.consume(b.(*consumeCmd)) },
-	cmdBurn:     func(st *fsmState, b any) result { return st.burn(b.(*burnCmd)) },
-	cmdDrop:     func(st *fsmState, b any) result { return st.dropLast(b.(*dropCmd)) },
-	cmdPads:     func(st *fsmState, b any) result { return st.pads(b.(*padsCmd)) },
-	cmdPlugin:   func(st *fsmState, b any) result { return st.plugin(b.(*pluginCmd)) },
+// checkRaise breaks the FSM on a raise beyond what this binary supports:
+// the entry is known but the format it enables is not.
+func (f *fsm) checkRaise(index uint64, e *cmdEntry, body any) (result, bool) {
+	if c, ok := body.(*clusterVersionCmd); ok && e.raise && c.Version > f.maxVersion {
+		return f.breakAt(index, fmt.Errorf("cluster version %d above this binary's %d", c.Version, f.maxVersion)), true
+	}
+	return result{}, false
 }
 
-func cmdAt(body any) int64 {
-	switch c := body.(type) {
-	case *registerCmd:
-		return c.At
-	case *deleteCmd:
-		return c.At
-	case *addBlockCmd:
-		return c.At
-	case *issueCmd:
-		return c.At
-	case *recordCmd:
-		return c.At
-	case *consumeCmd:
-		return c.At
-	case *burnCmd:
-		return c.At
-	case *dropCmd:
-		return c.At
-	case *padsCmd:
-		return c.At
-	case *pluginCmd:
-		return c.At
+// breakAt stops the FSM at a log entry it cannot apply (under f.mu).
+func (f *fsm) breakAt(index uint64, err error) result {
+	f.broken = fmt.Errorf("%w: log index %d: %w", ErrUpgradeRequired, index, err)
+	f.log.Error("cannot apply a log entry: this node refuses to serve until it runs a binary that knows it",
+		"index", index, "applied_index", f.index, "max_cluster_version", f.maxVersion, "err", err)
+	if f.onBroken != nil {
+		go f.onBroken()
 	}
-	return 0
+	return result{err: f.broken}
 }
 
-func (f *fsm) apply(t cmdType, body any) result {
-	fn, ok := dispatch[t]
-	if !ok {
-		panic(fmt.Sprintf("raftstore: FATAL: no handler for command %s", t))
-	}
+// brokenErr is ErrUpgradeRequired (wrapped) once Apply met an entry it
+// cannot apply, else nil.
+func (f *fsm) brokenErr() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.broken
+}
+
+func (f *fsm) clusterVersion() uint8 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.clusterVersion()
+}
+
+func (f *fsm) apply(e *cmdEntry, body any) result {
 	f.applied++
 	st := f.st
-	r := fn(st, body)
+	r := e.apply(st, body)
 	if r.err != nil {
 		// A failed command changes nothing, not even the clock: its retry
 		// is evaluated afresh (only successes must never apply twice).
 		return r
 	}
-	if at := cmdAt(body); at > st.now {
+	if at := e.at(body); at > st.now {
 		st.now = at
 	}
 	st.evict()
 	return r
+}
+
+// clusterVersion is the replicated cluster version; state from before the
+// registry (no version recorded) is version 1.
+func (st *fsmState) clusterVersion() uint8 { return max(1, st.version) }
+
+func (st *fsmState) raiseVersion(c *clusterVersionCmd) result {
+	if c.Version == 0 || c.Version > MaxVersion {
+		return invalid("cluster version %d", c.Version)
+	}
+	if c.Version > st.clusterVersion() {
+		st.version = c.Version
+	}
+	return result{}
 }
 
 func invalid(format string, a ...any) result {
@@ -327,5 +367,8 @@ func (f *fsm) stats() map[string]string {
 		"fsm_applied_cmds": fmt.Sprint(f.applied),
 		"fsm_batches":      fmt.Sprint(f.batches),
 		"fsm_restores":     fmt.Sprint(f.restores),
+		"cluster_version":  fmt.Sprint(f.st.clusterVersion()),
+		"max_version":      fmt.Sprint(f.maxVersion),
+		"upgrade_required": fmt.Sprint(f.broken != nil),
 	}
 }

@@ -76,7 +76,28 @@ func (st *fsmState) deleteConn(c *deleteCmd) result {
 func (cs *connState) status() ConnectionStatus {
 	bits := cs.end - cs.carve
 	return ConnectionStatus{Connection: cs.conn, StoredBits: bits, StoredKeys: bits / int64(cs.conn.KeySize),
-		IssuedKeys: cs.live, BurnedKeys: cs.burned, ErasedKeys: cs.erased, AddedBlocks: cs.added}
+		IssuedKeys: cs.live, BurnedKeys: cs.burned, ErasedKeys: cs.erased, AddedBlocks: cs.added,
+		PendingImport: cs.importing}
+}
+
+// importMark records or clears the connection's half-done block import.
+// Recording replaces an older record: node/kme checks the pools are in step
+// (or that this is the recorded block) before it records.
+func (st *fsmState) importMark(c *importCmd) result {
+	cs, ok := st.conns[c.Conn]
+	if !ok {
+		return result{err: fmt.Errorf("%w: %s", ErrConnectionNotFound, c.Conn)}
+	}
+	if c.Block == "" || len(c.Block) > 256 {
+		return invalid("import: block ID must be 1..256 bytes")
+	}
+	switch {
+	case !c.Done:
+		cs.importing = c.Block
+	case cs.importing == c.Block:
+		cs.importing = ""
+	}
+	return result{}
 }
 
 func (f *fsm) connection(id string) (ConnectionStatus, error) {

@@ -15,8 +15,6 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-const snapVersion = 1
-
 type snapBlock struct {
 	ID      string `json:"id"`
 	Start   int64  `json:"start"`
@@ -37,6 +35,7 @@ type snapConn struct {
 	Blocks     []snapBlock `json:"blocks"`
 	Recent     []string    `json:"recent"`
 	Holes      []snapHole  `json:"holes"`
+	Importing  string      `json:"importing,omitempty"` // cluster version 2
 }
 
 type snapHole struct {
@@ -68,8 +67,8 @@ type snapReq struct {
 }
 
 type snapState struct {
-	Version int         `json:"version"`
-	Index   uint64      `json:"index"` // last command index applied
+	Version int         `json:"version"` // the cluster version (docs/RAFT-FORMAT.md "Snapshot")
+	Index   uint64      `json:"index"`   // last command index applied
 	Now     int64       `json:"now"`
 	Conns   []snapConn  `json:"conns"`
 	Keys    []snapKey   `json:"keys"`
@@ -81,10 +80,10 @@ type snapState struct {
 // export copies the state into its canonical, sorted form. Byte slices are
 // shared: they are never mutated after creation.
 func (st *fsmState) export() *snapState {
-	s := &snapState{Version: snapVersion, Now: st.now}
+	s := &snapState{Version: int(st.clusterVersion()), Now: st.now}
 	for _, cs := range st.conns {
 		sc := snapConn{Conn: cs.conn, End: cs.end, Carve: cs.carve, Live: cs.live, Burned: cs.burned,
-			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent)}
+			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent), Importing: cs.importing}
 		for _, h := range cs.holes {
 			sc.Holes = append(sc.Holes, snapHole{Start: h.start, End: h.end, At: h.at})
 		}
@@ -111,15 +110,16 @@ func (st *fsmState) export() *snapState {
 
 // importState builds a fresh state from a snapshot, recomputing derived
 // fields (block refs, key pins).
-func importState(s *snapState) (*fsmState, error) {
-	if s.Version != snapVersion {
-		return nil, fmt.Errorf("raftstore: snapshot version %d unsupported", s.Version)
+func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
+	if s.Version < 1 || s.Version > int(maxVersion) {
+		return nil, fmt.Errorf("%w: snapshot version %d, this binary supports 1..%d", ErrUpgradeRequired, s.Version, maxVersion)
 	}
 	st := newState()
 	st.now = s.Now
+	st.version = uint8(s.Version)
 	for _, sc := range s.Conns {
 		cs := &connState{conn: sc.Conn, end: sc.End, carve: sc.Carve, live: sc.Live, burned: sc.Burned,
-			erased: sc.Erased, added: sc.Added, burnedBits: sc.BurnedBits, recent: sc.Recent}
+			erased: sc.Erased, added: sc.Added, burnedBits: sc.BurnedBits, recent: sc.Recent, importing: sc.Importing}
 		for _, h := range sc.Holes {
 			cs.holes = append(cs.holes, hole{start: h.Start, end: h.End, at: h.At})
 		}
@@ -159,9 +159,14 @@ func importState(s *snapState) (*fsmState, error) {
 
 type fsmSnapshot struct{ s *snapState }
 
+// Snapshot refuses while the FSM is stopped at an entry it cannot apply:
+// the log must keep that entry for the upgraded binary to replay it.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.broken != nil {
+		return nil, f.broken
+	}
 	s := f.st.export()
 	s.Index = f.index
 	return &fsmSnapshot{s: s}, nil
@@ -185,13 +190,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := dec.Decode(&s); err != nil {
 		return fmt.Errorf("raftstore: restore: %w", err)
 	}
-	st, err := importState(&s)
+	st, err := importState(&s, f.maxVersion)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.st = st
 	f.index = s.Index
+	f.broken = nil // the leader's state at s.Index replaces what this node could not apply
 	f.restores++
 	f.mu.Unlock()
 	return nil

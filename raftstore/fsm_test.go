@@ -465,12 +465,64 @@ func TestDecodeStrict(t *testing.T) {
 	if _, _, err := decodeCmd(good); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if recover() == nil {
-			t.Fatal("Apply of an unknown command did not panic")
-		}
-	}()
-	newFSM().Apply(&raft.Log{Index: 1, Data: []byte{99, 1}})
+}
+
+// TestUnknownCommand: an entry this binary cannot apply stops the FSM with
+// ErrUpgradeRequired instead of panicking: nothing of it (or of its batch)
+// applies, later entries are refused, no snapshot is taken, and restoring
+// a snapshot it can read brings it back.
+func TestUnknownCommand(t *testing.T) {
+	burn, _ := encodeCmd(cmdBurn, &burnCmd{At: 5, KeyIDs: []string{"a"}})
+	imp, _ := encodeCmd(cmdImport, &importCmd{At: 5, Conn: fConn.ID(), Block: "b1"})
+	raise, _ := encodeCmd(cmdClusterVersion, &clusterVersionCmd{At: 5, Version: 2})
+	for _, tc := range []struct {
+		name string
+		max  uint8
+		data []byte
+	}{
+		{"unknown type", MaxVersion, []byte{99, 1, '{', '}'}},
+		{"unknown version", MaxVersion, append([]byte{byte(cmdBurn), MaxVersion + 1}, burn[2:]...)},
+		{"malformed body", MaxVersion, append([]byte{byte(cmdBurn), 1}, []byte(`{"key_ids":"a"}`)...)},
+		{"command of a newer version", 1, imp},
+		{"raise beyond this binary", 1, raise},
+		{"batch with a newer member", 1, encodeBatch([][]byte{burn, imp})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := setup(t)
+			h.f.maxVersion = tc.max
+			before := h.digest()
+			h.idx++
+			r, ok := h.f.Apply(&raft.Log{Index: h.idx, Data: tc.data}).(result)
+			if !ok || !errors.Is(r.err, ErrUpgradeRequired) {
+				t.Fatalf("Apply = %v, want ErrUpgradeRequired", r.err)
+			}
+			if h.digest() != before {
+				t.Fatal("a refused entry changed the state")
+			}
+			h.idx++
+			if r, ok := h.f.Apply(&raft.Log{Index: h.idx, Data: burn}).(result); !ok || !errors.Is(r.err, ErrUpgradeRequired) {
+				t.Fatalf("entry after the unknown one: %v", r.err)
+			}
+			if _, err := h.f.Snapshot(); !errors.Is(err, ErrUpgradeRequired) {
+				t.Fatalf("Snapshot = %v, want ErrUpgradeRequired", err)
+			}
+			good := setup(t)
+			snap, err := good.f.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sink := &memSink{}
+			if err := snap.Persist(sink); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+				t.Fatal(err)
+			}
+			if h.f.brokenErr() != nil {
+				t.Fatal("still stopped after restoring a snapshot")
+			}
+		})
+	}
 }
 
 type memSink struct{ bytes.Buffer }

@@ -68,6 +68,11 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// Cluster version reports (version.go), leader only.
+	raiseKick chan struct{}
+	reportsMu sync.Mutex
+	reports   map[string]versionReport
+
 	commits     atomic.Uint64
 	commitNanos atomic.Int64
 	lastCommit  atomic.Int64
@@ -96,8 +101,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	s := &Store{cfg: cfg, log: logger.With("node", cfg.NodeID), kek: append([]byte(nil), cfg.KEK...), fsm: newFSM(),
-		notify: make(chan bool, 1), kick: make(chan struct{}, 1), queue: make(chan *op, 4096), stop: make(chan struct{}), subs: map[chan bool]struct{}{}}
+	if cfg.MaxVersion == 0 || cfg.MaxVersion > MaxVersion {
+		cfg.MaxVersion = MaxVersion
+	}
+	s := &Store{cfg: cfg, log: logger.With("node", cfg.NodeID), kek: append([]byte(nil), cfg.KEK...),
+		notify: make(chan bool, 1), kick: make(chan struct{}, 1), queue: make(chan *op, 4096), stop: make(chan struct{}), subs: map[chan bool]struct{}{},
+		raiseKick: make(chan struct{}, 1), reports: map[string]versionReport{}}
+	s.fsm = newFSMMax(cfg.MaxVersion, s.log)
+	s.fsm.onBroken = s.stepDown
 	ok := false
 	defer func() {
 		if !ok {
@@ -189,7 +200,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}
 	ok = true
-	s.wg.Add(3)
+	s.wg.Add(4)
+	go s.raiser()
 	go s.batcher()
 	go s.pumpNotify()
 	go s.watchLeader()
@@ -226,6 +238,18 @@ func (s *Store) leaderErr() error {
 	return ErrNoLeader
 }
 
+// mapApplyErr maps the error of raft.Apply. ErrLeadershipLost comes after
+// the entry was appended to the leader's log: it may still commit under the
+// next leader, so it is ErrOutcomeUnknown, never not-leader. Errors raised
+// before the entry was dispatched (raft.ErrNotLeader, a transfer in
+// progress, shutdown) changed nothing and map as mapRaftErr does.
+func (s *Store) mapApplyErr(err error) error {
+	if errors.Is(err, raft.ErrLeadershipLost) {
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+	}
+	return s.mapRaftErr(err)
+}
+
 func (s *Store) mapRaftErr(err error) error {
 	switch {
 	case err == nil:
@@ -234,6 +258,9 @@ func (s *Store) mapRaftErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrNotVoter):
+		// For reads and membership changes: nothing of ours was appended
+		// (a membership change is idempotent and retried). Log entries go
+		// through mapApplyErr instead.
 		return fmt.Errorf("%w: %w", s.leaderErr(), err)
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return fmt.Errorf("%w: %w", ErrNoLeader, err)
@@ -305,6 +332,7 @@ func (s *Store) watchLeader() {
 		s.ready.Store(true)
 		s.log.Info("became leader")
 		s.publish(true)
+		s.kickRaise()
 	}
 }
 
@@ -437,7 +465,7 @@ func (s *Store) applyBatch(batch []*op) {
 	start := time.Now()
 	f := s.raft.Apply(data, 0)
 	if err := f.Error(); err != nil {
-		err = s.mapRaftErr(err)
+		err = s.mapApplyErr(err)
 		for _, o := range batch {
 			o.done <- result{err: err}
 		}
@@ -450,7 +478,11 @@ func (s *Store) applyBatch(batch []*op) {
 	s.batchedOps.Add(uint64(len(batch)))
 	switch r := f.Response().(type) {
 	case result:
-		batch[0].done <- r
+		// One result for the whole entry: a single command, or an FSM
+		// that refused the entry (ErrUpgradeRequired).
+		for _, o := range batch {
+			o.done <- r
+		}
 	case []result:
 		for i, o := range batch {
 			o.done <- r[i]
@@ -472,7 +504,22 @@ func (s *Store) submit(ctx context.Context, t cmdType, body any) result {
 	if s.raft.State() != raft.Leader {
 		return result{err: s.leaderErr()}
 	}
-	data, err := encodeCmd(t, body)
+	if err := s.fsm.brokenErr(); err != nil {
+		return result{err: err}
+	}
+	e := registry.latest(t, MaxVersion)
+	if e == nil {
+		return result{err: fmt.Errorf("%w: command %d unknown", ErrInvalid, byte(t))}
+	}
+	if e.version > s.cfg.MaxVersion {
+		return result{err: fmt.Errorf("%w: %s needs cluster version %d, this node supports up to %d",
+			ErrNotEnabled, e.name, e.version, s.cfg.MaxVersion)}
+	}
+	if cv := s.fsm.clusterVersion(); e.version > cv && !e.raise {
+		return result{err: fmt.Errorf("%w: %s needs cluster version %d, the site is at %d (upgrade every node; docs/RAFT-FORMAT.md)",
+			ErrNotEnabled, e.name, e.version, cv)}
+	}
+	data, err := encodeEntry(e, body)
 	if err != nil {
 		return result{err: err}
 	}
@@ -488,7 +535,7 @@ func (s *Store) submit(ctx context.Context, t cmdType, body any) result {
 	case r := <-o.done:
 		return r
 	case <-ctx.Done():
-		return result{err: fmt.Errorf("raftstore: outcome unknown: %w", ctx.Err())}
+		return result{err: fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}
 	case <-s.stop:
 		return result{err: ErrClosed}
 	}
@@ -629,6 +676,9 @@ func (s *Store) readCheck(ctx context.Context) error {
 	if s.raft.State() != raft.Leader {
 		return s.leaderErr()
 	}
+	if err := s.fsm.brokenErr(); err != nil {
+		return err
+	}
 	if !s.ready.Load() {
 		if err := waitFuture(ctx, s.raft.Barrier(0)); err != nil {
 			return s.mapRaftErr(err)
@@ -661,6 +711,9 @@ func (s *Store) LocalConnections() []ConnectionStatus { return s.fsm.connections
 // without any leader check (possibly stale): for validating request
 // parameters cheaply; the FSM re-checks everything at Apply.
 func (s *Store) LocalConnection(master, slave string) (ConnectionStatus, error) {
+	if err := s.fsm.brokenErr(); err != nil {
+		return ConnectionStatus{}, err
+	}
 	return s.fsm.connection(Connection{MasterSAE: master, SlaveSAE: slave}.ID())
 }
 

@@ -7,6 +7,7 @@ package storetest
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -348,4 +349,46 @@ func (c *Cluster) WaitDigestsEqual(t testing.TB) string {
 	})
 	equal = true
 	return d0
+}
+
+// Reconfigure changes node id's Config for its next Restart (an upgrade
+// plays a new binary with a higher MaxVersion).
+func (c *Cluster) Reconfigure(id string, f func(*raftstore.Config)) {
+	i := c.Index(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(&c.cfgs[i])
+}
+
+// Stop shuts node id down as an operator does before an upgrade: a leader
+// hands leadership to another voter first. Its data stays.
+func (c *Cluster) Stop(ctx context.Context, id string) {
+	i := c.Index(id)
+	c.mu.Lock()
+	s := c.Stores[i]
+	c.Stores[i] = nil
+	c.mu.Unlock()
+	if s != nil {
+		_ = s.Shutdown(ctx)
+	}
+}
+
+// ReportVersions delivers every running node's supported cluster version to
+// the current leader, as node/kme's version reporter does over the
+// forwarding path; errors (no leader at the moment) are returned joined.
+func (c *Cluster) ReportVersions(ctx context.Context) error {
+	var leader *raftstore.Store
+	for _, s := range c.running() {
+		if s.IsLeader() {
+			leader = s
+		}
+	}
+	if leader == nil {
+		return raftstore.ErrNoLeader
+	}
+	var errs []error
+	for _, s := range c.running() {
+		errs = append(errs, leader.ReportVersion(ctx, s.NodeID(), s.SupportedVersion()))
+	}
+	return errors.Join(errs...)
 }
