@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/node/forward"
 	"qkdkms/raftstore"
 )
 
@@ -27,26 +27,24 @@ import (
 //	GET  /admin/v1/digest              → DigestResponse (this node, not forwarded)
 //
 // Membership changes run on the leader: a follower proxies the request to the
-// leader over node-to-node mTLS (never a redirect), retrying only while the
-// answer is "not leader" / "no leader", until the caller's deadline (at most
-// MaxAdminWait). Errors are JSON AdminError bodies.
+// leader over node-to-node mTLS (never a redirect) with the forwarder of
+// package forward, the one the ETSI path uses: it retries while the answer
+// is "not leader" / "no leader", until the caller's deadline (at most
+// MaxAdminWait, sent as the remaining time in X-Qkdkms-Deadline-Ms). Errors
+// are JSON AdminError bodies whose codes and statuses are forward.Table's.
 
 // MaxAdminWait bounds how long an admin request waits for a leader.
 const MaxAdminWait = 15 * time.Second
 
-// Header names used between nodes when forwarding.
+// Error codes in AdminError.Code: the wire codes of the one error table
+// (forward.Table); these are the ones the admin API itself produces.
 const (
-	headerForwarded = "X-Qkdkms-Forwarded-By"
-	headerDeadline  = "X-Qkdkms-Deadline" // unix nanoseconds
-)
-
-// Error codes in AdminError.Code.
-const (
-	CodeNotLeader  = "not_leader"
-	CodeNoLeader   = "no_leader"
-	CodeBadRequest = "bad_request"
-	CodeForbidden  = "forbidden"
-	CodeInternal   = "internal"
+	CodeNotLeader   = forward.CodeNotLeader
+	CodeNoLeader    = forward.CodeNoLeader
+	CodeBadRequest  = forward.CodeBadRequest
+	CodeForbidden   = forward.CodeForbidden
+	CodeUnavailable = forward.CodeUnavailable
+	CodeInternal    = forward.CodeInternal
 )
 
 // JoinRequest adds a voter.
@@ -82,13 +80,8 @@ type DigestResponse struct {
 	Digest string `json:"digest"`
 }
 
-// AdminError is the body of every non-2xx admin answer.
-type AdminError struct {
-	Message string `json:"message"`
-	Code    string `json:"code"`
-}
-
-func (e *AdminError) Error() string { return e.Code + ": " + e.Message }
+// AdminError is the body of every non-2xx admin answer, {"code","message"}.
+type AdminError = forward.Error
 
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -221,110 +214,83 @@ func decodeAdminLimit(w http.ResponseWriter, r *http.Request, v any, limit int64
 	return body, true
 }
 
-// adminDeadline is the caller's deadline: the forwarding node's, if any,
-// else now + MaxAdminWait; never later than now + MaxAdminWait.
-func adminDeadline(r *http.Request) time.Time {
-	d := time.Now().Add(MaxAdminWait)
-	if v := r.Header.Get(headerDeadline); v != "" {
-		if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
-			if t := time.Unix(0, ns); t.Before(d) {
-				d = t
-			}
-		}
-	}
-	if t, ok := r.Context().Deadline(); ok && t.Before(d) {
-		d = t
-	}
-	return d
-}
-
-// leaderDo runs op locally when this node leads, else proxies the request
-// to the leader, retrying on not-leader / no-leader until the deadline.
-// A request that was itself forwarded is never forwarded again: it answers
-// 503 not_leader and its sender retries.
+// leaderDo runs op on the site's leader through the one forwarder (package
+// forward, shared with the ETSI path): locally when this node leads, else
+// by proxying the request to the leader with the caller's remaining time,
+// retrying on not-leader / no-leader until the caller's deadline (at most
+// MaxAdminWait). The leader's answer is passed on as it is. A request that
+// was itself forwarded is never forwarded again: it runs here or answers
+// not_leader, and its sender retries.
 func (n *Node) leaderDo(w http.ResponseWriter, r *http.Request, body []byte, op func(context.Context) (any, error)) {
-	ctx, cancel := context.WithDeadline(r.Context(), adminDeadline(r))
+	ctx, cancel := forward.Context(r, MaxAdminWait)
 	defer cancel()
-	forwarded := r.Header.Get(headerForwarded) != ""
-	backoff := 20 * time.Millisecond
-	for {
-		res, err := op(ctx)
-		if err == nil {
-			writeJSON(w, http.StatusOK, res)
+	var res any
+	local := func(ctx context.Context) error {
+		var err error
+		res, err = op(ctx)
+		return err
+	}
+	var err error
+	if r.Header.Get(forward.ForwardedHeader) != "" {
+		err = local(ctx)
+	} else {
+		var proxied []byte
+		f := forward.Forwarder{Leader: n.adminLeader, Log: n.logger}
+		err = f.Do(ctx, forward.Op{
+			Name:  r.Method + " " + r.URL.Path,
+			Local: local,
+			Remote: func(ctx context.Context, base string) error {
+				var err error
+				proxied, err = n.forward(ctx, base, r, body)
+				return err
+			},
+			// Every admin write is a no-op when repeated: joining a voter
+			// already there at that address, removing one already gone,
+			// installing the same name@version and sha256, choosing the
+			// plugin already chosen, setting the same eavesdropper.
+			Idempotent: true,
+		})
+		if err == nil && proxied != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(proxied)
 			return
-		}
-		if !errors.Is(err, raftstore.ErrNotLeader) && !errors.Is(err, raftstore.ErrNoLeader) {
-			status, code := http.StatusInternalServerError, CodeInternal
-			switch {
-			case errors.Is(err, raftstore.ErrInvalid):
-				status, code = http.StatusBadRequest, CodeBadRequest
-			case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-				status, code = http.StatusServiceUnavailable, CodeNoLeader
-			}
-			writeAdminError(w, status, code, err.Error())
-			return
-		}
-		if forwarded {
-			writeAdminError(w, http.StatusServiceUnavailable, CodeNotLeader, "this node is not the leader")
-			return
-		}
-		_, addr := n.store.Leader()
-		if addr != "" && addr != n.cfg.Advertise {
-			status, respBody, retry, ferr := n.forward(ctx, r.Method, r.URL.RequestURI(), addr, body)
-			if ferr == nil && !retry {
-				n.metrics.forwarded.WithLabelValues("ok").Inc()
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(status)
-				_, _ = w.Write(respBody)
-				return
-			}
-			n.metrics.forwarded.WithLabelValues("retry").Inc()
-			if ferr != nil {
-				n.logger.Debug("forward to leader failed", "leader", addr, "err", ferr)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			writeAdminError(w, http.StatusServiceUnavailable, CodeNoLeader, "no leader reachable before the deadline")
-			return
-		case <-time.After(backoff):
-		}
-		if backoff < 500*time.Millisecond {
-			backoff *= 2
 		}
 	}
+	if err != nil {
+		forward.WriteError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
-// forward proxies one admin request to addr. retry is true when the leader
-// answered not-leader/no-leader or could not be reached.
-func (n *Node) forward(ctx context.Context, method, uri, addr string, body []byte) (status int, respBody []byte, retry bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+uri, bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, false, fmt.Errorf("node: forward request: %w", err)
+// adminLeader is the forwarder's view of the site for admin requests: this
+// node, or the leader's HTTPS base URL (Raft and HTTPS share the port).
+func (n *Node) adminLeader() (bool, string) {
+	if n.store.IsLeader() {
+		return true, ""
 	}
-	req.Header.Set(headerForwarded, n.cfg.NodeID)
-	if d, ok := ctx.Deadline(); ok {
-		req.Header.Set(headerDeadline, strconv.FormatInt(d.UnixNano(), 10))
+	if _, addr := n.store.Leader(); addr != "" && addr != n.cfg.Advertise {
+		return false, "https://" + addr
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	return false, ""
+}
+
+// forward proxies one admin request to the leader at base and returns the
+// body of its 200 answer; its error answers decode through the error table.
+func (n *Node) forward(ctx context.Context, base string, r *http.Request, body []byte) ([]byte, error) {
+	h := http.Header{forward.ForwardedHeader: {n.cfg.NodeID}}
+	data, _, err := forward.Send(ctx, n.siteClient, r.Method, base+r.URL.RequestURI(), body, h)
+	result := "ok"
+	if forward.Retryable(err) || errors.Is(err, forward.ErrNoAnswer) {
+		result = "retry"
 	}
-	resp, err := n.siteClient.Do(req)
-	if err != nil {
-		return 0, nil, true, fmt.Errorf("node: forward to %s: %w", addr, err)
+	n.metrics.forwarded.WithLabelValues(result).Inc()
+	var te *forward.TransportError
+	if errors.As(err, &te) {
+		return nil, fmt.Errorf("node: forward to %s: %w", base, err)
 	}
-	defer resp.Body.Close()
-	respBody, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return 0, nil, true, fmt.Errorf("node: forward to %s: read: %w", addr, err)
-	}
-	if resp.StatusCode == http.StatusServiceUnavailable {
-		var ae AdminError
-		if json.Unmarshal(respBody, &ae) == nil && (ae.Code == CodeNotLeader || ae.Code == CodeNoLeader) {
-			return resp.StatusCode, respBody, true, nil
-		}
-	}
-	return resp.StatusCode, respBody, false, nil
+	return data, err // an error answer passes on as the leader wrote it
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -338,5 +304,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeAdminError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, AdminError{Message: msg, Code: code})
+	forward.WriteCode(w, status, code, msg)
 }

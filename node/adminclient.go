@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"qkdkms/etsi/pki"
+	"qkdkms/node/forward"
 	"qkdkms/node/link"
 )
 
-// ErrAdmin wraps an error answer of the admin API (an *AdminError).
+// ErrAdmin wraps an error answer of the admin API (an *AdminError, which
+// errors.Is also matches against the sentinel of its code in forward.Table).
 var ErrAdmin = errors.New("node: admin request refused")
 
 // AdminClient calls a site's admin API over mTLS. It tries the addresses in
@@ -84,6 +86,8 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		if in != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
+		// The node stops waiting for a leader when the caller does.
+		forward.SetDeadline(ctx, req.Header)
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
 			lastErr = fmt.Errorf("node: admin %s %s at %s: %w", method, path, addr, err)
@@ -99,10 +103,7 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 			continue
 		}
 		if resp.StatusCode != http.StatusOK {
-			ae := &AdminError{}
-			if json.Unmarshal(b, ae) != nil || ae.Message == "" {
-				ae = &AdminError{Code: CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b))}
-			}
+			ae := forward.DecodeError(resp.StatusCode, b)
 			return fmt.Errorf("%w: %s at %s: %w", ErrAdmin, path, addr, ae)
 		}
 		if err := json.Unmarshal(b, out); err != nil {

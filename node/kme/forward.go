@@ -1,19 +1,11 @@
 package kme
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"strconv"
-	"strings"
-	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/node/forward"
 	"qkdkms/raftstore"
 )
 
@@ -84,218 +76,80 @@ type (
 	}
 )
 
-// Error codes carried across the forwarding and peer hops, so that a
-// sentinel error survives them.
+// The error table, the deadline header and the forwarder are package
+// forward's (one for the ETSI and the admin path); these names are the ones
+// the rest of this package uses.
 const (
-	codeNotLeader    = "not_leader"
-	codeNoLeader     = "no_leader"
-	codeUnknownSAE   = "unknown_sae"
-	codeUnauthorized = "unauthorized"
-	codeKeysNotFound = "keys_not_found"
-	codeInsufficient = "insufficient_keys"
-	codeConflict     = "conflict"
-	codeBadRequest   = "bad_request"
-	codeUnavailable  = "unavailable"
-	codeForbidden    = "forbidden"
+	codeNotLeader    = forward.CodeNotLeader
+	codeUnauthorized = forward.CodeUnauthorized
+	codeBadRequest   = forward.CodeBadRequest
+	codeForbidden    = forward.CodeForbidden
+
+	deadlineHeader = forward.DeadlineHeader
 )
 
 // errorBody is every internal endpoint's error answer.
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
+type errorBody = forward.Error
 
-// codeOf maps an error (raftstore or etsi sentinel) to a wire code.
-func codeOf(err error) string {
-	switch {
-	case errors.Is(err, raftstore.ErrNotLeader):
-		return codeNotLeader
-	case errors.Is(err, raftstore.ErrNoLeader):
-		return codeNoLeader
-	case errors.Is(err, raftstore.ErrConnectionNotFound), errors.Is(err, etsi.ErrUnknownSAE):
-		return codeUnknownSAE
-	case errors.Is(err, raftstore.ErrNotAuthorized), errors.Is(err, etsi.ErrUnauthorized):
-		return codeUnauthorized
-	case errors.Is(err, raftstore.ErrKeyNotFound), errors.Is(err, etsi.ErrKeysNotFound):
-		return codeKeysNotFound
-	case errors.Is(err, raftstore.ErrInsufficientKeys), errors.Is(err, etsi.ErrInsufficientKeys):
-		return codeInsufficient
-	case errors.Is(err, raftstore.ErrConnectionExists), errors.Is(err, etsi.ErrConflict):
-		return codeConflict
-	case errors.Is(err, raftstore.ErrInvalid), errors.Is(err, etsi.ErrBadRequest):
-		return codeBadRequest
-	}
-	return codeUnavailable
-}
+// transportError: a request got no HTTP answer.
+type transportError = forward.TransportError
 
-// errorOf is the inverse of codeOf.
-func errorOf(code string) error {
-	switch code {
-	case codeNotLeader:
-		return raftstore.ErrNotLeader
-	case codeNoLeader:
-		return raftstore.ErrNoLeader
-	case codeUnknownSAE:
-		return etsi.ErrUnknownSAE
-	case codeUnauthorized:
-		return etsi.ErrUnauthorized
-	case codeKeysNotFound:
-		return etsi.ErrKeysNotFound
-	case codeInsufficient:
-		return etsi.ErrInsufficientKeys
-	case codeConflict:
-		return etsi.ErrConflict
-	case codeBadRequest:
-		return etsi.ErrBadRequest
-	}
-	return etsi.ErrUnavailable
-}
+// codeOf is err's wire code (forward.Table).
+func codeOf(err error) string { return forward.CodeOf(err) }
 
-// statusOf is the HTTP status an internal error answer carries (the code
-// in the body is authoritative).
-func statusOf(code string) int {
-	switch code {
-	case codeNotLeader:
-		return http.StatusMisdirectedRequest
-	case codeUnknownSAE, codeUnauthorized:
-		return http.StatusUnauthorized
-	case codeForbidden:
-		return http.StatusForbidden
-	case codeKeysNotFound, codeConflict, codeBadRequest:
-		return http.StatusBadRequest
-	}
-	return http.StatusServiceUnavailable
-}
+// statusOf is the HTTP status of an error answer with code.
+func statusOf(code string) int { return forward.StatusOf(code) }
 
-// toETSI maps any error to an etsi sentinel (wrapped with its text).
-// Not-leader and no-leader become ErrUnavailable: the caller ran out of
-// time finding a leader.
-func toETSI(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, s := range []error{etsi.ErrUnknownSAE, etsi.ErrUnauthorized, etsi.ErrKeysNotFound,
-		etsi.ErrInsufficientKeys, etsi.ErrUnavailable, etsi.ErrConflict, etsi.ErrBadRequest} {
-		if errors.Is(err, s) {
-			return err
-		}
-	}
-	s := errorOf(codeOf(err))
-	return fmt.Errorf("%w: %v", s, err)
-}
-
-func isRetryable(err error) bool {
-	return errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader)
-}
-
-// deadlineHeader carries the caller's remaining time across a hop (ms).
-const deadlineHeader = "X-Qkdkms-Deadline-Ms"
+// isRetryable: not-leader or no-leader, nothing changed.
+func isRetryable(err error) bool { return forward.Retryable(err) }
 
 // leaderHeader: a node that answers a peer call names its site's leader
 // (HTTPS base URL) so the peer can address the leader directly next time.
 const leaderHeader = "X-Qkdkms-Leader"
 
 // run executes local on this node when it is the leader; otherwise (or when
-// local reports not-leader) it forwards op to the leader, retrying with a
-// short backoff on not-leader/no-leader within the caller's deadline.
-// local must return ErrNotLeader/ErrNoLeader only when it changed nothing.
-// Errors come back as etsi sentinels.
+// local reports not-leader) it forwards op to the leader's
+// /internal/v1/forward/{op} with the forwarder's one retry policy, within
+// the caller's deadline (CallTimeout when it has none). local must return
+// ErrNotLeader/ErrNoLeader only when it changed nothing. Every operation is
+// idempotent (enc_keys and dec_keys carry the request ID chosen at the
+// first node, and the store answers a repeated ID with the first result;
+// the others are no-ops when repeated), so an unknown outcome is retried
+// too. Errors come back as etsi sentinels.
 func (k *KME) run(ctx context.Context, op string, in, out any, local func(context.Context) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, k.cfg.CallTimeout)
 		defer cancel()
 	}
-	backoff := 5 * time.Millisecond
-	var last error
-	for {
-		var err error
-		if k.site.IsLeader() {
-			err = local(ctx)
-		} else if _, addr := k.site.Leader(); addr != "" {
-			err = k.forward(ctx, k.resolveBase(addr), op, in, out)
-		} else {
-			err = raftstore.ErrNoLeader
-		}
-		if !isRetryable(err) {
-			return toETSI(err)
-		}
-		last = err
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w: %s: no leader reachable before the deadline: %v", etsi.ErrUnavailable, op, last)
-		case <-t.C:
-		}
-		backoff = min(backoff*2, 100*time.Millisecond)
+	f := forward.Forwarder{Leader: k.leader, Log: k.log}
+	return forward.ToETSI(f.Do(ctx, forward.Op{
+		Name:  op,
+		Local: local,
+		Remote: func(ctx context.Context, base string) error {
+			return forward.Post(ctx, k.client, base+"/internal/v1/forward/"+op, in, out, nil)
+		},
+		Idempotent: true,
+	}))
+}
+
+// leader is the forwarder's view of the site: this node, or the leader's
+// HTTPS base URL.
+func (k *KME) leader() (bool, string) {
+	if k.site.IsLeader() {
+		return true, ""
 	}
+	if _, addr := k.site.Leader(); addr != "" {
+		return false, k.resolveBase(addr)
+	}
+	return false, ""
 }
 
 func (k *KME) resolveBase(raftAddr string) string { return baseURL(k.resolve(raftAddr)) }
 
-// forward posts op to the leader's /internal/v1/forward/{op}. Every
-// operation is idempotent (enc_keys and dec_keys carry the request ID chosen
-// at the first node, and the store answers a repeated ID with the first
-// result), so a transport error is retried like not-leader: at whatever
-// node leads by then, until the caller's deadline.
-func (k *KME) forward(ctx context.Context, base, op string, in, out any) error {
-	err := k.post(ctx, base+"/internal/v1/forward/"+op, in, out, nil)
-	var te *transportError
-	if errors.As(err, &te) {
-		return fmt.Errorf("%w: forward %s: %v", raftstore.ErrNoLeader, op, te.err)
-	}
-	return err
-}
-
-// transportError: the request got no HTTP answer. dial is true when it
-// provably never left this node.
-type transportError struct {
-	err  error
-	dial bool
-}
-
-func (e *transportError) Error() string { return e.err.Error() }
-func (e *transportError) Unwrap() error { return e.err }
-
 // post sends a JSON request and decodes a JSON answer: 200 into out, an
-// error body into its sentinel. onHeader sees the answer's headers.
+// error body into its sentinel (forward.Post). onHeader sees the answer's
+// headers.
 func (k *KME) post(ctx context.Context, url string, in, out any, onHeader func(http.Header)) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("%w: encode request: %v", etsi.ErrUnavailable, err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("%w: %v", etsi.ErrUnavailable, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if d, ok := ctx.Deadline(); ok {
-		req.Header.Set(deadlineHeader, strconv.FormatInt(max(time.Until(d).Milliseconds(), 1), 10))
-	}
-	resp, err := k.client.Do(req)
-	if err != nil {
-		var oe *net.OpError
-		return &transportError{err: err, dial: errors.As(err, &oe) && oe.Op == "dial"}
-	}
-	defer resp.Body.Close()
-	if onHeader != nil {
-		onHeader(resp.Header)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return &transportError{err: err}
-	}
-	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%w: decode answer from %s: %v", etsi.ErrUnavailable, url, err)
-		}
-		return nil
-	}
-	var eb errorBody
-	if err := json.Unmarshal(data, &eb); err != nil || eb.Code == "" {
-		return fmt.Errorf("%w: %s answered %d", etsi.ErrUnavailable, url, resp.StatusCode)
-	}
-	sentinel := errorOf(eb.Code)
-	return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(eb.Message, sentinel.Error()+": "))
+	return forward.Post(ctx, k.client, url, in, out, onHeader)
 }
