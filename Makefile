@@ -1,16 +1,22 @@
 # qkdkms — build, test and run. Everything it needs comes from go.mod.
 GO      ?= go
 BIN     := bin/qkdkms
+LAB     := bin/qkdkms-lab
 PLUGINS := bin/plugins
 export CGO_ENABLED ?= 0
 
-.PHONY: all build plugins cplugins check-cplugins test fuzz bench lint run e2e up down clean
+.PHONY: all build lab plugins cplugins check-cplugins test fuzz bench lint run e2e up down clean
 
 all: build plugins
 
-## build: the one binary, static (CGO_ENABLED=0), into bin/qkdkms
+## build: the server binary, static (CGO_ENABLED=0), into bin/qkdkms
 build:
 	$(GO) build -trimpath -o $(BIN) ./node/cmd/qkdkms
+
+## lab: the failover experiments' command (reports, plots) into bin/qkdkms-lab;
+## it runs bin/qkdkms as the nodes, which does not link it
+lab: build
+	$(GO) build -trimpath -o $(LAB) ./testcluster/cmd/qkdkms-lab
 
 ## plugins: the post-processing step plugins (WASM) and their manifest into bin/plugins
 plugins:
@@ -76,9 +82,10 @@ lint:
 run: build plugins
 	$(BIN) demo
 
-## e2e: the slower suites — the compose deployment's seed workflow and a short run of every failover scenario
+## e2e: the slower suites — the compose deployment's seed workflow and under faults, and a short run of every failover scenario
+## (-p 1: one testcluster package at a time, as when they were one package: each starts its own clusters)
 e2e: build plugins
-	TESTCLUSTER_COMPOSE=1 $(GO) test -tags e2e -count=1 -timeout 25m ./testcluster
+	TESTCLUSTER_COMPOSE=1 $(GO) test -tags e2e -p 1 -count=1 -timeout 25m ./testcluster/...
 
 ## up / down: the docker-compose deployment (images FROM scratch, built from bin/)
 up: build plugins

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -87,8 +88,9 @@ func TestImportRule(t *testing.T) {
 		{"qkdkms/node", "qkdkms/etsi", true},
 		{"qkdkms/node/kme", "qkdkms/raftstore", true},
 		{"qkdkms/node/cmd/qkdkms", "qkdkms/node", true},
-		{"qkdkms/node/cmd/qkdkms", "qkdkms/testcluster", true},
-		{"qkdkms/testcluster", "qkdkms/node", true},
+		{"qkdkms/node/cmd/qkdkms", "qkdkms/testcluster/demo", true},
+		{"qkdkms/testcluster/demo", "qkdkms/node", true},
+		{"qkdkms/testcluster/experiment", "qkdkms/node/cmd/qkdkms", true},
 		{"qkdkms/quantum/session", "qkdkms/plugins/host", true},
 		{"qkdkms/raftstore/storetest", "qkdkms/plugins/testenv", true},
 		{"qkdkms/node", "qkdkms/plugins/testenv", true},
@@ -106,6 +108,92 @@ func TestImportRule(t *testing.T) {
 	for _, tc := range tests {
 		if why := importRule(tc.from, tc.to); (why == "") != tc.ok {
 			t.Errorf("%s → %s: allowed %v, want %v (%s)", tc.from, tc.to, why == "", tc.ok, why)
+		}
+	}
+}
+
+// serverBinary is the package of bin/qkdkms, the server.
+const serverBinary = "qkdkms/node/cmd/qkdkms"
+
+// TestServerBinaryDeps keeps the lab out of the server (README, "Failover
+// experiments"): bin/qkdkms links the demo and its process harness
+// (testcluster/demo, testcluster/harness: `make run`, `demo-init`) but none
+// of the experiment runner, workload, checker, report or plotting code,
+// which the lab command testcluster/cmd/qkdkms-lab links instead. Before
+// the split the server was 30.2 MB with gonum/plot and its LaTeX, PDF and
+// font packages; without them 23.1 MB.
+func TestServerBinaryDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", serverBinary).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", serverBinary, err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "qkdkms/testcluster/demo") || !slices.Contains(deps, "github.com/hashicorp/raft") {
+		t.Fatalf("go list -deps %s lists %d packages without the demo or Raft: not the server's graph", serverBinary, len(deps))
+	}
+	for _, d := range deps {
+		if why := serverDepRule(d); why != "" {
+			t.Errorf("%s links %s: %s", serverBinary, d, why)
+		}
+	}
+}
+
+// serverDepRule says why the server binary may not link package p ("" when
+// it may).
+func serverDepRule(p string) string {
+	for _, prefix := range []string{
+		"gonum.org/v1/plot", "codeberg.org/go-latex", "codeberg.org/go-pdf", "codeberg.org/go-fonts",
+		"git.sr.ht/~sbinet/gg", "github.com/ajstarks/svgo", "github.com/golang/freetype",
+	} {
+		if p == prefix || strings.HasPrefix(p, prefix+"/") {
+			return "plotting, LaTeX, PDF and font code belong to the lab command (testcluster/report)"
+		}
+	}
+	rest, ok := strings.CutPrefix(p, "qkdkms/testcluster")
+	if !ok || (rest != "" && rest[0] != '/') {
+		return ""
+	}
+	switch first, _, _ := strings.Cut(strings.TrimPrefix(rest, "/"), "/"); first {
+	case "demo", "harness":
+		return ""
+	default:
+		return "of testcluster the server links only demo and harness (make run, demo-init); experiments are qkdkms-lab's"
+	}
+}
+
+// TestServerDepRule pins serverDepRule on the packages it is about.
+func TestServerDepRule(t *testing.T) {
+	tests := []struct {
+		pkg string
+		ok  bool
+	}{
+		{"qkdkms/testcluster/demo", true},
+		{"qkdkms/testcluster/harness", true},
+		{"qkdkms/node/link", true},
+		{"github.com/hashicorp/raft", true},
+		{"github.com/schollz/progressbar/v3", true},
+		{"qkdkms/testclusterx", true},
+		{"image/png", true},
+		{"qkdkms/testcluster", false},
+		{"qkdkms/testcluster/report", false},
+		{"qkdkms/testcluster/experiment", false},
+		{"qkdkms/testcluster/workload", false},
+		{"qkdkms/testcluster/checker", false},
+		{"qkdkms/testcluster/faults", false},
+		{"qkdkms/testcluster/history", false},
+		{"qkdkms/testcluster/internal/proctest", false},
+		{"gonum.org/v1/plot", false},
+		{"gonum.org/v1/plot/vg/vgpdf", false},
+		{"codeberg.org/go-latex/latex/mtex", false},
+		{"codeberg.org/go-pdf/fpdf", false},
+		{"codeberg.org/go-fonts/liberation/liberationsansregular", false},
+		{"git.sr.ht/~sbinet/gg", false},
+		{"github.com/ajstarks/svgo", false},
+		{"github.com/golang/freetype/raster", false},
+	}
+	for _, tc := range tests {
+		if why := serverDepRule(tc.pkg); (why == "") != tc.ok {
+			t.Errorf("%s: allowed %v, want %v (%s)", tc.pkg, why == "", tc.ok, why)
 		}
 	}
 }

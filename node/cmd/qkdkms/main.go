@@ -21,7 +21,7 @@ type command struct {
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
-// commands is the dispatch table. Later subcommands (plugin, experiment)
+// commands is the dispatch table. Later subcommands (plugin, demo)
 // register themselves from their own files with register.
 var commands = map[string]command{}
 

@@ -1,0 +1,454 @@
+// Package demo is `qkdkms demo` (make run: two sites of three node
+// processes on loopback joined by a simulated QKD link, with a status
+// screen; README, Quick start) and `qkdkms demo-init` (the PKI, KEKs and
+// node configs the compose deployment's init service writes; deploy/).
+//
+// The server binary links it, so it imports only testcluster/harness:
+// no workload, checker, report or plotting code (node's
+// TestServerBinaryDeps).
+package demo
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"qkdkms/testcluster/harness"
+)
+
+// DemoOptions configures RunDemo. Zero values take the `make run` layout.
+type DemoOptions struct {
+	Binary           string // default: this executable
+	Dir              string // default .demo
+	Nodes            int    // per site, default 3
+	Sender, Receiver string
+	SenderPort       int // default 8443
+	ReceiverPort     int // default 9443
+	SenderSeedPort   int // default 8000
+	ReceiverSeedPort int // default 8001
+	// Refresh is the status screen period (default 1 s).
+	Refresh time.Duration
+	// Plain prints the status as appended text blocks instead of redrawing
+	// the terminal (default: redraw when stdout is a terminal).
+	Plain bool
+	// Link joins the sites by a QKD link over a simulated fiber (nil: no
+	// link). RunDemo turns it on unless --no-link.
+	Link *harness.LinkSpec
+	// ExtraArgs are appended to every `qkdkms serve`.
+	ExtraArgs []string
+	// Listeners are bound listeners for some of the ports above, handed
+	// to the nodes on their first start (Options.Listeners).
+	Listeners []*net.TCPListener
+}
+
+// RunDemo is `qkdkms demo`: the CLI shape for the dispatch table.
+func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o DemoOptions
+	fs.StringVar(&o.Dir, "dir", ".demo", "demo directory: pki/, data/, logs/, config/, kek/")
+	fs.StringVar(&o.Binary, "bin", "", "qkdkms binary for the nodes (default: this executable)")
+	fs.IntVar(&o.Nodes, "nodes", 3, "nodes per site")
+	fs.StringVar(&o.Sender, "sender", harness.DefaultSender, "KME ID of the first site")
+	fs.StringVar(&o.Receiver, "receiver", harness.DefaultReceiver, "KME ID of the second site")
+	fs.IntVar(&o.SenderPort, "sender-port", 8443, "ETSI mTLS port of the first site's node 1 (node i: +i-1)")
+	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "ETSI mTLS port of the second site's node 1")
+	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "seed plain-HTTP port of the first site (0 on either = seed API off)")
+	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
+	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
+	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
+	link := linkFlags(fs, "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
+		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
+		fmt.Fprintln(stderr, "and the commands to try. Ctrl-C stops everything; a second run keeps the keys.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	o.Link = link()
+	if err := Demo(ctx, o, stdout); err != nil {
+		fmt.Fprintf(stderr, "qkdkms demo: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Demo starts the demo cluster, shows its status until ctx ends, then
+// stops every node (SIGTERM, wait).
+func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		o.Binary = exe
+	}
+	if o.Dir == "" {
+		o.Dir = ".demo"
+	}
+	if o.Refresh <= 0 {
+		o.Refresh = time.Second
+	}
+	for _, p := range []int{o.SenderSeedPort, o.ReceiverSeedPort} {
+		if p < 0 {
+			return fmt.Errorf("seed ports must be ≥ 0")
+		}
+	}
+	if o.Link != nil && !o.Link.Native && o.Link.PluginDir == "" {
+		o.Link.PluginDir = filepath.Join(filepath.Dir(o.Binary), "plugins")
+	}
+	if o.Link != nil && !o.Link.Native {
+		abs, err := filepath.Abs(o.Link.PluginDir)
+		if err != nil {
+			return err
+		}
+		o.Link.PluginDir = abs
+		if _, err := os.Stat(filepath.Join(abs, "manifest.json")); err != nil {
+			return fmt.Errorf("no step plugins in %s (run `make plugins`, or pass --plugin-dir or --native): %w", abs, err)
+		}
+	}
+	c, err := harness.New(harness.Options{
+		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sender: o.Sender, Receiver: o.Receiver,
+		SenderPort: o.SenderPort, ReceiverPort: o.ReceiverPort,
+		Seed:           o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0,
+		SenderSeedPort: o.SenderSeedPort, ReceiverSeedPort: o.ReceiverSeedPort,
+		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link, Listeners: o.Listeners,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "qkdkms demo: starting %d+%d nodes in %s (logs in %s)\n", len(c.Nodes(c.Sender())), len(c.Nodes(c.Receiver())), c.Layout.Dir, filepath.Join(c.Layout.Dir, "logs"))
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if err := c.StartNode(n.ID); err != nil {
+				c.StopAll()
+				return err
+			}
+		}
+	}
+	defer func() {
+		fmt.Fprintln(stdout, "\nqkdkms demo: stopping the nodes (SIGTERM)…")
+		c.StopAll()
+		fmt.Fprintln(stdout, "qkdkms demo: stopped; data kept in", filepath.Join(c.Layout.Dir, "data"))
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = c.WaitLeaders(wctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("sites did not come up: %w\n%s", err, c.TailLogs(15))
+	}
+	d := &demoScreen{c: c, o: o, out: stdout, redraw: !o.Plain && isTerminal(stdout)}
+	if !d.redraw {
+		fmt.Fprint(stdout, d.commands())
+	}
+	t := time.NewTicker(o.Refresh)
+	defer t.Stop()
+	for {
+		d.draw(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+type demoScreen struct {
+	c      *harness.Cluster
+	o      DemoOptions
+	out    io.Writer
+	redraw bool
+	n      int
+}
+
+// connStats are one connection's pool figures from the leader's metrics.
+type connStats struct {
+	stored, bits, issued, burned, erased, blocks float64
+}
+
+// siteView is what the status screen shows for one site.
+type siteView struct {
+	leader string
+	nodes  []nodeView
+	conns  map[string]*connStats // "master→slave"
+	links  map[string]*linkView  // by peer KME
+}
+
+// linkView is one QKD link's figures from the leader's qkdkms_link_* metrics.
+type linkView struct {
+	role                             string
+	up                               bool
+	ok, aborted, qber, rate, eve     float64
+	committed, padsLeft, mismatching float64
+}
+
+type nodeView struct {
+	id, state, addr string
+	term, commit    float64
+	pid             int
+}
+
+func (d *demoScreen) collect(ctx context.Context, site *harness.Site) siteView {
+	v := siteView{conns: map[string]*connStats{}, links: map[string]*linkView{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	v.nodes = make([]nodeView, len(site.Nodes))
+	for i, n := range site.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nv := nodeView{id: n.ID, addr: n.Addr(), state: "down", pid: d.c.Pid(n.ID)}
+			if nv.pid != 0 {
+				nv.state = "starting"
+			}
+			cctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
+			defer cancel()
+			m, err := d.c.Metrics(cctx, n.ID)
+			if err == nil {
+				for _, s := range []string{"leader", "follower", "candidate", "shutdown"} {
+					if m[`qkdkms_raft_state{state="`+s+`"}`] == 1 {
+						nv.state = s
+					}
+				}
+				nv.term, nv.commit = m["qkdkms_raft_term"], m["qkdkms_raft_commit_index"]
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			v.nodes[i] = nv
+			if err != nil || m["qkdkms_raft_is_leader"] != 1 {
+				return
+			}
+			v.leader = n.ID
+			for k, val := range m {
+				name, labels := splitMetric(k)
+				switch {
+				case strings.HasPrefix(name, "qkdkms_pool_") || strings.HasPrefix(name, "qkdkms_keys_") || name == "qkdkms_blocks_added_total":
+					key := labels["master"] + "→" + labels["slave"]
+					cs := v.conns[key]
+					if cs == nil {
+						cs = &connStats{}
+						v.conns[key] = cs
+					}
+					switch name {
+					case "qkdkms_pool_stored_keys":
+						cs.stored = val
+					case "qkdkms_pool_stored_bits":
+						cs.bits = val
+					case "qkdkms_keys_issued":
+						cs.issued = val
+					case "qkdkms_keys_burned_total":
+						cs.burned = val
+					case "qkdkms_keys_erased_total":
+						cs.erased = val
+					case "qkdkms_blocks_added_total":
+						cs.blocks = val
+					}
+				case strings.HasPrefix(name, "qkdkms_link_"):
+					lv := v.links[labels["peer"]]
+					if lv == nil {
+						lv = &linkView{}
+						v.links[labels["peer"]] = lv
+					}
+					switch name {
+					case "qkdkms_link_connected":
+						lv.up, lv.role = val == 1, labels["role"]
+					case "qkdkms_link_sessions_total":
+						if labels["outcome"] == "ok" {
+							lv.ok = val
+						} else {
+							lv.aborted = val
+						}
+					case "qkdkms_link_qber":
+						lv.qber = val
+					case "qkdkms_link_key_rate_bits_per_second":
+						lv.rate = val
+					case "qkdkms_link_eve_fraction":
+						lv.eve = val
+					case "qkdkms_link_committed_bits_total":
+						lv.committed = val
+					case "qkdkms_link_auth_pad_bytes_left":
+						lv.padsLeft = val
+					case "qkdkms_link_plugin_mismatch":
+						lv.mismatching = val
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return v
+}
+
+func (d *demoScreen) draw(ctx context.Context) {
+	var b strings.Builder
+	d.n++
+	if d.redraw {
+		b.WriteString("\x1b[H\x1b[2J")
+		b.WriteString(d.commands())
+	} else if d.n%10 != 1 {
+		return // plain mode: a block every 10 refreshes
+	}
+	fmt.Fprintf(&b, "── status %s ──\n", time.Now().Format("15:04:05"))
+	for _, s := range d.c.Layout.Sites {
+		v := d.collect(ctx, s)
+		leader := v.leader
+		if leader == "" {
+			leader = "(none: election or minority)"
+		}
+		fmt.Fprintf(&b, "site %-14s leader %s\n", s.KMEID, leader)
+		for _, n := range v.nodes {
+			fmt.Fprintf(&b, "  %-16s %-21s %-9s term %-3.0f commit %-6.0f pid %d\n", n.id, n.addr, n.state, n.term, n.commit, n.pid)
+		}
+		keys := make([]string, 0, len(v.conns))
+		for k := range v.conns {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		if len(keys) == 0 {
+			b.WriteString("  connections: none yet (register one: see above)\n")
+		}
+		for _, k := range keys {
+			cs := v.conns[k]
+			fmt.Fprintf(&b, "  %-12s stored %4.0f keys (%6.0f bits)  issued %4.0f  erased %5.0f  burned %3.0f  blocks %4.0f\n",
+				k, cs.stored, cs.bits, cs.issued, cs.erased, cs.burned, cs.blocks)
+		}
+		if len(v.links) == 0 {
+			b.WriteString("  link: none configured (keys reach pools only by admin block import)\n")
+		}
+		peers := make([]string, 0, len(v.links))
+		for p := range v.links {
+			peers = append(peers, p)
+		}
+		sort.Strings(peers)
+		for _, peer := range peers {
+			lv := v.links[peer]
+			state := "down"
+			if lv.up {
+				state = "up"
+			}
+			note := ""
+			if lv.eve > 0 {
+				note += fmt.Sprintf("  EAVESDROPPER on %.0f%% of pulses", 100*lv.eve)
+			}
+			if lv.mismatching == 1 {
+				note += "  PLUGIN MISMATCH (see `qkdkms link status`)"
+			}
+			fmt.Fprintf(&b, "  QKD link to %s (%s, %s): %3.0f sessions ok, %3.0f aborted, QBER %5.2f%%, %7.0f bit/s, %8.0f bits committed%s\n",
+				peer, lv.role, state, lv.ok, lv.aborted, 100*lv.qber, lv.rate, lv.committed, note)
+		}
+	}
+	b.WriteString("Ctrl-C stops all nodes (data kept for the next run).\n")
+	fmt.Fprint(d.out, b.String())
+}
+
+// commands is the block of commands to try, with this demo's ports.
+func (d *demoScreen) commands() string {
+	c := d.c
+	var b strings.Builder
+	pkiDir := relPath(c.Layout.PKIDir)
+	snd, rcv := c.Layout.Site(c.Sender()), c.Layout.Site(c.Receiver())
+	b.WriteString("qkdkms demo — two KME sites on loopback\n\n")
+	if snd.SeedAddr != "" && rcv.SeedAddr != "" {
+		sp, rp := portOf(snd.SeedAddr), portOf(rcv.SeedAddr)
+		fmt.Fprintf(&b, "Seed API (plain HTTP, as in the seed's README):\n")
+		fmt.Fprintf(&b, "  curl --location 'http://localhost:%s/register_connection' --header 'Content-Type: application/json' \\\n", sp)
+		fmt.Fprintf(&b, "    --data '{\"source_KME_ID\": \"%s\", \"target_KME_ID\": \"%s\", \"master_SAE_ID\": \"ghi\", \"slave_SAE_ID\": \"jkl\",\n", c.Sender(), c.Receiver())
+		b.WriteString("      \"key_size\": 8, \"max_keys_count\": 10, \"max_key_per_request\": 1, \"max_SAE_ID_count\": 0}'\n")
+		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?slave_host=jkl' --data ''\n", sp)
+		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?key_id=KEY_ID' --data ''\n\n", rp)
+	}
+	m, s := snd.Nodes[0].Addr(), rcv.Nodes[0].Addr()
+	if len(snd.Nodes) > 1 {
+		m = snd.Nodes[1].Addr() // a follower, most of the time: it forwards to the leader
+	}
+	fmt.Fprintf(&b, "ETSI GS QKD 014 over mutual TLS (any node of a site answers):\n")
+	ghi := fmt.Sprintf("--cert %s/ghi.crt --key %s/ghi.key --cacert %s/ca.crt", pkiDir, pkiDir, pkiDir)
+	jkl := fmt.Sprintf("--cert %s/jkl.crt --key %s/jkl.key --cacert %s/ca.crt", pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "  curl %s https://%s/api/v1/keys/jkl/status\n", ghi, snd.Nodes[0].Addr())
+	fmt.Fprintf(&b, "  curl %s -H 'Content-Type: application/json' -d '{\"number\":1}' https://%s/api/v1/keys/jkl/enc_keys\n", ghi, m)
+	fmt.Fprintf(&b, "  curl %s 'https://%s/api/v1/keys/ghi/dec_keys?key_ID=KEY_ID'\n", jkl, s)
+	bin := relPath(d.c.Options().Binary)
+	fmt.Fprintf(&b, "The same with the Go SAE client:\n")
+	fmt.Fprintf(&b, "  %s sae enc jkl --kme https://%s --cert %s/ghi.crt --key %s/ghi.key --ca %s/ca.crt\n", bin, m, pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "  %s sae dec ghi --key-id KEY_ID --kme https://%s --cert %s/jkl.crt --key %s/jkl.key --ca %s/ca.crt\n", bin, s, pkiDir, pkiDir, pkiDir)
+	fmt.Fprintf(&b, "More SAE certificates: %s certs sae NAME --pki %s\n\n", bin, pkiDir)
+	return b.String()
+}
+
+func portOf(addr string) string {
+	i := strings.LastIndexByte(addr, ':')
+	return addr[i+1:]
+}
+
+func relPath(p string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	if r, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(r, "..") {
+		return r
+	}
+	return p
+}
+
+// splitMetric splits `name{a="x",b="y"}` into name and labels.
+func splitMetric(k string) (string, map[string]string) {
+	i := strings.IndexByte(k, '{')
+	if i < 0 {
+		return k, nil
+	}
+	labels := map[string]string{}
+	for _, kv := range strings.Split(strings.TrimSuffix(k[i+1:], "}"), ",") {
+		name, val, ok := strings.Cut(kv, "=")
+		if ok {
+			labels[strings.TrimSpace(name)] = strings.Trim(val, `"`)
+		}
+	}
+	return k[:i], labels
+}
+
+// linkFlags registers the QKD link flags shared by `demo` and `demo-init`
+// and returns a function giving the chosen LinkSpec after parsing (nil with
+// --no-link).
+func linkFlags(fs *flag.FlagSet, pluginDirHelp string) func() *harness.LinkSpec {
+	link := harness.LinkSpec{}
+	noLink := fs.Bool("no-link", false, "no QKD link between the sites (pools only by admin block import)")
+	fs.StringVar(&link.PluginDir, "plugin-dir", "", pluginDirHelp)
+	fs.BoolVar(&link.Native, "native", false, "run the step code natively instead of as WASM plugins")
+	fs.Float64Var(&link.FiberKm, "fiber-km", 25, "simulated fiber length in km")
+	return func() *harness.LinkSpec {
+		if *noLink {
+			return nil
+		}
+		return &link
+	}
+}

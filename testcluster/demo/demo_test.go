@@ -1,0 +1,135 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"qkdkms/plugins/pluginbuild"
+	"qkdkms/plugins/testenv"
+	"qkdkms/testcluster/harness"
+	"qkdkms/testcluster/internal/proctest"
+)
+
+func TestMain(m *testing.M) { proctest.Main(m) }
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDemoRunsTwice starts the demo on free ports, waits for its status
+// block naming a leader for each site, stops it with ctx, and runs it again
+// on the same directory: PKI, KEKs and data are reused.
+func TestDemoRunsTwice(t *testing.T) {
+	binary := proctest.Binary(t)
+	dir := t.TempDir()
+	// The ports stay bound until the first run's nodes take them over.
+	var lns []*net.TCPListener
+	reserve := func(n int) int {
+		run, err := harness.ReserveRun(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, run...)
+		return run[0].Addr().(*net.TCPAddr).Port
+	}
+	sp, rp := reserve(3), reserve(3)
+	seeds := []int{reserve(1), reserve(1)}
+	t.Cleanup(func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	})
+	plugins, err := pluginbuild.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As `make run`: the sites joined by a QKD link running the WASM plugins.
+	opts := DemoOptions{Binary: binary, Dir: dir, SenderPort: sp, ReceiverPort: rp,
+		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1], Refresh: 200 * time.Millisecond, Plain: true,
+		Link: &harness.LinkSpec{PluginDir: plugins}}
+	var caBefore []byte
+	for run := 1; run <= 2; run++ {
+		out := &syncBuffer{}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		opts.Listeners = nil // the second run binds the ports again, as a restart does
+		if run == 1 {
+			opts.Listeners = lns
+		}
+		go func() { done <- Demo(ctx, opts, out) }()
+		ended := false
+		t.Cleanup(func() { // a failed wait leaves no node running
+			if !ended {
+				cancel()
+				<-done
+				t.Logf("run %d output:\n%s", run, out.String())
+			}
+		})
+		// The second run must show the connection (and its pool) the first
+		// run registered: the data survived the restart.
+		want := "site receiver_app   leader receiver_app-"
+		if run == 2 {
+			want = "ghi→jkl"
+		}
+		testenv.WaitFor(t, fmt.Sprintf("run %d: leaders on the status screen", run), func() bool {
+			select {
+			case err := <-done:
+				ended = true
+				t.Fatalf("run %d: demo ended early: %v\n%s", run, err, out.String())
+			default:
+			}
+			return strings.Contains(out.String(), "site sender_app     leader sender_app-") && strings.Contains(out.String(), want)
+		})
+		if run == 1 {
+			proctest.SeedWorkflow(t, seeds[0], seeds[1], nil)
+		}
+		cancel()
+		ended = true
+		if err := <-done; err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		s := out.String()
+		t.Logf("run %d output:\n%s", run, s)
+		for _, want := range []string{"get_key?slave_host=jkl", "/api/v1/keys/jkl/enc_keys", "ghi.crt", "stopped; data kept"} {
+			if !strings.Contains(s, want) {
+				t.Errorf("run %d: output lacks %q", run, want)
+			}
+		}
+		ca, err := os.ReadFile(filepath.Join(dir, "pki", "ca.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run == 1 {
+			caBefore = ca
+		} else if !bytes.Equal(ca, caBefore) {
+			t.Fatal("second run replaced the CA")
+		}
+		for _, f := range []string{"pki/ghi.crt", "pki/jkl.key", "kek/sender_app.kek", "data/sender_app-1", "data/receiver_app-3"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				t.Errorf("run %d: %v", run, err)
+			}
+		}
+	}
+}

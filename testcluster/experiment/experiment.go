@@ -1,0 +1,434 @@
+// Package experiment runs the failover experiments (README, "Failover
+// experiments"): for each scenario of testcluster/faults it starts two
+// sites as local processes (testcluster/harness), runs an SAE workload
+// (testcluster/workload) while the fault strikes, heals, drains, checks the
+// history (testcluster/checker), compares the FSM digests of every node,
+// scans every data directory for key bytes at rest, and writes the report
+// and plots (testcluster/report). Main is the lab command's CLI
+// (testcluster/cmd/qkdkms-lab); the server binary does not link any of it.
+package experiment
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"qkdkms/testcluster/checker"
+	"qkdkms/testcluster/faults"
+	"qkdkms/testcluster/harness"
+	"qkdkms/testcluster/history"
+	"qkdkms/testcluster/report"
+	"qkdkms/testcluster/workload"
+)
+
+// Options configures RunScenario and Run.
+type Options struct {
+	// Binary is the qkdkms binary the nodes run (default: qkdkms beside
+	// this executable, i.e. bin/qkdkms beside bin/qkdkms-lab).
+	Binary string
+	// Out is the report directory (default reports/<UTC time>).
+	Out string
+	// Duration of the workload per scenario (default 30 s).
+	Duration time.Duration
+	// Rate of enc_keys calls per second, Number keys per call, KeyBits per key.
+	Rate    float64
+	Number  int
+	KeyBits int
+	// Nodes per site (default 3).
+	Nodes int
+	// Raft timing ("" = node defaults).
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout string
+	// FetchWindow is the checker's window after healing (default 30 s).
+	FetchWindow time.Duration
+	// Progress receives a progress bar (nil = none).
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return o, fmt.Errorf("experiment: find own executable: %w", err)
+		}
+		o.Binary = filepath.Join(filepath.Dir(exe), "qkdkms")
+	}
+	if _, err := os.Stat(o.Binary); err != nil {
+		return o, fmt.Errorf("experiment: the nodes' binary (make build, or --bin): %w", err)
+	}
+	if o.Out == "" {
+		o.Out = filepath.Join("reports", time.Now().UTC().Format("20060102-150405"))
+	}
+	if o.Duration <= 0 {
+		o.Duration = 30 * time.Second
+	}
+	if o.Rate <= 0 {
+		o.Rate = 20
+	}
+	if o.Number <= 0 {
+		o.Number = 2
+	}
+	if o.KeyBits <= 0 {
+		o.KeyBits = 256
+	}
+	if o.Nodes <= 0 {
+		o.Nodes = 3
+	}
+	if o.FetchWindow <= 0 {
+		o.FetchWindow = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o, nil
+}
+
+// setup is what the report's header says of a run with these options.
+func (o Options) setup() report.Setup {
+	return report.Setup{Nodes: o.Nodes, Rate: o.Rate, Number: o.Number, KeyBits: o.KeyBits, Duration: o.Duration, FetchWindow: o.FetchWindow}
+}
+
+// RunScenario starts a fresh cluster under dir, runs the workload with the
+// scenario's fault, heals, drains and checks. The history is written to
+// dir/history.json and the plots to dir/*.png.
+func RunScenario(ctx context.Context, sc faults.Scenario, dir string, o Options, tick func()) *report.Result {
+	start := time.Now()
+	res := &report.Result{Scenario: sc.Name, Description: sc.Description, Dir: dir}
+	err := runScenario(ctx, sc, dir, o, res, tick)
+	if err != nil {
+		res.Err = err.Error()
+	}
+	res.Wall = time.Since(start)
+	return res
+}
+
+func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options, res *report.Result, tick func()) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if (sc.Netns || sc.DiskMB > 0) && !harness.NetnsAvailable() {
+		return fmt.Errorf("skipped: scenario needs root (network namespaces / tmpfs)")
+	}
+	copts := harness.Options{
+		Binary: o.Binary, Dir: filepath.Join(dir, "cluster"), Nodes: o.Nodes, FreePorts: true, Seed: true,
+		Netns: sc.Netns, DataTmpfsMB: sc.DiskMB,
+		HeartbeatTimeout: o.HeartbeatTimeout, ElectionTimeout: o.ElectionTimeout, LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		Logger: o.Logger,
+	}
+	if sc.Tune != nil {
+		sc.Tune(&copts)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	c, err := harness.Start(sctx, copts)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("start cluster: %w", err)
+	}
+	defer c.StopAll()
+	master, slave := "ghi", "jkl"
+	setup, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	keys := int(o.Rate*o.Duration.Seconds()*float64(o.Number)*1.3) + 200
+	if err := c.RegisterConnection(setup, harness.Connection{SourceKME: c.Sender(), TargetKME: c.Receiver(), MasterSAE: master, SlaveSAE: slave,
+		KeySize: o.KeyBits, MaxKeysCount: keys * 2, MaxKeyPerRequest: max(o.Number, 1)}); err != nil {
+		return fmt.Errorf("register connection: %w", err)
+	}
+	if err := c.FillPool(setup, c.Sender(), master, slave, keys, o.KeyBits, 500); err != nil {
+		return fmt.Errorf("fill pool: %w", err)
+	}
+	burned0 := c.Burned(setup, c.Sender())
+	mc, err := workload.Client(c, master, c.Sender())
+	if err != nil {
+		return err
+	}
+	scl, err := workload.Client(c, slave, c.Receiver())
+	if err != nil {
+		return err
+	}
+	h := history.New()
+	w := workload.New(h, workload.Options{Master: mc, Slave: scl, Rate: o.Rate, Number: o.Number, Duration: o.Duration, NodeOf: c.NodeOf, KeepKeys: true})
+	env := &faults.Env{C: c, H: h, Site: c.Sender()}
+	if sc.Slave {
+		env.Site = c.Receiver()
+	}
+
+	// Pool sampler and progress ticks until the drain ends.
+	var pool []report.PoolSample
+	var poolMu sync.Mutex
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var swg sync.WaitGroup
+	swg.Add(1)
+	go func() {
+		defer swg.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		n := 0
+		for {
+			for _, site := range []string{c.Sender(), c.Receiver()} {
+				if v, ok := poolLevel(sampleCtx, c, site, master, slave); ok {
+					poolMu.Lock()
+					pool = append(pool, report.PoolSample{At: time.Now(), Site: site, Stored: v})
+					poolMu.Unlock()
+				}
+			}
+			select {
+			case <-sampleCtx.Done():
+				return
+			case <-t.C:
+			}
+			if n++; n%2 == 0 && tick != nil {
+				tick()
+			}
+		}
+	}()
+
+	wctx, wcancel := context.WithTimeout(ctx, o.Duration)
+	var faultErr error
+	var fwg sync.WaitGroup
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		faultErr = sc.Fault(wctx, env)
+	}()
+	w.Run(wctx)
+	wcancel()
+	fwg.Wait()
+	// Heal: every node up and every site led again.
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if !c.Running(n.ID) {
+				_ = c.StartNode(n.ID)
+			}
+		}
+	}
+	hctx, hcancel := context.WithTimeout(ctx, 60*time.Second)
+	herr := c.WaitLeaders(hctx)
+	hcancel()
+	w.Drain(ctx, o.FetchWindow)
+	h.End = time.Now()
+	stopSampling()
+	swg.Wait()
+	if b := c.Burned(ctx, c.Sender()); b >= 0 && burned0 >= 0 {
+		h.Burned = b - burned0
+	}
+	res.Report = checker.Check(h, checker.Config{FetchWindow: o.FetchWindow})
+	res.Pool = pool
+	// FSM digests of every node, then the at-rest scan of every data
+	// directory and log.
+	switch ds, bad, err := c.DigestsAgree(ctx, 15*time.Second); {
+	case errors.Is(err, harness.ErrNoDigest):
+		res.Report.FSMDigest = "n/a: nodes serve no /admin/v1/digest"
+	case err != nil:
+		res.Report.FSMDigest = "not compared: " + err.Error()
+	case bad > 0:
+		res.Report.FSMDigestMismatch = bad
+		res.Report.FSMDigest = fmt.Sprintf("MISMATCH in %d site(s)", bad)
+		res.Report.Violations = append(res.Report.Violations, fmt.Sprintf("FSM digests differ: %+v", ds))
+	default:
+		res.Report.FSMDigest = fmt.Sprintf("equal on all %d nodes", len(ds))
+	}
+	dirs := []string{filepath.Join(c.Layout.Dir, "data"), filepath.Join(c.Layout.Dir, "logs")}
+	keysSeen := w.Keys()
+	hits, serr := checker.ScanAtRest(dirs, keysSeen)
+	res.Report.AtRestKeys = len(keysSeen)
+	res.Report.AtRestHits = len(hits)
+	for i, hit := range hits {
+		if i == 5 {
+			break
+		}
+		res.Report.Violations = append(res.Report.Violations, fmt.Sprintf("key in plaintext (%s) in %s at %d", hit.Encoding, hit.File, hit.Offset))
+	}
+	if err := h.WriteFile(filepath.Join(dir, "history.json")); err != nil {
+		return err
+	}
+	plots, perr := report.WritePlots(dir, sc.Name, h, pool)
+	res.Plots = plots
+	return errors.Join(wrapIf("fault", faultErr), wrapIf("heal", herr), wrapIf("plots", perr), wrapIf("at-rest scan", serr))
+}
+
+func wrapIf(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// poolLevel reads qkdkms_pool_stored_keys of master→slave at site's leader.
+func poolLevel(ctx context.Context, c *harness.Cluster, site, master, slave string) (float64, bool) {
+	l, err := c.Leader(ctx, site)
+	if err != nil {
+		return 0, false
+	}
+	m, err := c.Metrics(ctx, l)
+	if err != nil {
+		return 0, false
+	}
+	v, ok := m[`qkdkms_pool_stored_keys{master="`+master+`",slave="`+slave+`"}`]
+	return v, ok
+}
+
+// Run runs the named scenarios (or all) one after the other and writes
+// report.md and report.json into o.Out.
+func Run(ctx context.Context, names []string, o Options) ([]*report.Result, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	var scs []faults.Scenario
+	for _, n := range names {
+		if n == "all" {
+			for _, a := range faults.Names() {
+				scs = append(scs, faults.Scenarios[a])
+			}
+			continue
+		}
+		sc, ok := faults.Scenarios[n]
+		if !ok {
+			return nil, fmt.Errorf("unknown scenario %q (have: %s)", n, strings.Join(faults.Names(), ", "))
+		}
+		scs = append(scs, sc)
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, err
+	}
+	var bar *progressbar.ProgressBar
+	if o.Progress != nil {
+		// One step per second of workload, plus the drain/teardown estimate.
+		per := int64(o.Duration.Seconds()) + 10
+		bar = progressbar.NewOptions64(per*int64(len(scs)),
+			progressbar.OptionSetWriter(o.Progress), progressbar.OptionSetDescription("qkdkms-lab"),
+			progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionClearOnFinish())
+	}
+	var results []*report.Result
+	for i, sc := range scs {
+		if ctx.Err() != nil {
+			break
+		}
+		if bar != nil {
+			bar.Describe(fmt.Sprintf("[%d/%d] %s", i+1, len(scs), sc.Name))
+		}
+		var ticks int64
+		tick := func() {
+			ticks++
+			if bar != nil {
+				_ = bar.Add(1)
+			}
+		}
+		r := RunScenario(ctx, sc, filepath.Join(o.Out, sc.Name), o, tick)
+		if bar != nil {
+			per := int64(o.Duration.Seconds()) + 10
+			if ticks < per {
+				_ = bar.Add64(per - ticks)
+			}
+		}
+		results = append(results, r)
+		if err := report.Write(o.Out, o.setup(), results); err != nil {
+			return results, err
+		}
+	}
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	return results, nil
+}
+
+// Main is the lab command (testcluster/cmd/qkdkms-lab, README "Failover
+// experiments"): `qkdkms-lab list` names the scenarios, `qkdkms-lab run
+// [flags] SCENARIO...|all` runs them and writes the report. It returns the
+// process exit code: 0 every scenario passed, 1 one failed or the run
+// could not start, 2 usage.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	usage := func(w io.Writer) {
+		fmt.Fprintln(w, "usage: qkdkms-lab run [flags] SCENARIO...|all   run failover experiments, write reports/<time>/")
+		fmt.Fprintln(w, "       qkdkms-lab list                          the scenarios")
+		fmt.Fprintln(w, "       qkdkms-lab run -h                        the flags")
+	}
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+	case "list":
+		if len(args) > 1 {
+			usage(stderr)
+			return 2
+		}
+		for _, n := range faults.Names() {
+			fmt.Fprintf(stdout, "%-18s %s\n", n, faults.Scenarios[n].Description)
+		}
+		return 0
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "qkdkms-lab: unknown command %q\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	fs := flag.NewFlagSet("qkdkms-lab run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o Options
+	short := fs.Bool("short", false, "short runs (12 s workload, 15 s drain window)")
+	fs.StringVar(&o.Out, "out", "", "report directory (default reports/<UTC time>)")
+	fs.StringVar(&o.Binary, "bin", "", "qkdkms binary for the nodes (default: qkdkms beside this executable, i.e. bin/qkdkms)")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "workload duration per scenario")
+	fs.Float64Var(&o.Rate, "rate", 20, "enc_keys calls per second")
+	fs.IntVar(&o.Number, "number", 2, "keys per enc_keys call")
+	fs.IntVar(&o.KeyBits, "key-bits", 256, "key size in bits")
+	fs.IntVar(&o.Nodes, "nodes", 3, "nodes per site")
+	fs.StringVar(&o.HeartbeatTimeout, "raft-heartbeat-timeout", "", "raft.heartbeat_timeout of every node (\"\" = default)")
+	fs.StringVar(&o.ElectionTimeout, "raft-election-timeout", "", "raft.election_timeout of every node")
+	fs.StringVar(&o.LeaderLeaseTimeout, "raft-leader-lease-timeout", "", "raft.leader_lease_timeout of every node")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintf(stderr, "name scenarios or all: %s\n", strings.Join(faults.Names(), ", "))
+		return 2
+	}
+	if *short {
+		o.Duration, o.FetchWindow = 12*time.Second, 15*time.Second
+	}
+	if !*quiet {
+		o.Progress = stderr
+	}
+	results, err := Run(ctx, fs.Args(), o)
+	if err != nil {
+		fmt.Fprintf(stderr, "qkdkms-lab: %v\n", err)
+		return 1
+	}
+	code := 0
+	for _, r := range results {
+		verdict := "PASS"
+		if !r.OK() {
+			verdict, code = "FAIL", 1
+		}
+		fmt.Fprintf(stdout, "%-18s %s", r.Scenario, verdict)
+		if r.Report != nil {
+			fmt.Fprintf(stdout, "  requests %d ok %d ambiguous %d burned %d max recovery %v", r.Report.Requests, r.Report.Successes, r.Report.Ambiguous, r.Report.Burned, r.Report.MaxRecovery.Round(time.Millisecond))
+		}
+		if r.Err != "" {
+			fmt.Fprintf(stdout, "  error: %s", r.Err)
+		}
+		fmt.Fprintln(stdout)
+	}
+	if len(results) > 0 {
+		fmt.Fprintf(stdout, "report: %s\n", filepath.Join(filepath.Dir(results[0].Dir), "report.md"))
+	}
+	return code
+}

@@ -1,0 +1,288 @@
+// Package faults is the failpoints of the failover experiments, as etcd's
+// robustness tests have theirs: each Scenario is a named fault run during
+// a workload (kill, SIGSTOP, isolation by network namespace, a cut link
+// between the sites, a full disk, a whole-site restart) that marks its
+// start and its healing in the history. The mechanisms are the harness's
+// (Cluster.Kill, Stop, Isolate, CutLink, FillDisk ...); this package
+// decides what to break, when, and for how long. README, "Failover
+// experiments", lists what a run checks afterwards.
+package faults
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"qkdkms/testcluster/harness"
+	"qkdkms/testcluster/history"
+)
+
+// Env is what a scenario's fault function works with.
+type Env struct {
+	C *harness.Cluster
+	H *history.History
+	// Site is the site the fault targets (the master site unless the
+	// scenario says otherwise).
+	Site string
+}
+
+// Scenario is a named fault run during a workload. Fault runs alongside the
+// workload and must return (healed) before ctx ends; it records EventFault
+// and EventHeal marks in the history.
+type Scenario struct {
+	Name        string
+	Description string
+	// Slave targets the slave site instead of the master site.
+	Slave bool
+	// Netns and DiskMB: the scenario needs network namespaces or tmpfs data
+	// directories of that size (root only).
+	Netns  bool
+	DiskMB int
+	// Tune adjusts the cluster options (Raft snapshot settings, ...).
+	Tune  func(*harness.Options)
+	Fault func(ctx context.Context, e *Env) error
+}
+
+// Scenarios are the process-mode scenarios, by name.
+var Scenarios = map[string]Scenario{
+	"none": {
+		Name: "none", Description: "no fault: the baseline",
+		Fault: func(ctx context.Context, e *Env) error { return nil },
+	},
+	"leader-kill": {
+		Name: "leader-kill", Description: "SIGKILL the master site's leader every 5 s, restart it 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error { return killRestart(ctx, e, "", time.Second) })
+		},
+	},
+	"slave-leader-kill": {
+		Name: "slave-leader-kill", Slave: true, Description: "SIGKILL the slave site's leader every 5 s, restart it 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error { return killRestart(ctx, e, "", time.Second) })
+		},
+	},
+	"follower-kill": {
+		Name: "follower-kill", Description: "SIGKILL a follower of the master site, restart it 2 s later, every 5 s",
+		Fault: func(ctx context.Context, e *Env) error {
+			return every(ctx, 5*time.Second, func() error {
+				l, err := e.C.WaitLeader(ctx, e.Site)
+				if err != nil {
+					return err
+				}
+				for _, id := range e.C.Nodes(e.Site) {
+					if id != l {
+						return killRestart(ctx, e, id, 2*time.Second)
+					}
+				}
+				return nil
+			})
+		},
+	},
+	"leader-stop": {
+		Name: "leader-stop", Description: "SIGSTOP the master site's leader for 5 s, then SIGCONT",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(history.EventFault, "SIGSTOP "+l)
+			if err := e.C.Stop(l); err != nil {
+				return err
+			}
+			Sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err = e.C.Cont(l)
+			e.H.Mark(history.EventHeal, "SIGCONT "+l)
+			return err
+		},
+	},
+	"leader-isolate": {
+		Name: "leader-isolate", Netns: true,
+		Description: "cut the master site's leader off from its site for 10 s (clients still reach it: the minority answers 503)",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(history.EventFault, "isolate "+l)
+			if err := e.C.Isolate(l); err != nil {
+				return err
+			}
+			Sleep(context.WithoutCancel(ctx), 10*time.Second)
+			err = e.C.Heal()
+			e.H.Mark(history.EventHeal, "heal "+l)
+			return err
+		},
+	},
+	"link-cut": {
+		Name: "link-cut", Netns: true,
+		Description: "cut every connection between the two sites for 5 s during enc_keys (relay fails: 503, keys burned)",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			e.H.Mark(history.EventFault, "cut link")
+			if err := e.C.CutLink(); err != nil {
+				return err
+			}
+			Sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err := e.C.Heal()
+			e.H.Mark(history.EventHeal, "heal link")
+			return err
+		},
+	},
+	"partition-heal-20": {
+		Name: "partition-heal-20", Netns: true,
+		Description: "isolate the master site's leader for 1 s and heal, 20 times (or until the run ends); clients keep writing through every node, the old leader included",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, time.Second)
+			for i := 0; i < 20 && ctx.Err() == nil; i++ {
+				l, err := e.C.WaitLeader(ctx, e.Site)
+				if err != nil {
+					return nil // run over
+				}
+				e.H.Mark(history.EventFault, fmt.Sprintf("isolate %s (%d/20)", l, i+1))
+				if err := e.C.Isolate(l); err != nil {
+					return err
+				}
+				Sleep(context.WithoutCancel(ctx), time.Second)
+				if err := e.C.Heal(); err != nil {
+					return err
+				}
+				e.H.Mark(history.EventHeal, "heal "+l)
+				Sleep(ctx, 300*time.Millisecond)
+			}
+			return nil
+		},
+	},
+	"snapshot-install": {
+		Name: "snapshot-install", Netns: true,
+		Description: "cut a follower of the master site off for 10 s while the site commits past its trailing logs (snapshot every 1 s, threshold 16, trailing 8), heal: it catches up by snapshot install",
+		Tune: func(o *harness.Options) {
+			o.SnapshotInterval, o.SnapshotThreshold, o.TrailingLogs = "1s", 16, 8
+		},
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			var f string
+			for _, id := range e.C.Nodes(e.Site) {
+				if id != l {
+					f = id
+					break
+				}
+			}
+			e.H.Mark(history.EventFault, "isolate follower "+f)
+			if err := e.C.Isolate(f); err != nil {
+				return err
+			}
+			Sleep(context.WithoutCancel(ctx), 10*time.Second)
+			err = e.C.Heal()
+			e.H.Mark(history.EventHeal, "heal "+f)
+			return err
+		},
+	},
+	"leader-disk-full": {
+		Name: "leader-disk-full", DiskMB: 64,
+		Description: "fill the master site leader's data file system (64 MiB tmpfs) for 5 s, then free it",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			l, err := e.C.WaitLeader(ctx, e.Site)
+			if err != nil {
+				return err
+			}
+			e.H.Mark(history.EventFault, "disk full "+l)
+			if err := e.C.FillDisk(l); err != nil {
+				return err
+			}
+			Sleep(context.WithoutCancel(ctx), 5*time.Second)
+			err = e.C.FreeDisk(l)
+			e.H.Mark(history.EventHeal, "disk freed "+l)
+			return err
+		},
+	},
+	"site-restart": {
+		Name: "site-restart", Description: "SIGKILL all nodes of the master site at once, restart them 1 s later",
+		Fault: func(ctx context.Context, e *Env) error {
+			Sleep(ctx, 2*time.Second)
+			ids := e.C.Nodes(e.Site)
+			e.H.Mark(history.EventFault, "SIGKILL every node of "+e.Site)
+			for _, id := range ids {
+				if err := e.C.Kill(id); err != nil {
+					return err
+				}
+			}
+			Sleep(context.WithoutCancel(ctx), time.Second)
+			for _, id := range ids {
+				if err := e.C.StartNode(id); err != nil {
+					return err
+				}
+			}
+			e.H.Mark(history.EventHeal, "restarted "+e.Site)
+			return nil
+		},
+	},
+}
+
+// Names lists the scenarios in a stable order.
+func Names() []string {
+	out := make([]string, 0, len(Scenarios))
+	for n := range Scenarios {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// killRestart SIGKILLs node id (the site's leader when id is "") and
+// restarts it after down.
+func killRestart(ctx context.Context, e *Env, id string, down time.Duration) error {
+	if id == "" {
+		l, err := e.C.WaitLeader(ctx, e.Site)
+		if err != nil {
+			return err
+		}
+		id = l
+	}
+	e.H.Mark(history.EventFault, "SIGKILL "+id)
+	if err := e.C.Kill(id); err != nil {
+		return err
+	}
+	Sleep(context.WithoutCancel(ctx), down)
+	if err := e.C.StartNode(id); err != nil {
+		return err
+	}
+	e.H.Mark(history.EventHeal, "restart "+id)
+	return nil
+}
+
+// every runs f after each period until ctx ends, leaving one period of
+// quiet at the end (no fault starts in the last period).
+func every(ctx context.Context, period time.Duration, f func() error) error {
+	dl, hasDL := ctx.Deadline()
+	for {
+		if !Sleep(ctx, period) {
+			return nil
+		}
+		if hasDL && time.Until(dl) < period {
+			return nil
+		}
+		if err := f(); err != nil {
+			return fmt.Errorf("fault: %w", err)
+		}
+	}
+}
+
+// Sleep waits d or until ctx ends; false when ctx ended.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,855 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"qkdkms/etsi/pki"
+)
+
+// Sentinel errors of the harness.
+var (
+	ErrNoLeader    = errors.New("harness: no leader")
+	ErrUnknownNode = errors.New("harness: unknown node")
+	ErrNotRunning  = errors.New("harness: node not running")
+)
+
+// Options configures a process-mode cluster.
+type Options struct {
+	// Binary is the qkdkms binary (bin/qkdkms). Required.
+	Binary string
+	// Dir is the work directory (PKI, configs, data, logs). Required.
+	// Starting again with the same Dir keeps the sites' data.
+	Dir string
+	// Sender and Receiver are the two KME IDs (default sender_app, receiver_app).
+	Sender, Receiver string
+	// Nodes per site (default 3).
+	Nodes int
+	// SenderPort and ReceiverPort are node 1's TLS port (default 8443/9443);
+	// 0 with FreePorts picks free ports.
+	SenderPort, ReceiverPort int
+	// Seed turns the plain-HTTP seed API on, on node 1 of each site, at
+	// SenderSeedPort / ReceiverSeedPort (default 8000/8001, or free ports
+	// with FreePorts).
+	Seed                             bool
+	SenderSeedPort, ReceiverSeedPort int
+	// FreePorts picks free loopback ports for every port left 0: the
+	// harness binds them and hands each to the node that serves on it
+	// (Listeners), so no other program can take one in between.
+	FreePorts bool
+	// Listeners are bound loopback listeners, kept open by the caller
+	// until the cluster starts: a node whose TLS or seed port is one of
+	// theirs inherits that socket on its first start instead of binding
+	// the port (a restart binds it again, as a restarted process would).
+	Listeners []*net.TCPListener
+	// SAEs to issue certificates for (default ghi, jkl).
+	SAEs []string
+	// Raft timing ("" = node defaults), NoSync for tests.
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout string
+	NoSync                                                bool
+	LogLevel                                              string
+	// Snapshot tuning ("" / 0 = node defaults).
+	SnapshotInterval  string
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// Netns runs every node in its own network namespace on a private
+	// bridge (root only; see netns.go): needed for Isolate and CutLink.
+	// Ports are then 8443 on every node and 8000/8001 for the seed API.
+	Netns bool
+	// DataTmpfsMB mounts a tmpfs of this size on every node's data
+	// directory (root only; see disk.go): needed for FillDisk.
+	DataTmpfsMB int
+	// Link joins the two sites by a QKD link (nil: no link; pools are filled
+	// by admin block import).
+	Link *LinkSpec
+	// ExtraArgs are appended to `qkdkms serve --config FILE`.
+	ExtraArgs []string
+	// Env is added to each node's environment.
+	Env []string
+	// Logger for harness events (nil = discard).
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Sender == "" {
+		o.Sender = DefaultSender
+	}
+	if o.Receiver == "" {
+		o.Receiver = DefaultReceiver
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.SAEs == nil {
+		o.SAEs = []string{"ghi", "jkl"}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if !o.FreePorts {
+		if o.SenderPort == 0 {
+			o.SenderPort = 8443
+		}
+		if o.ReceiverPort == 0 {
+			o.ReceiverPort = 9443
+		}
+	}
+	return o
+}
+
+// Cluster is two sites of node processes.
+type Cluster struct {
+	opts   Options
+	Layout *Layout
+	log    *slog.Logger
+
+	mu    sync.Mutex
+	procs map[string]*proc
+
+	httpMu sync.Mutex
+	https  map[string]*http.Client // by certificate name
+
+	netns   *netnsSetup
+	mounted map[string]bool // node ID → tmpfs mounted on its data dir
+
+	// inherit holds bound listening sockets by address until the node
+	// serving there first starts and inherits them (Options.Listeners).
+	inherit map[string]*os.File
+
+	// external, when set, reports the state of nodes the harness does not
+	// run as child processes (compose mode): whether node id runs, and
+	// whether it cannot answer (paused or cut off) and is to be skipped.
+	external func(id string) (running, unreachable bool)
+}
+
+type proc struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+	stopped bool // SIGSTOPped
+	logf    *os.File
+}
+
+// New generates the layout (keeping existing PKI, KEKs and data) without
+// starting anything.
+func New(o Options) (*Cluster, error) {
+	o = o.withDefaults()
+	if o.Binary == "" || o.Dir == "" {
+		return nil, fmt.Errorf("%w: binary and dir are required", ErrLayout)
+	}
+	bin, err := filepath.Abs(o.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	o.Binary = bin
+	if o.Netns {
+		return newNetnsCluster(o)
+	}
+	if o.FreePorts {
+		// Node ports must be consecutive per site: find contiguous runs.
+		var lns []*net.TCPListener
+		fail := func(err error) (*Cluster, error) {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		if o.SenderPort == 0 {
+			run, err := ReserveRun(o.Nodes)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.SenderPort = port(run[0])
+		}
+		if o.ReceiverPort == 0 {
+			run, err := ReserveRun(o.Nodes)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.ReceiverPort = port(run[0])
+		}
+		if o.Seed && o.SenderSeedPort == 0 {
+			run, err := ReserveRun(1)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.SenderSeedPort = port(run[0])
+		}
+		if o.Seed && o.ReceiverSeedPort == 0 {
+			run, err := ReserveRun(1)
+			if err != nil {
+				return fail(err)
+			}
+			lns = append(lns, run...)
+			o.ReceiverSeedPort = port(run[0])
+		}
+		o.Listeners = append(lns, o.Listeners...)
+	}
+	if o.Seed {
+		if o.SenderSeedPort == 0 {
+			o.SenderSeedPort = 8000
+		}
+		if o.ReceiverSeedPort == 0 {
+			o.ReceiverSeedPort = 8001
+		}
+	} else {
+		o.SenderSeedPort, o.ReceiverSeedPort = 0, 0
+	}
+	l, err := Generate(LayoutOptions{
+		Dir: o.Dir,
+		Sites: []SiteSpec{
+			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: o.SenderPort, SeedPort: o.SenderSeedPort},
+			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: o.ReceiverPort, SeedPort: o.ReceiverSeedPort},
+		},
+		SAEs:               o.SAEs,
+		HeartbeatTimeout:   o.HeartbeatTimeout,
+		ElectionTimeout:    o.ElectionTimeout,
+		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		NoSync:             o.NoSync,
+		LogLevel:           o.LogLevel,
+		SnapshotInterval:   o.SnapshotInterval,
+		SnapshotThreshold:  o.SnapshotThreshold,
+		TrailingLogs:       o.TrailingLogs,
+		Link:               o.Link,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, inherit: map[string]*os.File{}}
+	for _, ln := range o.Listeners {
+		f, err := ln.File()
+		if err != nil {
+			c.closeInherited()
+			return nil, fmt.Errorf("harness: listener %s: %w", ln.Addr(), err)
+		}
+		ln.Close() // f holds the socket now
+		c.inherit[ln.Addr().String()] = f
+	}
+	return c, nil
+}
+
+// closeInherited closes the sockets no node took over.
+func (c *Cluster) closeInherited() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a, f := range c.inherit {
+		f.Close()
+		delete(c.inherit, a)
+	}
+}
+
+// Start generates the layout, starts every node and waits until each site
+// has a leader (or ctx ends).
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	c, err := New(o)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if err := c.StartNode(n.ID); err != nil {
+				c.StopAll()
+				return nil, err
+			}
+		}
+	}
+	if err := c.WaitLeaders(ctx); err != nil {
+		c.StopAll()
+		return nil, fmt.Errorf("%w\n%s", err, c.TailLogs(20))
+	}
+	return c, nil
+}
+
+// Options returns the options the cluster runs with (defaults applied).
+func (c *Cluster) Options() Options { return c.opts }
+
+// Sender and Receiver are the two KME IDs.
+func (c *Cluster) Sender() string   { return c.opts.Sender }
+func (c *Cluster) Receiver() string { return c.opts.Receiver }
+
+// StartNode starts node id as a child process in its own process group,
+// appending its output to its log file. A running node is left alone.
+func (c *Cluster) StartNode(id string) error {
+	n := c.Layout.Node(id)
+	if n == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	if err := c.mountData(n); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.procs[id]; p != nil && !p.exited() {
+		return nil
+	}
+	if err := os.MkdirAll(n.DataDir, 0o700); err != nil {
+		return fmt.Errorf("harness: %w", err)
+	}
+	logf, err := os.OpenFile(n.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("harness: %w", err)
+	}
+	fmt.Fprintf(logf, "\n=== testcluster: start %s at %s ===\n", id, time.Now().Format(time.RFC3339Nano))
+	args := append([]string{"serve", "--config", n.ConfigPath}, c.opts.ExtraArgs...)
+	name := c.opts.Binary
+	if n.Netns != "" {
+		args = append([]string{"netns", "exec", n.Netns, name}, args...)
+		name = "ip"
+	}
+	// Sockets the harness holds for this node are handed over (fd 3 and
+	// up) and closed here: from then on the node alone holds its ports.
+	var handed []*os.File
+	for _, h := range []struct{ addr, flag string }{{n.Listen, "--listen-fd"}, {n.SeedListen, "--seed-listen-fd"}} {
+		if f := c.inherit[h.addr]; f != nil && h.addr != "" && n.Netns == "" {
+			args = append(args, h.flag, strconv.Itoa(3+len(handed)))
+			handed = append(handed, f)
+			delete(c.inherit, h.addr)
+		}
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), c.opts.Env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = handed
+	err = cmd.Start()
+	for _, f := range handed {
+		f.Close()
+	}
+	if err != nil {
+		logf.Close()
+		return fmt.Errorf("harness: start %s: %w", id, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{}), logf: logf}
+	c.procs[id] = p
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	c.log.Info("node started", "node", id, "pid", cmd.Process.Pid)
+	return nil
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Running reports whether node id's process is alive (stopped counts).
+func (c *Cluster) Running(id string) bool {
+	if c.external != nil {
+		running, _ := c.external(id)
+		return running
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.procs[id]
+	return p != nil && !p.exited()
+}
+
+// Pid returns node id's process ID (0 when not running).
+func (c *Cluster) Pid(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.procs[id]; p != nil && !p.exited() {
+		return p.cmd.Process.Pid
+	}
+	return 0
+}
+
+func (c *Cluster) signal(id string, sig syscall.Signal) (*proc, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.procs[id]
+	if p == nil || p.exited() {
+		return nil, fmt.Errorf("%w: %s", ErrNotRunning, id)
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return nil, fmt.Errorf("harness: signal %v to %s: %w", sig, id, err)
+	}
+	switch sig {
+	case syscall.SIGSTOP:
+		p.stopped = true
+	case syscall.SIGCONT:
+		p.stopped = false
+	}
+	return p, nil
+}
+
+// Kill sends SIGKILL to node id's process group and waits for it to exit.
+func (c *Cluster) Kill(id string) error {
+	p, err := c.signal(id, syscall.SIGKILL)
+	if err != nil {
+		return err
+	}
+	<-p.done
+	c.log.Info("node killed", "node", id)
+	return nil
+}
+
+// Stop freezes node id (SIGSTOP); Cont resumes it (SIGCONT).
+func (c *Cluster) Stop(id string) error {
+	_, err := c.signal(id, syscall.SIGSTOP)
+	if err == nil {
+		c.log.Info("node stopped", "node", id)
+	}
+	return err
+}
+
+// Cont resumes a node frozen by Stop.
+func (c *Cluster) Cont(id string) error {
+	_, err := c.signal(id, syscall.SIGCONT)
+	if err == nil {
+		c.log.Info("node continued", "node", id)
+	}
+	return err
+}
+
+// Terminate stops node id gracefully: SIGCONT (if frozen), SIGTERM, then
+// SIGKILL after grace.
+func (c *Cluster) Terminate(id string, grace time.Duration) error {
+	c.mu.Lock()
+	p := c.procs[id]
+	c.mu.Unlock()
+	if p == nil || p.exited() {
+		return nil
+	}
+	pg := -p.cmd.Process.Pid
+	_ = syscall.Kill(pg, syscall.SIGCONT)
+	_ = syscall.Kill(pg, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(pg, syscall.SIGKILL)
+		<-p.done
+	}
+	// Children of the group (none expected) go too.
+	_ = syscall.Kill(pg, syscall.SIGKILL)
+	return nil
+}
+
+// Restart terminates node id (if running) and starts it again with the same
+// data directory.
+func (c *Cluster) Restart(id string) error {
+	if err := c.Terminate(id, 10*time.Second); err != nil {
+		return err
+	}
+	return c.StartNode(id)
+}
+
+// StopAll terminates every node (SIGTERM, SIGKILL after 10 s) and waits.
+func (c *Cluster) StopAll() {
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.procs))
+	for id := range c.procs {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Terminate(id, 10*time.Second)
+		}()
+	}
+	wg.Wait()
+	c.httpMu.Lock()
+	for _, h := range c.https {
+		h.CloseIdleConnections()
+	}
+	c.httpMu.Unlock()
+	if c.netns != nil {
+		c.netns.remove()
+		c.netns = nil
+	}
+	c.unmountAll()
+	c.closeInherited()
+}
+
+// newNetnsCluster lays out a cluster whose nodes live in namespaces.
+func newNetnsCluster(o Options) (*Cluster, error) {
+	sites := map[string][]string{}
+	order := []string{o.Sender, o.Receiver}
+	for _, s := range order {
+		for i := 1; i <= o.Nodes; i++ {
+			sites[s] = append(sites[s], NodeID(s, i))
+		}
+	}
+	abs, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	ns, err := newNetns(abs, sites, order)
+	if err != nil {
+		return nil, err
+	}
+	seedPort := map[string]int{o.Sender: 8000, o.Receiver: 8001}
+	l, err := Generate(LayoutOptions{
+		Dir: o.Dir,
+		Sites: []SiteSpec{
+			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: 8443},
+			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: 8443},
+		},
+		SAEs:               o.SAEs,
+		HeartbeatTimeout:   o.HeartbeatTimeout,
+		ElectionTimeout:    o.ElectionTimeout,
+		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		NoSync:             o.NoSync,
+		LogLevel:           o.LogLevel,
+		SnapshotInterval:   o.SnapshotInterval,
+		SnapshotThreshold:  o.SnapshotThreshold,
+		TrailingLogs:       o.TrailingLogs,
+		Link:               o.Link,
+		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
+		SeedFn: func(s SiteSpec, i int) string {
+			if !o.Seed || i != 1 {
+				return ""
+			}
+			return ns.addr(NodeID(s.KMEID, i), seedPort[s.KMEID])
+		},
+	})
+	if err != nil {
+		ns.remove()
+		return nil, err
+	}
+	for _, s := range l.Sites {
+		for _, n := range s.Nodes {
+			n.Netns = ns.ns[n.ID]
+		}
+	}
+	return &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, netns: ns}, nil
+}
+
+// Nodes lists a site's node IDs.
+func (c *Cluster) Nodes(site string) []string {
+	s := c.Layout.Site(site)
+	if s == nil {
+		return nil
+	}
+	out := make([]string, len(s.Nodes))
+	for i, n := range s.Nodes {
+		out[i] = n.ID
+	}
+	return out
+}
+
+// HTTPClient returns an mTLS client presenting certificate name from the
+// cluster PKI (an SAE, operator-KME, harness-KME or a node ID).
+func (c *Cluster) HTTPClient(name string) (*http.Client, error) {
+	c.httpMu.Lock()
+	defer c.httpMu.Unlock()
+	if h := c.https[name]; h != nil {
+		return h, nil
+	}
+	cfg, err := c.TLSConfig(name)
+	if err != nil {
+		return nil, err
+	}
+	h := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     cfg,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     30 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 3 * time.Second,
+	}}
+	c.https[name] = h
+	return h, nil
+}
+
+// TLSConfig is the mTLS client configuration for certificate name.
+func (c *Cluster) TLSConfig(name string) (*tls.Config, error) {
+	pool, err := pki.LoadPool(filepath.Join(c.Layout.PKIDir, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pki.LoadLeaf(c.Layout.PKIDir, name)
+	if err != nil {
+		return nil, err
+	}
+	return pki.ClientConfig(cert, pool), nil
+}
+
+// CertFiles returns the PEM paths (ca, cert, key) for certificate name.
+func (c *Cluster) CertFiles(name string) (ca, cert, key string) {
+	d := c.Layout.PKIDir
+	return filepath.Join(d, "ca.crt"), filepath.Join(d, name+".crt"), filepath.Join(d, name+".key")
+}
+
+// Metrics scrapes node id's /metrics into name{labels} → value.
+func (c *Cluster) Metrics(ctx context.Context, id string) (map[string]float64, error) {
+	n := c.Layout.Node(id)
+	if n == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	h, err := c.HTTPClient(OperatorName(n.KMEID))
+	if err != nil {
+		return nil, err
+	}
+	return scrape(ctx, h, "https://"+n.Addr()+"/metrics")
+}
+
+// Ready reports whether node id answers /readyz with 200.
+func (c *Cluster) Ready(ctx context.Context, id string) bool {
+	n := c.Layout.Node(id)
+	if n == nil {
+		return false
+	}
+	h, err := c.HTTPClient(OperatorName(n.KMEID))
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.Addr()+"/readyz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := h.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// Leader returns the node of site that reports itself leader (metric
+// qkdkms_raft_is_leader). Frozen and dead nodes are skipped. With two
+// self-declared leaders (an isolated old leader), the one with the higher
+// term wins.
+func (c *Cluster) Leader(ctx context.Context, site string) (string, error) {
+	s := c.Layout.Site(site)
+	if s == nil {
+		return "", fmt.Errorf("%w: site %s", ErrUnknownNode, site)
+	}
+	type cand struct {
+		id   string
+		term float64
+	}
+	var (
+		mu    sync.Mutex
+		cands []cand
+		wg    sync.WaitGroup
+	)
+	for _, n := range s.Nodes {
+		if !c.Running(n.ID) || c.frozen(n.ID) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+			defer cancel()
+			m, err := c.Metrics(cctx, n.ID)
+			if err != nil || m["qkdkms_raft_is_leader"] != 1 {
+				return
+			}
+			mu.Lock()
+			cands = append(cands, cand{n.ID, m["qkdkms_raft_term"]})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(cands) == 0 {
+		return "", fmt.Errorf("%w: site %s", ErrNoLeader, site)
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].term > cands[j].term })
+	return cands[0].id, nil
+}
+
+func (c *Cluster) frozen(id string) bool {
+	if c.external != nil {
+		_, unreachable := c.external(id)
+		return unreachable
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.procs[id]
+	return p != nil && p.stopped
+}
+
+// WaitLeader polls until site has a leader other than any in not.
+func (c *Cluster) WaitLeader(ctx context.Context, site string, not ...string) (string, error) {
+	var last error
+	for {
+		id, err := c.Leader(ctx, site)
+		if err == nil && !contains(not, id) {
+			return id, nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("%w: site %s still led by %s", ErrNoLeader, site, id)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w (%w)", last, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitLeaders waits until every site has a leader and every running node
+// answers /readyz.
+func (c *Cluster) WaitLeaders(ctx context.Context) error {
+	for _, s := range c.Layout.Sites {
+		if _, err := c.WaitLeader(ctx, s.KMEID); err != nil {
+			return err
+		}
+		for _, n := range s.Nodes {
+			for c.Running(n.ID) && !c.frozen(n.ID) && !c.Ready(ctx, n.ID) {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("harness: %s not ready: %w", n.ID, ctx.Err())
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// TailLogs returns the last lines of every node's log, for failures.
+func (c *Cluster) TailLogs(lines int) string {
+	var b strings.Builder
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			fmt.Fprintf(&b, "--- %s (%s) ---\n", n.ID, n.LogPath)
+			b.WriteString(tail(n.LogPath, lines))
+		}
+	}
+	return b.String()
+}
+
+func tail(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error() + "\n"
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n") + "\n"
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// scrape fetches a Prometheus text exposition and returns its samples keyed
+// by `name` or `name{labels}` exactly as written.
+func scrape(ctx context.Context, h *http.Client, url string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("harness: scrape: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("harness: scrape %s: HTTP %d", url, resp.StatusCode)
+	}
+	return parseMetrics(resp.Body)
+}
+
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		// name{labels} value [timestamp]; label values may hold spaces.
+		key, rest := line, ""
+		if i := strings.LastIndexByte(line, '}'); i >= 0 {
+			key, rest = line[:i+1], strings.TrimSpace(line[i+1:])
+		} else if i := strings.IndexByte(line, ' '); i >= 0 {
+			key, rest = line[:i], strings.TrimSpace(line[i+1:])
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		out[key] = v
+	}
+	return out, sc.Err()
+}
+
+// ReserveRun binds n consecutive free loopback TCP ports and returns their
+// listeners, which stay bound until closed or handed to the nodes.
+func ReserveRun(n int) ([]*net.TCPListener, error) {
+	for try := 0; try < 200; try++ {
+		first, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, fmt.Errorf("harness: free port: %w", err)
+		}
+		run := []*net.TCPListener{first}
+		base := port(first)
+		for p := base + 1; p < base+n && p <= 65535; p++ {
+			l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p})
+			if err != nil {
+				break
+			}
+			run = append(run, l)
+		}
+		if len(run) == n {
+			return run, nil
+		}
+		for _, l := range run {
+			l.Close()
+		}
+	}
+	return nil, errors.New("harness: no run of free ports")
+}
+
+func port(l *net.TCPListener) int { return l.Addr().(*net.TCPAddr).Port }
+
+// NodeOf names the node advertising addr ("" when none).
+func (c *Cluster) NodeOf(addr string) string {
+	for _, s := range c.Layout.Sites {
+		for _, n := range s.Nodes {
+			if n.Advertise == addr {
+				return n.ID
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,157 @@
+package harness
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"qkdkms/plugins/testenv"
+	"qkdkms/testcluster/internal/proctest"
+)
+
+func TestMain(m *testing.M) { proctest.Main(m) }
+
+// startCluster starts two sites of n nodes on free ports with fast Raft
+// timing, stopping them at the end of the test.
+func startCluster(t *testing.T, n int) *Cluster {
+	t.Helper()
+	binary := proctest.Binary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{
+		Binary: binary, Dir: t.TempDir(), Nodes: n, FreePorts: true, Seed: true,
+		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.StopAll()
+		if t.Failed() {
+			t.Log(c.TailLogs(30))
+		}
+	})
+	return c
+}
+
+func TestClusterLeaderKill(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leaders := map[string]string{}
+	for _, site := range []string{c.Sender(), c.Receiver()} {
+		l, err := c.Leader(ctx, site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaders[site] = l
+		t.Logf("site %s: leader %s", site, l)
+	}
+	old := leaders[c.Sender()]
+	killed := time.Now()
+	if err := c.Kill(old); err != nil {
+		t.Fatal(err)
+	}
+	if c.Running(old) {
+		t.Fatalf("%s still running after SIGKILL", old)
+	}
+	nl, err := c.WaitLeader(ctx, c.Sender(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("new leader %s after %v", nl, time.Since(killed).Round(time.Millisecond))
+	if nl == old {
+		t.Fatalf("leader still %s", old)
+	}
+	// The other site is untouched.
+	if l, err := c.Leader(ctx, c.Receiver()); err != nil || l != leaders[c.Receiver()] {
+		t.Fatalf("receiver leader %q (%v), want %q", l, err, leaders[c.Receiver()])
+	}
+	// The killed node comes back with its data and the site has all three
+	// nodes ready again.
+	if err := c.Restart(old); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Ready(ctx, old) {
+		t.Fatalf("%s not ready after restart", old)
+	}
+}
+
+func TestClusterStopCont(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	old, err := c.Leader(ctx, c.Receiver())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(old); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := c.WaitLeader(ctx, c.Receiver(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Cont(old); err != nil {
+		t.Fatal(err)
+	}
+	// The old leader steps down once it hears the new term.
+	if err := c.WaitLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.WaitLeader(ctx, c.Receiver())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stopped %s, new leader %s, leader after SIGCONT %s", old, nl, l)
+}
+
+// TestClusterNetnsIsolate runs the nodes in network namespaces, cuts the
+// master site's leader off from its site (clients still reach it), sees a
+// new leader elected by the majority, heals, and sees one leader again.
+func TestClusterNetnsIsolate(t *testing.T) {
+	binary := proctest.Binary(t)
+	if !NetnsAvailable() {
+		t.Skip("network namespaces need root, ip and iptables")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{Binary: binary, Dir: t.TempDir(), Netns: true, Seed: true,
+		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.StopAll()
+		if t.Failed() {
+			t.Log(c.TailLogs(30))
+		}
+	})
+	old, err := c.Leader(ctx, c.Sender())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Isolate(old); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := c.WaitLeader(ctx, c.Sender(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The isolated node is still reachable by clients but not ready.
+	testenv.WaitFor(t, "isolated "+old+" to report not ready", func() bool { return !c.Ready(ctx, old) })
+	if err := c.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.WaitLeader(ctx, c.Sender())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("isolated %s, majority elected %s, leader after healing %s", old, nl, l)
+}
