@@ -200,6 +200,18 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 	for _, s := range w.sites {
 		s.waitLeader(tb)
 	}
+	// The nodes' version reports raise each site to this binary's cluster
+	// version (docs/RAFT-FORMAT.md); imports need it.
+	testenv.WaitFor(tb, "every node at the newest cluster version", func() bool {
+		for _, s := range w.sites {
+			for _, n := range s.nodes {
+				if n.store.ClusterVersion() != raftstore.MaxVersion {
+					return false
+				}
+			}
+		}
+		return true
+	})
 	return w
 }
 

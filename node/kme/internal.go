@@ -184,6 +184,12 @@ func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
 			err = k.localRegister(ctx, in)
 			out = struct{}{}
 		}
+	case opReportVersion:
+		var in versionArgs
+		if err = decode(r, &in); err == nil {
+			err = k.localReportVersion(ctx, in)
+			out = struct{}{}
+		}
 	case opImportBlock:
 		var in blockArgs
 		if err = decode(r, &in); err == nil {

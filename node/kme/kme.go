@@ -107,8 +107,7 @@ type KME struct {
 	connMu    sync.Mutex
 	connCache map[string]cachedConn
 
-	importMu      sync.Mutex        // serializes block imports (pools must stay in step)
-	pendingImport map[string]string // connection ID → block ID whose import is half done (under importMu)
+	importMu sync.Mutex // serializes block imports here; the half-done import is in the site state (ConnectionStatus.PendingImport)
 
 	reqMu    sync.Mutex
 	inflight map[string]*encCall  // enc_keys request IDs being served here
@@ -154,18 +153,17 @@ func New(cfg Config) *KME {
 		cfg.MaxRelayBatch = 512
 	}
 	k := &KME{
-		id:            cfg.KMEID,
-		site:          cfg.Site,
-		client:        cfg.HTTPClient,
-		resolve:       cfg.ResolveAddr,
-		log:           cfg.Logger.With("kme", cfg.KMEID),
-		cfg:           cfg,
-		peers:         map[string]*peer{},
-		connCache:     map[string]cachedConn{},
-		inflight:      map[string]*encCall{},
-		pendingImport: map[string]string{},
-		burned:        map[string]time.Time{},
-		done:          make(chan struct{}),
+		id:        cfg.KMEID,
+		site:      cfg.Site,
+		client:    cfg.HTTPClient,
+		resolve:   cfg.ResolveAddr,
+		log:       cfg.Logger.With("kme", cfg.KMEID),
+		cfg:       cfg,
+		peers:     map[string]*peer{},
+		connCache: map[string]cachedConn{},
+		inflight:  map[string]*encCall{},
+		burned:    map[string]time.Time{},
+		done:      make(chan struct{}),
 	}
 	for id, addrs := range cfg.Peers {
 		p := &peer{kme: k, id: id}
@@ -180,7 +178,66 @@ func New(cfg Config) *KME {
 			go p.relayWorker(q)
 		}
 	}
+	k.wg.Add(1)
+	go k.reportVersion()
 	return k
+}
+
+// opReportVersion forwards a node's supported cluster version to the
+// leader (/internal/v1/forward/report_version).
+const opReportVersion = "report_version"
+
+// versionArgs is a node's version report.
+type versionArgs struct {
+	Node    string `json:"node"`
+	Version uint8  `json:"version"`
+}
+
+// Version report timing: retries back off from reportRetry to reportBackoff;
+// while the cluster version is below this node's, it reports every
+// reportEvery, well within the leader's 30 s report lifetime.
+const (
+	reportRetry   = 20 * time.Millisecond
+	reportBackoff = 2 * time.Second
+	reportEvery   = 5 * time.Second
+)
+
+// reportVersion sends this node's supported cluster version to the leader
+// while the site's cluster version is below it, so the leader raises the
+// cluster version once every node runs a binary that supports it
+// (docs/RAFT-FORMAT.md "Cluster version"). Reports travel the forwarding
+// path like any write.
+func (k *KME) reportVersion() {
+	defer k.wg.Done()
+	delay := reportRetry
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-k.done:
+			return
+		case <-timer.C:
+		}
+		in := versionArgs{Node: k.site.NodeID(), Version: k.site.SupportedVersion()}
+		if k.site.ClusterVersion() >= in.Version {
+			timer.Reset(reportEvery)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), k.cfg.CallTimeout)
+		err := k.run(ctx, opReportVersion, in, &struct{}{}, func(ctx context.Context) error { return k.localReportVersion(ctx, in) })
+		cancel()
+		if err != nil {
+			k.log.Debug("version report failed", "version", in.Version, "err", err)
+			delay = min(2*delay, reportBackoff)
+		} else {
+			delay = reportEvery
+		}
+		timer.Reset(delay)
+	}
+}
+
+func (k *KME) localReportVersion(ctx context.Context, in versionArgs) error {
+	return k.site.ReportVersion(ctx, in.Node, in.Version)
 }
 
 // Close stops the relay workers; queued relays fail with ErrUnavailable.
@@ -322,9 +379,10 @@ func (k *KME) localConnectionsOf(ctx context.Context, in saeArgs) ([]etsi.Connec
 //
 // The request ID is chosen once, at the node the SAE called, and travels
 // with every forwarding attempt: when a leader lost its leadership while
-// committing (outcome unknown, reported as not-leader), the new leader's
-// IssueKeys with the same ID returns the keys that commit carved, if it
-// did, instead of carving new ones.
+// committing (raftstore.ErrOutcomeUnknown), the new leader's IssueKeys
+// with the same ID returns the keys that commit carved, if it did, instead
+// of carving new ones; if nobody retries, those keys are never handed out
+// (burned, docs/RAFT-FORMAT.md "Outcome unknown").
 func (k *KME) EncKeys(ctx context.Context, r etsi.EncRequest) ([]etsi.Key, error) {
 	var out []etsi.Key
 	in := encArgs{EncRequest: r, RequestID: newUUID()}

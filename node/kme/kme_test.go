@@ -544,15 +544,27 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 }
 
 // An import that reached only the slave site must be completed with the
-// same block before any other block, or the two pools would diverge.
+// same block before any other block, or the two pools would diverge. The
+// record of the half-done import is in the site's replicated state, so the
+// re-import works on the same leader and after a leader change.
 func TestImportOutOfStep(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		leaderChange bool
+	}{
+		{"same leader", false},
+		{"after a leader change", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testImportOutOfStep(t, tc.leaderChange) })
+	}
+}
+
+func testImportOutOfStep(t *testing.T, leaderChange bool) {
 	w := newWorld(t, worldOpts{nodes: 3, noSync: true}, siteA, siteB)
 	ctx := ctxT(t)
 	w.register(ctx, siteA, w.connection(siteA, siteB, "m", "s"))
 	// Import through the slave site (B): B adds first, then A, which is cut off.
 	fb := w.sites[siteB].follower(0).kme
-	termB := func() string { return w.sites[siteB].waitLeader(t).store.Stats()["term"] }
-	term0 := termB()
 	bits := func() []byte { b := make([]byte, 64); rand.Read(b); return b }
 	first, other := bits(), bits()
 	w.sites[siteA].cutOnly.Store("/internal/v1/peer/block")
@@ -564,8 +576,19 @@ func TestImportOutOfStep(t *testing.T) {
 		t.Fatalf("import with the master site cut off: want ErrUnavailable, got %v", err)
 	}
 	w.sites[siteA].cut.Store(false)
-	if a, b := w.connStatus(ctx, siteA, "m", "s"), w.connStatus(ctx, siteB, "m", "s"); a.AddedBlocks != 0 || b.AddedBlocks != 1 {
-		t.Fatalf("half-done import: master %d blocks, slave %d", a.AddedBlocks, b.AddedBlocks)
+	if a, b := w.connStatus(ctx, siteA, "m", "s"), w.connStatus(ctx, siteB, "m", "s"); a.AddedBlocks != 0 || b.AddedBlocks != 1 || b.PendingImport != "blk-1" {
+		t.Fatalf("half-done import: master %d blocks, slave %d, pending %q", a.AddedBlocks, b.AddedBlocks, b.PendingImport)
+	}
+	if leaderChange {
+		old := w.sites[siteB].waitLeader(t)
+		term0 := old.store.Stats()["term"]
+		if err := old.store.Raft().LeadershipTransfer().Error(); err != nil {
+			t.Fatalf("leadership transfer at %s: %v", siteB, err)
+		}
+		testenv.WaitFor(t, "a new leader at "+siteB, func() bool {
+			l := w.sites[siteB].leader()
+			return l != nil && l != old && l.store.Stats()["term"] != term0
+		})
 	}
 	// Another block is refused, through either site.
 	for _, k := range []*KME{fb, w.sites[siteA].follower(1).kme} {
@@ -575,14 +598,10 @@ func TestImportOutOfStep(t *testing.T) {
 	}
 	// The same block completes the import; then the pools agree.
 	if err := fb.ImportBlock(ctx, "m", "s", "blk-1", first); err != nil {
-		if term := termB(); term != term0 {
-			// Known gap: the record of the half-done import lives in the
-			// leader's memory, so a new leader refuses the re-import.
-			// Moving it into the FSM is open work; until then this is what
-			// the operator sees (ErrConflict, "unknown here"), no key lost.
-			t.Skipf("site %s changed leader (term %s → %s) before the re-import, which the new leader refuses: %v", siteB, term0, term, err)
-		}
 		t.Fatalf("re-import: %v", err)
+	}
+	if b := w.connStatus(ctx, siteB, "m", "s"); b.PendingImport != "" {
+		t.Fatalf("import record %q left after completing", b.PendingImport)
 	}
 	if err := fb.ImportBlock(ctx, "m", "s", "blk-2", other); err != nil {
 		t.Fatalf("next import: %v", err)

@@ -275,7 +275,9 @@ func (k *KME) localRecord(ctx context.Context, in assignmentsArgs) (assignmentsR
 			for _, i := range idx {
 				a := in.Assignments[i]
 				if err := k.site.RecordAssignment(ctx, a); err != nil {
-					if isRetryable(err) {
+					// Outcome unknown: RecordAssignment is idempotent on
+					// the request ID, so the batch is retried elsewhere.
+					if isRetryable(err) || errors.Is(err, raftstore.ErrOutcomeUnknown) {
 						lost.Store(true)
 						return
 					}
@@ -396,16 +398,20 @@ func (k *KME) localImport(ctx context.Context, in blockArgs) error {
 	if c.SourceKME == k.id {
 		slaveAdded, masterAdded = ps.AddedBlocks, s.AddedBlocks
 	}
-	pending := k.pendingImport[c.ID()]
+	// The half-done import is recorded in this site's replicated state
+	// (raftstore BeginImport), so a new leader continues it.
+	pending := s.PendingImport
 	if slaveAdded != masterAdded && pending != in.BlockID {
-		hint := "unknown here"
+		hint := "not recorded at " + k.id
 		if pending != "" {
 			hint = pending
 		}
 		return fmt.Errorf("%w: pools out of step: slave site %s holds %d blocks, master site %s %d; import the block whose import failed first (%s)",
 			etsi.ErrConflict, c.TargetKME, slaveAdded, c.SourceKME, masterAdded, hint)
 	}
-	k.pendingImport[c.ID()] = in.BlockID
+	if err := k.site.BeginImport(ctx, in.Master, in.Slave, in.BlockID); err != nil {
+		return fmt.Errorf("record the import of %s: %w", in.BlockID, err)
+	}
 	remote := func() error {
 		if err := p.call(ctx, opPeerBlock, blockArgs{From: k.id, Master: in.Master, Slave: in.Slave, BlockID: in.BlockID, Bits: in.Bits}, &struct{}{}); err != nil {
 			return fmt.Errorf("import block at %s: %w", other, err)
@@ -422,7 +428,11 @@ func (k *KME) localImport(ctx context.Context, in blockArgs) error {
 			return err
 		}
 	}
-	delete(k.pendingImport, c.ID())
+	if err := k.site.EndImport(ctx, in.Master, in.Slave, in.BlockID); err != nil {
+		// Both pools hold the block: a record left behind only lets this
+		// same block be imported again, which both sites accept as done.
+		k.log.Warn("clearing the import record failed", "master", in.Master, "slave", in.Slave, "block_id", in.BlockID, "err", err)
+	}
 	k.log.Info("block imported", "master", in.Master, "slave", in.Slave, "block_id", in.BlockID, "bits", len(in.Bits)*8)
 	return nil
 }
