@@ -103,11 +103,14 @@ func Write(dir string, s Setup, results []*Result) error {
 		b.WriteString("\n")
 	}
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(b.String()), 0o644); err != nil {
-		return err
+		return fmt.Errorf("report: %w", err)
 	}
 	js, err := json.MarshalIndent(results, "", " ")
 	if err != nil {
-		return err
+		return fmt.Errorf("report: %w", err)
 	}
-	return os.WriteFile(filepath.Join(dir, "report.json"), js, 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "report.json"), js, 0o644); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
 }
