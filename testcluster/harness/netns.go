@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -186,4 +188,58 @@ func (c *Cluster) Heal() error {
 // netnsAddr is node id's address in netns mode.
 func (s *netnsSetup) addr(id string, port int) string {
 	return net.JoinHostPort(s.ip[id], strconv.Itoa(port))
+}
+
+// newNetnsCluster lays out a cluster whose nodes live in namespaces.
+func newNetnsCluster(o Options) (*Cluster, error) {
+	sites := map[string][]string{}
+	order := []string{o.Sender, o.Receiver}
+	for _, s := range order {
+		for i := 1; i <= o.Nodes; i++ {
+			sites[s] = append(sites[s], NodeID(s, i))
+		}
+	}
+	abs, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	ns, err := newNetns(abs, sites, order)
+	if err != nil {
+		return nil, err
+	}
+	seedPort := map[string]int{o.Sender: 8000, o.Receiver: 8001}
+	l, err := Generate(LayoutOptions{
+		Dir: o.Dir,
+		Sites: []SiteSpec{
+			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: 8443},
+			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: 8443},
+		},
+		SAEs:               o.SAEs,
+		HeartbeatTimeout:   o.HeartbeatTimeout,
+		ElectionTimeout:    o.ElectionTimeout,
+		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		NoSync:             o.NoSync,
+		LogLevel:           o.LogLevel,
+		SnapshotInterval:   o.SnapshotInterval,
+		SnapshotThreshold:  o.SnapshotThreshold,
+		TrailingLogs:       o.TrailingLogs,
+		Link:               o.Link,
+		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
+		SeedFn: func(s SiteSpec, i int) string {
+			if !o.Seed || i != 1 {
+				return ""
+			}
+			return ns.addr(NodeID(s.KMEID, i), seedPort[s.KMEID])
+		},
+	})
+	if err != nil {
+		ns.remove()
+		return nil, err
+	}
+	for _, s := range l.Sites {
+		for _, n := range s.Nodes {
+			n.Netns = ns.ns[n.ID]
+		}
+	}
+	return &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, netns: ns}, nil
 }
