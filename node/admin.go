@@ -282,7 +282,7 @@ func (n *Node) forward(ctx context.Context, base string, r *http.Request, body [
 	h := http.Header{forward.ForwardedHeader: {n.cfg.NodeID}}
 	data, _, err := forward.Send(ctx, n.siteClient, r.Method, base+r.URL.RequestURI(), body, h)
 	result := "ok"
-	if forward.Retryable(err) || errors.Is(err, forward.ErrNoAnswer) {
+	if forward.Retryable(err) || forward.OutcomeUnknown(err) {
 		result = "retry"
 	}
 	n.metrics.forwarded.WithLabelValues(result).Inc()

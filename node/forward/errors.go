@@ -18,6 +18,8 @@ const (
 	CodeNotLeader      = "not_leader"
 	CodeNoLeader       = "no_leader"
 	CodeOutcomeUnknown = "outcome_unknown"
+	CodeNotEnabled     = "not_enabled"
+	CodeUpgrade        = "upgrade_required"
 	CodeUnknownSAE     = "unknown_sae"
 	CodeUnauthorized   = "unauthorized"
 	CodeKeysNotFound   = "keys_not_found"
@@ -35,8 +37,9 @@ var (
 	ErrForbidden = errors.New("forward: forbidden")
 	// ErrNoAnswer: a request left this node but no answer came back, so
 	// whether the leader ran it is unknown (a connection reset or a
-	// deadline during the call).
-	ErrNoAnswer = errors.New("forward: sent but no answer: outcome unknown")
+	// deadline during the call): a raftstore.ErrOutcomeUnknown seen from
+	// the caller's side.
+	ErrNoAnswer = fmt.Errorf("forward: sent but no answer: %w", raftstore.ErrOutcomeUnknown)
 	// ErrInternal: an error no row names (a bug, or a failure the table
 	// does not know yet).
 	ErrInternal = errors.New("forward: internal error")
@@ -69,7 +72,9 @@ type Row struct {
 var Table = []Row{
 	{CodeNotLeader, http.StatusMisdirectedRequest, raftstore.ErrNotLeader, nil, etsi.ErrUnavailable, true},
 	{CodeNoLeader, http.StatusServiceUnavailable, raftstore.ErrNoLeader, nil, etsi.ErrUnavailable, true},
-	{CodeOutcomeUnknown, http.StatusServiceUnavailable, ErrNoAnswer, nil, etsi.ErrUnavailable, false},
+	{CodeOutcomeUnknown, http.StatusServiceUnavailable, raftstore.ErrOutcomeUnknown, nil, etsi.ErrUnavailable, false},
+	{CodeNotEnabled, http.StatusServiceUnavailable, raftstore.ErrNotEnabled, nil, etsi.ErrUnavailable, false},
+	{CodeUpgrade, http.StatusServiceUnavailable, raftstore.ErrUpgradeRequired, nil, etsi.ErrUnavailable, false},
 	{CodeUnknownSAE, http.StatusUnauthorized, etsi.ErrUnknownSAE, []error{raftstore.ErrConnectionNotFound}, etsi.ErrUnknownSAE, false},
 	{CodeUnauthorized, http.StatusUnauthorized, etsi.ErrUnauthorized, []error{raftstore.ErrNotAuthorized}, etsi.ErrUnauthorized, false},
 	{CodeForbidden, http.StatusForbidden, ErrForbidden, nil, etsi.ErrUnavailable, false},

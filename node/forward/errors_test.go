@@ -27,7 +27,11 @@ func TestTable(t *testing.T) {
 	}{
 		{raftstore.ErrNotLeader, CodeNotLeader, 421, raftstore.ErrNotLeader, 503, true},
 		{raftstore.ErrNoLeader, CodeNoLeader, 503, raftstore.ErrNoLeader, 503, true},
-		{ErrNoAnswer, CodeOutcomeUnknown, 503, ErrNoAnswer, 503, false},
+		{raftstore.ErrOutcomeUnknown, CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
+		{ErrNoAnswer, CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
+		{fmt.Errorf("%w: %w", raftstore.ErrOutcomeUnknown, context.DeadlineExceeded), CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
+		{raftstore.ErrNotEnabled, CodeNotEnabled, 503, raftstore.ErrNotEnabled, 503, false},
+		{raftstore.ErrUpgradeRequired, CodeUpgrade, 503, raftstore.ErrUpgradeRequired, 503, false},
 		{etsi.ErrUnknownSAE, CodeUnknownSAE, 401, etsi.ErrUnknownSAE, 401, false},
 		{raftstore.ErrConnectionNotFound, CodeUnknownSAE, 401, etsi.ErrUnknownSAE, 401, false},
 		{etsi.ErrUnauthorized, CodeUnauthorized, 401, etsi.ErrUnauthorized, 401, false},

@@ -107,7 +107,7 @@ func (f *Forwarder) Do(ctx context.Context, op Op) error {
 		default:
 			err = fmt.Errorf("%w: %s: this node knows no leader", raftstore.ErrNoLeader, op.Name)
 		}
-		if err == nil || !(Retryable(err) || op.Idempotent && outcomeUnknown(err)) {
+		if err == nil || !(Retryable(err) || op.Idempotent && OutcomeUnknown(err)) {
 			return err
 		}
 		if f.Log != nil {
@@ -122,9 +122,11 @@ func (f *Forwarder) Do(ctx context.Context, op Op) error {
 	}
 }
 
-// outcomeUnknown reports whether err leaves open whether the operation ran.
-func outcomeUnknown(err error) bool {
-	return RowOf(err).Code == CodeOutcomeUnknown
+// OutcomeUnknown reports whether err leaves open whether the operation
+// ran: raftstore.ErrOutcomeUnknown at the leader, or a request sent without
+// an answer.
+func OutcomeUnknown(err error) bool {
+	return err != nil && RowOf(err).Code == CodeOutcomeUnknown
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

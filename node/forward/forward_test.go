@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -137,7 +138,7 @@ func TestOutcomeUnknown(t *testing.T) {
 	// A leader whose command's outcome is unknown; and one that takes the
 	// request and drops the connection before answering.
 	var refused, dropped atomic.Int32
-	unknown := refusingServer(t, ErrNoAnswer, &refused)
+	unknown := refusingServer(t, fmt.Errorf("apply: %w", raftstore.ErrOutcomeUnknown), &refused)
 	dropper := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		dropped.Add(1)
 		c, _, err := w.(http.Hijacker).Hijack()
@@ -176,7 +177,7 @@ func TestOutcomeUnknown(t *testing.T) {
 			}
 			var out answer
 			err := f.Do(ctx, postOp("op", &out, tc.idempotent))
-			if !errors.Is(err, ErrNoAnswer) || CodeOf(err) != CodeOutcomeUnknown {
+			if !errors.Is(err, raftstore.ErrOutcomeUnknown) || CodeOf(err) != CodeOutcomeUnknown {
 				t.Fatalf("err = %v (code %s), want outcome unknown", err, CodeOf(err))
 			}
 			want := int32(1)
