@@ -96,6 +96,9 @@ func (f *Forwarder) Do(ctx context.Context, op Op) error {
 	if wait == nil {
 		wait = sleep
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: the caller's deadline passed before it ran: %w", op.Name, err)
+	}
 	for n := 0; ; n++ {
 		var err error
 		self, base := f.Leader()

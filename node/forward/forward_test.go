@@ -386,3 +386,16 @@ func TestSendsOnlyRelative(t *testing.T) {
 		t.Errorf("sent the legacy header %s: %q", LegacyDeadlineHeader, v)
 	}
 }
+
+// TestNoTimeLeft: a call whose deadline already passed (an older node's
+// absolute deadline, clocks apart) runs nowhere and answers unavailable.
+func TestNoTimeLeft(t *testing.T) {
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	var ran atomic.Int32
+	f := Forwarder{Leader: func() (bool, string) { return true, "" }}
+	err := f.Do(ctx, Op{Name: "op", Local: func(context.Context) error { ran.Add(1); return nil }})
+	if CodeOf(err) != CodeUnavailable || ran.Load() != 0 {
+		t.Errorf("err %v (code %s), ran %d times; want unavailable, never run", err, CodeOf(err), ran.Load())
+	}
+}
