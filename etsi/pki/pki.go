@@ -265,22 +265,37 @@ func LoadPool(path string) (*x509.CertPool, error) {
 	return p, nil
 }
 
+// AEADSuites are the only TLS 1.2 cipher suites a qkdkms endpoint offers or
+// accepts: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305. Go's default
+// TLS 1.2 list also carries CBC and SHA-1 suites; TLS 1.3 suites are all AEAD
+// and not configurable.
+var AEADSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
 // ServerConfig is the mutual-TLS server configuration: TLS 1.2 minimum
-// (1.3 preferred by Go), client certificates required and verified against
-// the CA pool.
+// (1.3 preferred by Go) with AEADSuites only, client certificates required
+// and verified against the CA pool.
 func ServerConfig(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
+		CipherSuites: AEADSuites,
 		Certificates: []tls.Certificate{cert},
 		ClientCAs:    clientCAs,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 	}
 }
 
-// ClientConfig is the mutual-TLS client configuration.
+// ClientConfig is the mutual-TLS client configuration (AEADSuites only).
 func ClientConfig(cert tls.Certificate, rootCAs *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
+		CipherSuites: AEADSuites,
 		Certificates: []tls.Certificate{cert},
 		RootCAs:      rootCAs,
 	}
