@@ -26,8 +26,12 @@ func (ca *CA) IssueOperator(name, kmeID string) (Leaf, error) {
 }
 
 // OperatorKME returns the KME ID an operator certificate may administer
-// ("" when the certificate is not an operator certificate).
+// ("" when the certificate is not an operator certificate, or carries more
+// than one role identity).
 func OperatorKME(cert *x509.Certificate) string {
+	if ambiguous(cert) {
+		return ""
+	}
 	for _, u := range cert.URIs {
 		if u.Scheme == operatorScheme && u.Opaque != "" {
 			return u.Opaque

@@ -2,7 +2,8 @@
 // and SAE certificates, the identities carried in them, and the mutual-TLS
 // configurations every listener and client uses.
 //
-// Identities:
+// Identities (a certificate carries at most one role identity; one with
+// more is refused for every role, see ErrAmbiguousIdentity):
 //   - an SAE certificate carries the SAE ID as a URI SAN "sae:<ID>" and as
 //     its CN; SAEID reads the URI SAN first, else the CN;
 //   - a node certificate carries its KME (site) ID as a URI SAN "kme:<KME ID>",
@@ -213,10 +214,43 @@ func checkID(id string) error {
 	return nil
 }
 
+// ErrAmbiguousIdentity: a certificate carries more than one role identity
+// (URI SANs sae:, kme: or kme-admin: naming different identities). Such a
+// certificate is refused for every role: SAEID fails, KMEID and OperatorKME
+// return "".
+var ErrAmbiguousIdentity = errors.New("pki: certificate carries more than one role identity")
+
+// ambiguous reports whether cert carries more than one distinct role
+// identity among its sae:, kme: and kme-admin: URI SANs.
+func ambiguous(cert *x509.Certificate) bool {
+	first := ""
+	for _, u := range cert.URIs {
+		switch u.Scheme {
+		case saeScheme, kmeScheme, operatorScheme:
+		default:
+			continue
+		}
+		if u.Opaque == "" {
+			continue
+		}
+		id := u.Scheme + ":" + u.Opaque
+		if first == "" {
+			first = id
+		} else if id != first {
+			return true
+		}
+	}
+	return false
+}
+
 // SAEID returns the SAE ID a verified client certificate carries: the URI
 // SAN "sae:<ID>", else the subject CN. Node (kme:) and operator (kme-admin:)
-// certificates are never SAEs.
+// certificates are never SAEs, nor is a certificate with more than one role
+// identity (ErrAmbiguousIdentity).
 func SAEID(cert *x509.Certificate) (string, error) {
+	if ambiguous(cert) {
+		return "", ErrAmbiguousIdentity
+	}
 	for _, u := range cert.URIs {
 		if u.Scheme == saeScheme && u.Opaque != "" {
 			return u.Opaque, nil
@@ -228,8 +262,12 @@ func SAEID(cert *x509.Certificate) (string, error) {
 	return "", ErrNoIdentity
 }
 
-// KMEID returns the KME ID a node certificate carries ("" when none).
+// KMEID returns the KME ID a node certificate carries ("" when none, or when
+// the certificate carries more than one role identity).
 func KMEID(cert *x509.Certificate) string {
+	if ambiguous(cert) {
+		return ""
+	}
 	for _, u := range cert.URIs {
 		if u.Scheme == kmeScheme && u.Opaque != "" {
 			return u.Opaque

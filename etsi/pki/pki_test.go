@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,5 +111,60 @@ func TestCNFallbackAndBadNames(t *testing.T) {
 	}
 	if _, err := l.TLS(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMoreThanOneRoleIsRefused: a certificate carrying more than one role
+// identity (sae:, kme:, kme-admin:) passes as none of them; one identity, or
+// the same one twice, passes as that role.
+func TestMoreThanOneRoleIsRefused(t *testing.T) {
+	ca, err := Init(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := func(s, o string) *url.URL { return &url.URL{Scheme: s, Opaque: o} }
+	tests := []struct {
+		name     string
+		uris     []*url.URL
+		sae      string // "" = refused as SAE
+		kme      string
+		operator string
+	}{
+		{"sae and kme", []*url.URL{uri("sae", "ghi"), uri("kme", "sender_app")}, "", "", ""},
+		{"kme and sae", []*url.URL{uri("kme", "sender_app"), uri("sae", "ghi")}, "", "", ""},
+		{"sae and operator", []*url.URL{uri("sae", "ghi"), uri("kme-admin", "sender_app")}, "", "", ""},
+		{"kme and operator", []*url.URL{uri("kme", "sender_app"), uri("kme-admin", "sender_app")}, "", "", ""},
+		{"two SAEs", []*url.URL{uri("sae", "ghi"), uri("sae", "jkl")}, "", "", ""},
+		{"two KMEs", []*url.URL{uri("kme", "sender_app"), uri("kme", "receiver_app")}, "", "", ""},
+		{"sae only", []*url.URL{uri("sae", "ghi")}, "ghi", "", ""},
+		{"same sae twice", []*url.URL{uri("sae", "ghi"), uri("sae", "ghi")}, "ghi", "", ""},
+		{"kme only", []*url.URL{uri("kme", "sender_app")}, "", "sender_app", ""},
+		{"operator only", []*url.URL{uri("kme-admin", "sender_app")}, "", "", "sender_app"},
+		{"sae and an unrelated URI", []*url.URL{uri("sae", "ghi"), {Scheme: "https", Host: "example.org"}}, "ghi", "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl := leafTemplate("cn-" + tc.name)
+			tmpl.URIs = tc.uris
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+			l, err := ca.issue(tmpl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := parse(t, l)
+			got, err := SAEID(c)
+			if tc.sae == "" && err == nil {
+				t.Errorf("accepted as SAE %q", got)
+			}
+			if tc.sae != "" && (err != nil || got != tc.sae) {
+				t.Errorf("SAEID = %q, %v; want %q", got, err, tc.sae)
+			}
+			if got := KMEID(c); got != tc.kme {
+				t.Errorf("KMEID = %q, want %q", got, tc.kme)
+			}
+			if got := OperatorKME(c); got != tc.operator {
+				t.Errorf("OperatorKME = %q, want %q", got, tc.operator)
+			}
+		})
 	}
 }
