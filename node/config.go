@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -61,6 +62,9 @@ type Config struct {
 	Log LogConfig `json:"log"`
 	// Link runs QKD links to the peer sites; off unless link.psk_file is set.
 	Link LinkConfig `json:"link"`
+	// Metrics says who may read /metrics besides this site's nodes and
+	// operators.
+	Metrics MetricsConfig `json:"metrics"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -78,6 +82,15 @@ type TLSFiles struct {
 	CA   string `json:"ca"`   // CA bundle that signs nodes, SAEs and operators
 	Cert string `json:"cert"` // node certificate (carries kme:<KME ID>)
 	Key  string `json:"key"`  // node private key
+}
+
+// MetricsConfig configures who may read /metrics (node/CONFIG.md, Health
+// and metrics).
+type MetricsConfig struct {
+	// ScrapeIdentities are URI SANs (e.g. "metrics:prometheus"); a client
+	// certificate of the CA carrying one of them may read /metrics, as
+	// this site's nodes and operators may. Never an sae: identity.
+	ScrapeIdentities []string `json:"scrape_identities"`
 }
 
 // RaftTiming tunes hashicorp/raft. Zero values take raft's defaults.
@@ -311,6 +324,11 @@ func (c Config) Validate() error {
 			add("link.eve: %v outside [0, 1]", c.Link.Eve)
 		}
 	}
+	for i, id := range c.Metrics.ScrapeIdentities {
+		if err := checkScrapeIdentity(id); err != nil {
+			add("metrics.scrape_identities[%d]: %v", i, err)
+		}
+	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -326,6 +344,20 @@ func (c Config) Validate() error {
 	}
 	sort.Strings(errs)
 	return fmt.Errorf("%w:\n  %s", ErrConfig, strings.Join(errs, "\n  "))
+}
+
+// checkScrapeIdentity accepts a URI SAN written as the certificate carries
+// it ("scheme:opaque" or an absolute URI), never an SAE's: SAEs are tenants
+// and read no metrics (node/CONFIG.md, Health and metrics).
+func checkScrapeIdentity(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" || (u.Opaque == "" && u.Host == "" && u.Path == "") || u.String() != s {
+		return fmt.Errorf("%q is not a URI SAN such as \"metrics:prometheus\"", s)
+	}
+	if u.Scheme == "sae" {
+		return fmt.Errorf("%q is an SAE identity: SAEs may not read /metrics", s)
+	}
+	return nil
 }
 
 func checkName(s string) error {

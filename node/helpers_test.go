@@ -103,6 +103,8 @@ type testSite struct {
 	lns    map[string]net.Listener
 	logger *slog.Logger
 	link   LinkConfig // QKD link settings (off unless PSKFile is set)
+	// scrapeIDs is metrics.scrape_identities of every node.
+	scrapeIDs []string
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -178,6 +180,7 @@ func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Co
 		Bootstrap: boot,
 		Peers:     s.peers,
 		Link:      s.link,
+		Metrics:   MetricsConfig{ScrapeIdentities: s.scrapeIDs},
 		Raft: RaftTiming{
 			HeartbeatTimeout:   Duration(testenv.Scaled(300 * time.Millisecond)),
 			ElectionTimeout:    Duration(testenv.Scaled(300 * time.Millisecond)),

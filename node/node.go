@@ -310,7 +310,7 @@ func (n *Node) routes() http.Handler {
 	if n.services.adminExtra != nil {
 		mux.Handle("/admin/v1/blocks", n.requireAdmin(n.refuseImportWithLink(n.services.adminExtra)))
 	}
-	mux.Handle("GET /metrics", n.metrics.handler())
+	mux.Handle("GET /metrics", n.requireScraper(n.metrics.handler()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node_id": n.cfg.NodeID})
 	})
