@@ -420,7 +420,7 @@ func (n *Node) setupTLS() error {
 	if err != nil {
 		return fmt.Errorf("node: tls.ca: %w", err)
 	}
-	cert, err := tls.LoadX509KeyPair(n.cfg.TLS.Cert, n.cfg.TLS.Key)
+	cert, err := pki.LoadKeyPair(n.cfg.TLS.Cert, n.cfg.TLS.Key)
 	if err != nil {
 		return fmt.Errorf("node: tls.cert/tls.key: %w", err)
 	}

@@ -290,6 +290,29 @@ func LoadLeaf(dir, name string) (tls.Certificate, error) {
 	return c, nil
 }
 
+// ErrKeyFileMode: a private key file is accessible by group or others.
+var ErrKeyFileMode = errors.New("pki: private key file is accessible by group or others")
+
+// LoadKeyPair reads a certificate and its private key like
+// tls.LoadX509KeyPair, and refuses a key file accessible by group or others
+// (mode 0600 or stricter required) with the same rule raftstore.LoadKEK
+// applies to the KEK file.
+func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	fi, err := os.Stat(keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: key file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return tls.Certificate{}, fmt.Errorf("%w: %s has mode %#o, must be 0600 or stricter (chmod 600 %s)",
+			ErrKeyFileMode, keyFile, fi.Mode().Perm(), keyFile)
+	}
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: load key pair: %w", err)
+	}
+	return c, nil
+}
+
 // LoadPool reads a PEM CA bundle into a pool.
 func LoadPool(path string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(path)
