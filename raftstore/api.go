@@ -235,7 +235,7 @@ type Site interface {
 // Config opens a Store (see Open in store.go).
 type Config struct {
 	NodeID  string // Raft server ID, unique in the site
-	DataDir string // raft.db (raft-boltdb), snapshots/; created 0700
+	DataDir string // raft.db (raft-boltdb), snapshots/; created 0700, snapshot directories too
 	// Transport carries Raft traffic; node supplies one over mutual TLS.
 	// Tests may use raft.NewInmemTransport or raft.NewTCPTransport.
 	Transport raft.Transport

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -140,11 +141,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	fss, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), snapRetain, hl)
+	snapDir := filepath.Join(cfg.DataDir, "snapshots")
+	fss, err := raft.NewFileSnapshotStoreWithLogger(snapDir, snapRetain, hl)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: snapshot store: %w", err)
 	}
+	if err := restrictDirs(snapDir); err != nil {
+		return nil, err
+	}
 	snaps, err := newEncSnapStore(fss, s.kr, func() {
+		if err := restrictDirs(snapDir); err != nil {
+			s.log.Error("restricting snapshot directories failed", "err", err)
+		}
 		if err := s.logs.rotate(); err != nil {
 			s.log.Error("log epoch rotation failed", "err", err)
 		}
@@ -837,4 +845,40 @@ func (s *Store) Close() error {
 		s.closeErr = errors.Join(err, s.closeFiles())
 	})
 	return s.closeErr
+}
+
+// restrictDirs makes root and every directory below it mode 0700. The
+// snapshot store of hashicorp/raft creates its directories (snapshots/,
+// snapshots/snapshots/, one per snapshot) with mode 0755; the data directory
+// is 0700 (Config.DataDir) and so are they.
+func restrictDirs(root string) error {
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // a snapshot reaped meanwhile
+			}
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if info.Mode().Perm() == 0o700 {
+			return nil
+		}
+		if err := os.Chmod(path, 0o700); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("raftstore: restrict %s to 0700: %w", root, err)
+	}
+	return nil
 }
