@@ -206,7 +206,7 @@ func (h *handler) failBackend(w http.ResponseWriter, rec *auditRec, err error) {
 	case errors.Is(err, ErrUnauthorized):
 		reason = "the caller is not named as a slave for one or more of the keys"
 	case errors.Is(err, ErrKeysNotFound):
-		reason = "unknown, already fetched, or issued by another master"
+		reason = "unknown, already fetched, issued by another master, or not for this caller"
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		h.log.Warn("etsi backend unavailable", "call", rec.call, "sae", rec.sae, "err", err)
 		reason = "the KME cannot serve this request now; retry later"
@@ -488,7 +488,7 @@ func (h *handler) decKeys(w http.ResponseWriter, r *http.Request, rec *auditRec)
 	defer cancel()
 	keys, err := h.b.DecKeys(ctx, DecRequest{SlaveSAE: rec.sae, MasterSAE: rec.pathSAE, KeyIDs: ids})
 	if err != nil {
-		h.failBackend(w, rec, err)
+		h.failBackend(w, rec, notFoundForOthers(err))
 		return
 	}
 	kc, err := container(keys, ids, 0)
@@ -499,6 +499,18 @@ func (h *handler) decKeys(w http.ResponseWriter, r *http.Request, rec *auditRec)
 	}
 	rec.status, rec.outcome = http.StatusOK, "ok"
 	writeJSON(w, http.StatusOK, kc)
+}
+
+// notFoundForOthers turns a dec_keys refusal because the caller is not named
+// for a key (ErrUnauthorized) into the answer for an unknown or already
+// fetched key (ErrKeysNotFound, 400): otherwise any SAE could probe whether
+// a key ID it learned is still pending (API.md, dec_keys). The backend's
+// words stay in the audit record.
+func notFoundForOthers(err error) error {
+	if errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrKeysNotFound) {
+		return fmt.Errorf("%w (%v)", ErrKeysNotFound, err)
+	}
+	return err
 }
 
 // parseDecQuery reads the GET form of dec_keys: exactly one key_ID.

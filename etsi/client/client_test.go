@@ -121,10 +121,10 @@ func TestClient(t *testing.T) {
 	if err != nil || len(more) != 1 || len(more[0].Bytes) != 32 {
 		t.Fatalf("EncKeysGet: %v %v", more, err)
 	}
-	// an SAE not named gets a typed 401 and the key stays fetchable
+	// an SAE not named gets the typed 400 of an unknown key and the key stays fetchable
 	_, err = x.DecKeys(ctx, "ghi", keys[0].ID)
 	var ae *client.Error
-	if !errors.As(err, &ae) || ae.StatusCode != 401 || !errors.Is(err, client.ErrUnauthorized) || ae.Message == "" {
+	if !errors.As(err, &ae) || ae.StatusCode != 400 || !errors.Is(err, client.ErrBadRequest) || ae.Message == "" {
 		t.Fatalf("outsider dec_keys: %v", err)
 	}
 	got, err := s.DecKeys(ctx, "ghi", keys[0].ID, keys[1].ID, keys[2].ID)

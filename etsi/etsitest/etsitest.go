@@ -122,6 +122,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("rules", s.testRules)
 	t.Run("happy", s.testHappy)
 	t.Run("multicast", s.testMulticast)
+	t.Run("key-ID oracle", s.testOracle)
 	t.Run("insufficient", s.testInsufficient)
 	t.Run("reverse", s.testReverse)
 	t.Run("concurrent", s.testConcurrent)
@@ -569,20 +570,20 @@ func (s *suite) testRules(t *testing.T) {
 		{"dec/trailing data", post(S, s.s, dec, string(idsBody(k))+`]`), []int{B}, ""},
 		{"dec/duplicate name", post(S, s.s, dec, `{"key_IDs":[{"key_ID":"`+k+`"}],"key_IDs":[{"key_ID":"`+k2+`"}]}`), []int{B}, ""},
 		{"dec/duplicate name in key object", post(S, s.s, dec, `{"key_IDs":[{"key_ID":"`+k+`","key_ID":"`+k2+`"}]}`), []int{B}, ""},
-		{"dec/caller not named", post(S, s.s2, dec, string(idsBody(k))), []int{U}, ""},
-		{"dec/caller not named, one of two", post(S, s.s2, dec, string(idsBody(k, k2))), []int{U}, ""},
-		{"dec/outsider", post(S, s.x, dec, string(idsBody(k))), []int{U}, ""},
-		{"dec/master calls dec_keys", post(S, s.m, "/api/v1/keys/"+s.s+"/dec_keys", string(idsBody(k))), []int{U, B}, ""},
-		{"dec/unknown master in path", post(S, s.s, "/api/v1/keys/nobody-"+s.x+"/dec_keys", string(idsBody(k))), []int{U}, ""},
-		{"dec/wrong master in path", post(S, s.s, "/api/v1/keys/"+s.ms+"/dec_keys", string(idsBody(k))), []int{U, B}, ""},
+		{"dec/caller not named", post(S, s.s2, dec, string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
+		{"dec/caller not named, one of two", post(S, s.s2, dec, string(idsBody(k, k2))), []int{B}, etsi.MsgKeysNotFound},
+		{"dec/outsider", post(S, s.x, dec, string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
+		{"dec/master calls dec_keys", post(S, s.m, "/api/v1/keys/"+s.s+"/dec_keys", string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
+		{"dec/unknown master in path", post(S, s.s, "/api/v1/keys/nobody-"+s.x+"/dec_keys", string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
+		{"dec/wrong master in path", post(S, s.s, "/api/v1/keys/"+s.ms+"/dec_keys", string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
 		{"dec/master is slave", post(S, s.s, "/api/v1/keys/"+s.s+"/dec_keys", string(idsBody(k))), []int{B}, ""},
-		{"dec/at the master site", post(M, s.s, dec, string(idsBody(k))), []int{B, U}, ""},
+		{"dec/at the master site", post(M, s.s, dec, string(idsBody(k))), []int{B}, etsi.MsgKeysNotFound},
 		{"dec/GET without key_ID", get(S, s.s, dec, ""), []int{B}, ""},
 		{"dec/GET two key_IDs", get(S, s.s, dec, "key_ID="+k+"&key_ID="+k2), []int{B}, ""},
 		{"dec/GET non-UUID", get(S, s.s, dec, "key_ID=abc"), []int{B}, etsi.MsgKeysNotFound},
 		{"dec/GET unknown parameter", get(S, s.s, dec, "key_ID="+k+"&colour=blue"), []int{B}, ""},
 		{"dec/GET unknown ID", get(S, s.s, dec, "key_ID="+newUUID()), []int{B}, etsi.MsgKeysNotFound},
-		{"dec/GET caller not named", get(S, s.s2, dec, "key_ID="+k), []int{U}, ""},
+		{"dec/GET caller not named", get(S, s.s2, dec, "key_ID="+k), []int{B}, etsi.MsgKeysNotFound},
 		{"dec/POST with query", call{site: S, sae: s.s, method: http.MethodPost, path: dec, query: "key_ID=" + k, body: idsBody(k)}, []int{B}, ""},
 		{"dec/PUT", call{site: S, sae: s.s, method: http.MethodPut, path: dec, body: idsBody(k)}, []int{405}, ""},
 		{"dec/PATCH", call{site: S, sae: s.s, method: http.MethodPatch, path: dec, body: idsBody(k)}, []int{405}, ""},
@@ -689,13 +690,13 @@ func (s *suite) testMulticast(t *testing.T) {
 	pdec := func(sae string, ids ...string) call {
 		return call{site: S, sae: sae, method: http.MethodPost, path: dec, body: idsBody(ids...)}
 	}
-	s.refused(t, pdec(s.x, a.KeyID), []int{http.StatusUnauthorized}, "")
+	s.refused(t, pdec(s.x, a.KeyID), []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 	s.dec(t, S, s.s, s.m, keys)
 	s.refused(t, pdec(s.s, a.KeyID), []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 	s.dec(t, S, s.s2, s.m, []etsi.KeyObject{a})
 	s.refused(t, pdec(s.s2, a.KeyID, b.KeyID), []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 	s.dec(t, S, s.s3, s.m, []etsi.KeyObject{b, a})
-	s.refused(t, pdec(s.x, b.KeyID), []int{http.StatusUnauthorized, http.StatusBadRequest}, "")
+	s.refused(t, pdec(s.x, b.KeyID), []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 	s.dec(t, S, s.s2, s.m, []etsi.KeyObject{b})
 	// every named slave fetched both: erased for everyone
 	for _, sae := range []string{s.s, s.s2, s.s3} {
@@ -703,6 +704,47 @@ func (s *suite) testMulticast(t *testing.T) {
 			s.refused(t, pdec(sae, k.KeyID), []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 		}
 	}
+}
+
+// testOracle: an SAE that may not fetch a key gets the same answer — status
+// and body — whether the key ID is pending, already fetched or unknown, so
+// it cannot probe whether a key ID it learned is still pending. The answer
+// is the one the owner gets for a fetched key (400, the spec message).
+func (s *suite) testOracle(t *testing.T) {
+	M, S := &s.h.Master, &s.h.Slave
+	keys := s.enc(t, M, s.m, s.s, http.MethodPost, "", []byte(`{"number":2}`), 2, keySize1)
+	pending, fetched := keys[0], keys[1]
+	s.dec(t, S, s.s, s.m, []etsi.KeyObject{fetched})
+	unknown := newUUID()
+	dec := "/api/v1/keys/" + s.m + "/dec_keys"
+	for _, caller := range []string{s.s2, s.x, s.ss} {
+		for _, method := range []string{http.MethodPost, http.MethodGet} {
+			answers := map[string]response{}
+			for name, id := range map[string]string{"pending": pending.KeyID, "fetched": fetched.KeyID, "unknown": unknown} {
+				c := call{site: S, sae: caller, method: method, path: dec, body: idsBody(id)}
+				if method == http.MethodGet {
+					c.body, c.query = nil, "key_ID="+id
+				}
+				before := s.levels(t)
+				r := s.mustDo(t, c)
+				s.sameLevels(t, before)
+				if r.code != http.StatusBadRequest {
+					t.Errorf("%s dec_keys of a %s key by %s: %d, want 400: %s", method, name, caller, r.code, r.body)
+				}
+				checkError(t, r, etsi.MsgKeysNotFound)
+				answers[name] = r
+			}
+			for _, name := range []string{"fetched", "unknown"} {
+				if a, p := answers[name], answers["pending"]; a.code != p.code || !bytes.Equal(a.body, p.body) {
+					t.Errorf("%s dec_keys by %s tells a pending key (%d %s) from a %s one (%d %s)",
+						method, caller, p.code, p.body, name, a.code, a.body)
+				}
+			}
+		}
+	}
+	// the owner's answers are unchanged: the pending key is its, once.
+	s.dec(t, S, s.s, s.m, []etsi.KeyObject{pending})
+	s.refused(t, call{site: S, sae: s.s, method: http.MethodPost, path: dec, body: idsBody(pending.KeyID)}, []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 }
 
 func (s *suite) testInsufficient(t *testing.T) {
@@ -722,7 +764,7 @@ func (s *suite) testReverse(t *testing.T) {
 	path := "/api/v1/keys/" + s.rs + "/enc_keys"
 	s.refused(t, call{site: M, sae: s.rm, method: http.MethodPost, path: path, body: []byte(`{}`)}, []int{http.StatusUnauthorized}, "")
 	keys := s.enc(t, S, s.rm, s.rs, http.MethodPost, "", []byte(`{"number":3}`), 3, 128)
-	s.refused(t, call{site: S, sae: s.rs, method: http.MethodPost, path: "/api/v1/keys/" + s.rm + "/dec_keys", body: idsBody(keys[0].KeyID)}, []int{http.StatusBadRequest, http.StatusUnauthorized}, "")
+	s.refused(t, call{site: S, sae: s.rs, method: http.MethodPost, path: "/api/v1/keys/" + s.rm + "/dec_keys", body: idsBody(keys[0].KeyID)}, []int{http.StatusBadRequest}, etsi.MsgKeysNotFound)
 	s.dec(t, M, s.rs, s.rm, keys)
 	s.checkStatus(t, s.rm, s.rs)
 }

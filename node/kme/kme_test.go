@@ -85,10 +85,11 @@ func roundTrip(t *testing.T, w *world, led *issuedLedger, master, slave, strange
 			t.Fatalf("key %s has %d bytes", k.KeyID, n)
 		}
 	}
-	// A stranger (valid certificate, not named) is refused; keys stay.
+	// A stranger (valid certificate, not named) is refused with the answer
+	// of an unknown key (etsi/API.md, dec_keys); keys stay.
 	_, err = stranger.dec(ctx, b.follower(0), master.id, ids(enc)...)
-	if statusOfErr(err) != http.StatusUnauthorized {
-		t.Fatalf("stranger dec_keys: want 401, got %v", err)
+	if statusOfErr(err) != http.StatusBadRequest {
+		t.Fatalf("stranger dec_keys: want 400, got %v", err)
 	}
 	// The slave's fetch at the master site is refused: keys live at B.
 	_, err = slave.dec(ctx, a.follower(0), master.id, ids(enc)...)
