@@ -1,0 +1,243 @@
+package link
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"qkdkms/quantum"
+	"qkdkms/quantum/auth"
+	"qkdkms/quantum/session"
+	"qkdkms/quantum/sim"
+	"qkdkms/quantum/simrun"
+	"qkdkms/raftstore"
+)
+
+// dialLeader finds the peer site's leader among its nodes.
+func (l *Link) dialLeader(ctx context.Context) (*wire, error) {
+	var errs []error
+	for _, addr := range l.cfg.PeerAddrs {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := l.cfg.Dial(dctx, addr)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w := newWire(conn)
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = l.helloAsAlice(hctx, w)
+		cancel()
+		if err == nil {
+			return w, nil
+		}
+		_ = w.Close()
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return nil, fmt.Errorf("link: no leader reachable at %s: %w", l.cfg.PeerKME, errors.Join(errs...))
+}
+
+func (l *Link) helloAsAlice(ctx context.Context, w *wire) error {
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME}); err != nil {
+		return err
+	}
+	_, err := recv(ctx, w, "hello")
+	return err
+}
+
+// driveConnection runs sessions over one connection until it fails.
+func (l *Link) driveConnection(ctx context.Context) error {
+	w, err := l.dialLeader(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
+	defer stop()
+
+	var seed [8]byte
+	_, _ = rand.Read(seed[:])
+	fiber, err := sim.NewFiber(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]))
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	if err := fiber.SetEve(l.eve); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	l.fiber = fiber
+	l.status.Connected = true
+	l.mu.Unlock()
+	_, _ = rand.Read(seed[:])
+	simTx, err := sim.NewTransmitter(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), fiber.OnSend(quantumLink{w}))
+	if err != nil {
+		return err
+	}
+	// Frame f+1 crosses the quantum link while frame f is post-processed.
+	tx := quantum.NewPrefetchTransmitter(simTx)
+	defer tx.Close()
+	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "alice")
+	for frame := uint64(1); ctx.Err() == nil; frame++ {
+		conn, ok, err := l.pick(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			// Nothing to fill: keep the connection alive with a ping.
+			if err := l.ping(ctx, w); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(l.cfg.Idle):
+			}
+			continue
+		}
+		if err := l.aliceSession(ctx, w, tx, frame, conn); err != nil {
+			l.countAbort(err)
+			if errors.Is(err, session.ErrAbort) || errors.Is(err, ErrRefused) {
+				// The session ended cleanly with no key; the link is fine.
+				// Pause before the next try so a persistent cause (an
+				// eavesdropper, a plugin mismatch) does not spin.
+				l.cfg.Logger.Warn("session aborted", "peer", l.cfg.PeerKME, "err", err)
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(l.cfg.Idle):
+				}
+				continue
+			}
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+func (l *Link) ping(ctx context.Context, w *wire) error {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := send(pctx, w, msg{Type: "ping"}); err != nil {
+		return err
+	}
+	_, err := recv(pctx, w, "pong")
+	return err
+}
+
+// pick chooses the connection whose pool a session fills: connections
+// between the two sites whose pool holds fewer than max_key_count keys,
+// highest QoS priority first, then the emptiest (by fill ratio).
+func (l *Link) pick(ctx context.Context) (raftstore.ConnectionStatus, bool, error) {
+	conns, err := l.cfg.Store.Connections(ctx)
+	if err != nil {
+		return raftstore.ConnectionStatus{}, false, err
+	}
+	c, ok := Pick(conns, l.cfg.LocalKME, l.cfg.PeerKME)
+	return c, ok, nil
+}
+
+// Pick is the scheduler's choice among conns (exported for tests).
+func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.ConnectionStatus, bool) {
+	var cand []raftstore.ConnectionStatus
+	for _, c := range conns {
+		between := (c.SourceKME == a && c.TargetKME == b) || (c.SourceKME == b && c.TargetKME == a)
+		if between && c.MaxKeyCount > 0 && c.StoredKeys < int64(c.MaxKeyCount) {
+			cand = append(cand, c)
+		}
+	}
+	if len(cand) == 0 {
+		return raftstore.ConnectionStatus{}, false
+	}
+	sort.SliceStable(cand, func(i, j int) bool {
+		if cand[i].Priority != cand[j].Priority {
+			return cand[i].Priority > cand[j].Priority
+		}
+		fi := float64(cand[i].StoredKeys) / float64(cand[i].MaxKeyCount)
+		fj := float64(cand[j].StoredKeys) / float64(cand[j].MaxKeyCount)
+		if fi != fj {
+			return fi < fj
+		}
+		return cand[i].ID() < cand[j].ID()
+	})
+	return cand[0], true
+}
+
+// needBytes is how much key the connection's pool can still take.
+func needBytes(c raftstore.ConnectionStatus) int {
+	missing := int64(c.MaxKeyCount)*int64(c.KeySize) - c.StoredBits
+	if missing <= 0 {
+		return 0
+	}
+	return int((missing + 7) / 8)
+}
+
+// aliceSession runs one session as the initiator.
+func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
+	defer cancel()
+	ch := auth.NewChannel(w, l.hash)
+	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
+	if err != nil {
+		return err
+	}
+	sel, runner, err := l.proposal(ctx)
+	if err != nil {
+		return err
+	}
+	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel,
+		LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: st.PadOffset}
+	if err := send(ctx, ch, start); err != nil {
+		return err
+	}
+	ready, err := recv(ctx, ch, "ready")
+	if err != nil {
+		if errors.Is(err, ErrRefused) && ready.Plugins != nil {
+			l.noteMismatch(sel, ready.Plugins)
+		}
+		return err
+	}
+	if !sameSelection(sel, ready.Plugins) {
+		// Bob runs the last agreed set instead of our new one.
+		l.noteMismatch(sel, ready.Plugins)
+		if _, runner, err = l.resolve(ready.Plugins); err != nil {
+			return fmt.Errorf("%w: peer proposes plugins we cannot run: %w", ErrRefused, err)
+		}
+	} else {
+		l.noteAgreed(sel, runner)
+	}
+	if err := l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
+		return err
+	}
+	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, ready.PadOffset))
+	if err != nil {
+		return err
+	}
+	cfg := session.Config{
+		Runner: runner, Pulses: simrun.PulsesFor(l.cfg.Model, l.cfg.BlockBits),
+		IntensityProbs: l.cfg.Model.IntensityProbs, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
+		Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
+	}
+	res, err := session.Alice(ctx, cfg, tx, ch, frame)
+	tx.Release(frame)
+	l.noteQBER(res)
+	if err != nil {
+		return err
+	}
+	defer clear(res.Key)
+	// The split is part of the authenticated transcript: a changed split
+	// would make the sites store different blocks.
+	authBytes, blockBytes := l.split(len(res.Key), st, needBytes(conn))
+	c := msg{Type: "commit", BlockID: blockID(res.BlockID), KeyBytes: blockBytes, Auth: authBytes}
+	if err := send(ctx, ch, c); err != nil {
+		return err
+	}
+	if err := ch.Confirm(ctx, ab, ba); err != nil {
+		return fmt.Errorf("%w: %w", session.ErrAbort, err)
+	}
+	return l.commit(ctx, w, conn, res, c)
+}

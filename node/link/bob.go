@@ -1,0 +1,172 @@
+package link
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"qkdkms/plugins/host"
+	"qkdkms/quantum"
+	"qkdkms/quantum/auth"
+	"qkdkms/quantum/session"
+	"qkdkms/quantum/sim"
+	"qkdkms/raftstore"
+)
+
+// Serve answers a link connection from the peer's leader (Bob's side). It
+// returns when the connection fails or this node stops leading.
+func (l *Link) Serve(conn net.Conn) {
+	w := newWire(conn)
+	defer w.Close()
+	l.mu.Lock()
+	ctx := l.leader
+	l.mu.Unlock()
+	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	hello, err := recv(hctx, w, "hello")
+	cancel()
+	if err != nil {
+		return
+	}
+	if ctx == nil || ctx.Err() != nil || !l.cfg.Store.IsLeader() {
+		_ = send(context.Background(), w, msg{Type: "not_leader"})
+		return
+	}
+	if hello.From != l.cfg.PeerKME || hello.To != l.cfg.LocalKME || l.alice {
+		_ = send(ctx, w, msg{Type: "refuse", Reason: fmt.Sprintf("this is %s, which does not answer %s", l.cfg.LocalKME, hello.From)})
+		return
+	}
+	// The newest connection from the peer's leader wins: a previous one may
+	// hang on a peer that vanished without closing it (a partition, a new
+	// leader at the peer), so close it before serving this one.
+	l.mu.Lock()
+	if l.serving != nil {
+		_ = l.serving.Close()
+	}
+	l.serving = w
+	l.mu.Unlock()
+	l.serveMu.Lock()
+	defer l.serveMu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
+	defer stop()
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME}); err != nil {
+		return
+	}
+	var seed [8]byte
+	_, _ = rand.Read(seed[:])
+	simRx, err := sim.NewReceiver(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), quantumLink{w})
+	if err != nil {
+		l.cfg.Logger.Error("link: receiver", "err", err)
+		return
+	}
+	// Bob measures frame f+1 while frame f is post-processed.
+	rx := quantum.NewPrefetchReceiver(simRx)
+	defer rx.Close()
+	l.mu.Lock()
+	l.status.Connected = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.status.Connected = false
+		l.mu.Unlock()
+	}()
+	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "bob")
+	for ctx.Err() == nil {
+		if err := l.bobSession(ctx, w, rx); err != nil {
+			if ctx.Err() != nil || errors.Is(err, errLinkGone) {
+				return
+			}
+			l.countAbort(err)
+			if errors.Is(err, session.ErrAbort) || errors.Is(err, ErrRefused) {
+				l.cfg.Logger.Warn("session aborted", "peer", l.cfg.PeerKME, "err", err)
+				continue
+			}
+			l.cfg.Logger.Warn("link to peer down", "peer", l.cfg.PeerKME, "err", err)
+			return
+		}
+	}
+}
+
+var errLinkGone = errors.New("link: connection closed")
+
+// bobSession answers one session (or a ping).
+func (l *Link) bobSession(ctx context.Context, w *wire, rx quantum.Receiver) error {
+	ch := auth.NewChannel(w, l.hash)
+	b, err := ch.Recv(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errLinkGone, err)
+	}
+	var start msg
+	if err := json.Unmarshal(b, &start); err != nil {
+		return fmt.Errorf("link: undecodable message: %w", err)
+	}
+	if start.Type == "ping" {
+		return send(ctx, w, msg{Type: "pong"})
+	}
+	if start.Type != "start" {
+		return fmt.Errorf("link: expected start, got %q", start.Type)
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
+	defer cancel()
+	refuse := func(reason string, sel host.Selection) error {
+		_ = send(ctx, ch, msg{Type: "refuse", Reason: reason, Plugins: sel})
+		return fmt.Errorf("%w: %s", ErrRefused, reason)
+	}
+	conn, err := l.connection(ctx, start.Master, start.Slave)
+	if err != nil {
+		return refuse(err.Error(), nil)
+	}
+	sel, runner, err := l.accept(ctx, start.Plugins)
+	if err != nil {
+		return refuse(err.Error(), sel)
+	}
+	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
+	if err != nil {
+		return refuse(err.Error(), nil)
+	}
+	if err := l.syncHistory(ctx, st, start.LastBlock, start.PrevBlock); err != nil {
+		return refuse(err.Error(), nil)
+	}
+	if err := send(ctx, ch, msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: st.PadOffset}); err != nil {
+		return err
+	}
+	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, start.PadOffset))
+	if err != nil {
+		return err
+	}
+	cfg := session.Config{Runner: runner, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec, Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger}
+	res, err := session.Bob(ctx, cfg, rx, ch)
+	l.noteQBER(res)
+	if err != nil {
+		return err
+	}
+	defer clear(res.Key)
+	c, err := recv(ctx, ch, "commit")
+	if err != nil {
+		return err
+	}
+	if err := ch.Confirm(ctx, ba, ab); err != nil {
+		return fmt.Errorf("%w: %w", session.ErrAbort, err)
+	}
+	if c.BlockID != blockID(res.BlockID) {
+		return fmt.Errorf("%w: commit names block %s, session made %s", session.ErrProtocol, c.BlockID, blockID(res.BlockID))
+	}
+	return l.commit(ctx, w, conn, res, c)
+}
+
+func (l *Link) connection(ctx context.Context, master, slave string) (raftstore.ConnectionStatus, error) {
+	conns, err := l.cfg.Store.Connections(ctx)
+	if err != nil {
+		return raftstore.ConnectionStatus{}, err
+	}
+	for _, c := range conns {
+		if c.MasterSAE == master && c.SlaveSAE == slave {
+			return c, nil
+		}
+	}
+	return raftstore.ConnectionStatus{}, fmt.Errorf("no connection %s→%s at %s", master, slave, l.cfg.LocalKME)
+}

@@ -1,0 +1,171 @@
+package link
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"qkdkms/plugins/host"
+	"qkdkms/plugins/steps"
+	"qkdkms/raftstore"
+)
+
+// Link-level messages (JSON on the classical channel).
+type msg struct {
+	Type string `json:"type"`
+	// hello
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+	// start / ready
+	Master    string         `json:"master,omitempty"`
+	Slave     string         `json:"slave,omitempty"`
+	Plugins   host.Selection `json:"plugins,omitempty"`
+	LastBlock string         `json:"last_block,omitempty"`
+	PrevBlock string         `json:"prev_block,omitempty"`
+	PadOffset uint64         `json:"pad_offset,omitempty"`
+	// commit
+	BlockID  string `json:"block_id,omitempty"`
+	KeyBytes int    `json:"key_bytes,omitempty"`
+	Auth     int    `json:"auth,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+func send(ctx context.Context, ch interface {
+	Send(context.Context, []byte) error
+}, m msg) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return ch.Send(ctx, b)
+}
+
+func recv(ctx context.Context, ch interface {
+	Recv(context.Context) ([]byte, error)
+}, want string) (msg, error) {
+	b, err := ch.Recv(ctx)
+	if err != nil {
+		return msg{}, err
+	}
+	var m msg
+	if err := json.Unmarshal(b, &m); err != nil {
+		return msg{}, fmt.Errorf("link: undecodable %q message: %w", want, err)
+	}
+	if m.Type == "refuse" {
+		return m, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
+	}
+	if m.Type == "not_leader" {
+		return m, ErrNotLeader
+	}
+	if m.Type != want {
+		return m, fmt.Errorf("link: expected %q message, got %q", want, m.Type)
+	}
+	return m, nil
+}
+
+// syncHistory compares the two sites' last link blocks and drops this
+// site's last block when it is the one the peer never committed.
+func (l *Link) syncHistory(ctx context.Context, mine raftstore.LinkState, peerLast, peerPrev string) error {
+	switch {
+	case mine.LastBlock == peerLast:
+		return nil
+	case mine.PrevBlock == peerLast && mine.LastBlock != "":
+		l.cfg.Logger.Warn("dropping the last link block: the peer site never committed it",
+			"peer", l.cfg.PeerKME, "block", mine.LastBlock)
+		return l.cfg.Store.DropLastBlock(ctx, l.cfg.PeerKME, mine.LastBlock)
+	case peerPrev == mine.LastBlock:
+		return nil // the peer is one ahead and drops its block
+	default:
+		return fmt.Errorf("%w: last blocks %q (here) and %q (peer)", ErrDiverged, mine.LastBlock, peerLast)
+	}
+}
+
+// resolve fills in the default plugin for every step a selection leaves
+// out, so selections compare by what actually runs.
+func (l *Link) resolve(sel host.Selection) (host.Selection, host.Runner, error) {
+	r, err := l.cfg.Plugins.Runner(sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	full := host.Selection{}
+	for _, k := range steps.Kinds {
+		full[k] = r.Plugin(k).Name
+	}
+	return full, r, nil
+}
+
+// proposal is the selection this site proposes (its active one, resolved)
+// and a runner for it.
+func (l *Link) proposal(ctx context.Context) (host.Selection, host.Runner, error) {
+	sel, err := l.cfg.Plugins.Active(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.resolve(sel)
+}
+
+// accept decides which selection Bob runs for Alice's proposal: the
+// proposal when it equals Bob's active selection or the last agreed one;
+// otherwise the last agreed selection (keys keep flowing on the old set).
+func (l *Link) accept(ctx context.Context, proposed host.Selection) (host.Selection, host.Runner, error) {
+	active, _, err := l.proposal(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	l.mu.Lock()
+	agreed := l.agreed
+	l.mu.Unlock()
+	if sameSelection(proposed, active) || (agreed != nil && sameSelection(proposed, agreed)) {
+		full, r, err := l.resolve(proposed)
+		if err != nil {
+			return nil, nil, err
+		}
+		if sameSelection(proposed, active) {
+			l.noteAgreed(full, r)
+		} else {
+			l.noteMismatch(active, proposed)
+		}
+		return full, r, nil
+	}
+	l.noteMismatch(active, proposed)
+	if agreed == nil {
+		return active, nil, fmt.Errorf("plugin sets differ (%s here) and none was agreed before", selString(active))
+	}
+	full, r, err := l.resolve(agreed)
+	if err != nil {
+		return nil, nil, err
+	}
+	return full, r, nil
+}
+
+func sameSelection(a, b host.Selection) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func selString(s host.Selection) string {
+	if len(s) == 0 {
+		return "(none)"
+	}
+	keys := make([]string, 0, len(s))
+	for k := range s {
+		keys = append(keys, string(k))
+	}
+	sort.Strings(keys)
+	out := ""
+	for i, k := range keys {
+		if i > 0 {
+			out += ","
+		}
+		out += k + "=" + s[steps.Kind(k)]
+	}
+	return out
+}
