@@ -18,7 +18,7 @@ import (
 )
 
 // dialLeader finds the peer site's leader among its nodes.
-func (l *Link) dialLeader(ctx context.Context) (*wire, error) {
+func (l *Link) dialLeader(ctx context.Context) (*peerConn, error) {
 	var errs []error
 	for _, addr := range l.cfg.PeerAddrs {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -30,10 +30,10 @@ func (l *Link) dialLeader(ctx context.Context) (*wire, error) {
 		}
 		w := newWire(conn)
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err = l.helloAsAlice(hctx, w)
+		version, err := l.helloAsAlice(hctx, w)
 		cancel()
 		if err == nil {
-			return w, nil
+			return newPeerConn(ctx, w, version), nil
 		}
 		_ = w.Close()
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
@@ -41,21 +41,29 @@ func (l *Link) dialLeader(ctx context.Context) (*wire, error) {
 	return nil, fmt.Errorf("link: no leader reachable at %s: %w", l.cfg.PeerKME, errors.Join(errs...))
 }
 
-func (l *Link) helloAsAlice(ctx context.Context, w *wire) error {
-	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME}); err != nil {
-		return err
+// helloAsAlice greets the peer node and returns the link protocol version
+// it speaks.
+func (l *Link) helloAsAlice(ctx context.Context, w *wire) (int, error) {
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
+		return 0, err
 	}
-	_, err := recv(ctx, w, "hello")
-	return err
+	m, err := recv(ctx, w, "hello")
+	return m.Version, err
 }
 
 // driveConnection runs sessions over one connection until it fails.
 func (l *Link) driveConnection(ctx context.Context) error {
-	w, err := l.dialLeader(ctx)
+	p, err := l.dialLeader(ctx)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
+	w := p.w
+	defer func() {
+		_ = w.Close()
+		if err := p.drain(); err != nil && ctx.Err() == nil {
+			l.cfg.Logger.Warn("block commit failed", "peer", l.cfg.PeerKME, "err", err)
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
 	defer stop()
 
@@ -83,7 +91,7 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	defer tx.Close()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "alice")
 	for frame := uint64(1); ctx.Err() == nil; frame++ {
-		conn, ok, err := l.pick(ctx)
+		conn, ok, err := l.pick(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -99,7 +107,17 @@ func (l *Link) driveConnection(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := l.aliceSession(ctx, w, tx, frame, conn); err != nil {
+		if err := l.aliceSession(ctx, p, tx, frame, conn); err != nil {
+			if w.closed() {
+				// The connection is gone: perhaps a failed commit closed it,
+				// which is then the cause to report.
+				_ = w.Close()
+				if cerr := p.drain(); cerr != nil {
+					err = cerr
+				}
+				l.countAbort(err)
+				return err
+			}
 			l.countAbort(err)
 			if errors.Is(err, session.ErrAbort) || errors.Is(err, ErrRefused) {
 				// The session ended cleanly with no key; the link is fine.
@@ -132,11 +150,12 @@ func (l *Link) ping(ctx context.Context, w *wire) error {
 // pick chooses the connection whose pool a session fills: connections
 // between the two sites whose pool holds fewer than max_key_count keys,
 // highest QoS priority first, then the emptiest (by fill ratio).
-func (l *Link) pick(ctx context.Context) (raftstore.ConnectionStatus, bool, error) {
+func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatus, bool, error) {
 	conns, err := l.cfg.Store.Connections(ctx)
 	if err != nil {
 		return raftstore.ConnectionStatus{}, false, err
 	}
+	p.pending(conns)
 	c, ok := Pick(conns, l.cfg.LocalKME, l.cfg.PeerKME)
 	return c, ok, nil
 }
@@ -177,10 +196,10 @@ func needBytes(c raftstore.ConnectionStatus) int {
 }
 
 // aliceSession runs one session as the initiator.
-func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
+func (l *Link) aliceSession(ctx context.Context, p *peerConn, tx quantum.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
 	defer cancel()
-	ch := auth.NewChannel(w, l.hash)
+	ch := auth.NewChannel(p.w, l.hash)
 	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
 	if err != nil {
 		return err
@@ -189,8 +208,11 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter
 	if err != nil {
 		return err
 	}
-	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel,
-		LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: st.PadOffset}
+	// Protocol 2 compares the last blocks once per connection: afterwards
+	// every commit either completes at both sites or ends the connection.
+	sync := !p.overlap() || !p.synced
+	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel, Sync: sync,
+		LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
 	if err := send(ctx, ch, start); err != nil {
 		return err
 	}
@@ -210,10 +232,13 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter
 	} else {
 		l.noteAgreed(sel, runner)
 	}
-	if err := l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
-		return err
+	if sync {
+		if err := l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
+			return err
+		}
+		p.synced = true
 	}
-	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, ready.PadOffset))
+	ab, ba, err := l.pads(ctx, p, st, ready.PadOffset)
 	if err != nil {
 		return err
 	}
@@ -239,5 +264,5 @@ func (l *Link) aliceSession(ctx context.Context, w *wire, tx quantum.Transmitter
 	if err := ch.Confirm(ctx, ab, ba); err != nil {
 		return fmt.Errorf("%w: %w", session.ErrAbort, err)
 	}
-	return l.commit(ctx, w, conn, res, c)
+	return l.commitBlock(ctx, p, conn, res, c)
 }

@@ -51,9 +51,19 @@ func (l *Link) Serve(conn net.Conn) {
 	l.mu.Unlock()
 	l.serveMu.Lock()
 	defer l.serveMu.Unlock()
+	p := newPeerConn(ctx, w, hello.Version)
+	// The next connection is served only once this one's commit in flight
+	// has ended (serveMu is released after this).
+	defer func() {
+		_ = w.Close()
+		if err := p.drain(); err != nil && ctx.Err() == nil {
+			l.countAbort(err)
+			l.cfg.Logger.Warn("block commit failed", "peer", l.cfg.PeerKME, "err", err)
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
 	defer stop()
-	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME}); err != nil {
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
 		return
 	}
 	var seed [8]byte
@@ -76,7 +86,7 @@ func (l *Link) Serve(conn net.Conn) {
 	}()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "bob")
 	for ctx.Err() == nil {
-		if err := l.bobSession(ctx, w, rx); err != nil {
+		if err := l.bobSession(ctx, p, rx); err != nil {
 			if ctx.Err() != nil || errors.Is(err, errLinkGone) {
 				return
 			}
@@ -94,7 +104,8 @@ func (l *Link) Serve(conn net.Conn) {
 var errLinkGone = errors.New("link: connection closed")
 
 // bobSession answers one session (or a ping).
-func (l *Link) bobSession(ctx context.Context, w *wire, rx quantum.Receiver) error {
+func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver) error {
+	w := p.w
 	ch := auth.NewChannel(w, l.hash)
 	b, err := ch.Recv(ctx)
 	if err != nil {
@@ -128,13 +139,15 @@ func (l *Link) bobSession(ctx context.Context, w *wire, rx quantum.Receiver) err
 	if err != nil {
 		return refuse(err.Error(), nil)
 	}
-	if err := l.syncHistory(ctx, st, start.LastBlock, start.PrevBlock); err != nil {
-		return refuse(err.Error(), nil)
+	if !p.overlap() || start.Sync {
+		if err := l.syncHistory(ctx, st, start.LastBlock, start.PrevBlock); err != nil {
+			return refuse(err.Error(), nil)
+		}
 	}
-	if err := send(ctx, ch, msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: st.PadOffset}); err != nil {
+	if err := send(ctx, ch, msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}); err != nil {
 		return err
 	}
-	ab, ba, err := l.pads(ctx, st, max(st.PadOffset, start.PadOffset))
+	ab, ba, err := l.pads(ctx, p, st, start.PadOffset)
 	if err != nil {
 		return err
 	}
@@ -155,7 +168,7 @@ func (l *Link) bobSession(ctx context.Context, w *wire, rx quantum.Receiver) err
 	if c.BlockID != blockID(res.BlockID) {
 		return fmt.Errorf("%w: commit names block %s, session made %s", session.ErrProtocol, c.BlockID, blockID(res.BlockID))
 	}
-	return l.commit(ctx, w, conn, res, c)
+	return l.commitBlock(ctx, p, conn, res, c)
 }
 
 func (l *Link) connection(ctx context.Context, master, slave string) (raftstore.ConnectionStatus, error) {

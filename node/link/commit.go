@@ -11,41 +11,154 @@ import (
 
 func blockID(id [16]byte) string { return hex.EncodeToString(id[:]) }
 
-// commit stores the block at both sites: the slave site first, then the
-// master site.
-func (l *Link) commit(ctx context.Context, w *wire, conn raftstore.ConnectionStatus, res session.Result, c msg) error {
+// channel is what link messages travel on: the classical channel (raw or
+// authenticated) or the commit queue.
+type channel interface {
+	Send(context.Context, []byte) error
+	Recv(context.Context) ([]byte, error)
+}
+
+// peerConn is one link connection's state at this site: the wire, the
+// protocol both ends speak, the pad cursor, whether the two sites' last
+// blocks have been compared, and the block commit in flight.
+type peerConn struct {
+	ctx     context.Context // the connection's life (leadership)
+	w       *wire
+	version int
+	cursor  padCursor
+	synced  bool
+	// inflight is the commit running beside the next session (protocol 2);
+	// only the goroutine that runs this connection's sessions touches it.
+	inflight *inflight
+}
+
+type inflight struct {
+	conn  string // connection ID
+	bytes int    // pool bytes the block adds
+	done  chan struct{}
+	err   error // set before done is closed
+}
+
+func newPeerConn(ctx context.Context, w *wire, peerVersion int) *peerConn {
+	return &peerConn{ctx: ctx, w: w, version: max(1, min(protocolVersion, peerVersion))}
+}
+
+// overlap reports whether a block's commit runs beside the next session.
+func (p *peerConn) overlap() bool { return p.version >= 2 }
+
+// wait returns the outcome of the commit in flight, nil when none. A
+// failed commit keeps failing every later wait: the connection is over.
+func (p *peerConn) wait(ctx context.Context) error {
+	f := p.inflight
+	if f == nil {
+		return nil
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if f.err != nil {
+		return f.err
+	}
+	p.inflight = nil
+	return nil
+}
+
+// drain waits for the commit in flight once the connection is closed, so
+// that a new connection compares histories only after it ended.
+func (p *peerConn) drain() error {
+	if p.inflight == nil {
+		return nil
+	}
+	<-p.inflight.done
+	return p.inflight.err
+}
+
+// pending counts the block in flight into its connection's pool, so the
+// scheduler and the split do not overfill it while it commits. Once the
+// commit ended the store counts it itself.
+func (p *peerConn) pending(conns []raftstore.ConnectionStatus) {
+	f := p.inflight
+	if f == nil {
+		return
+	}
+	select {
+	case <-f.done:
+		return
+	default:
+	}
+	for i := range conns {
+		if c := &conns[i]; c.ID() == f.conn {
+			c.StoredBits += 8 * int64(f.bytes)
+			if c.KeySize > 0 {
+				c.StoredKeys = c.StoredBits / int64(c.KeySize)
+			}
+		}
+	}
+}
+
+// commitBlock stores a session's block at both sites, in order after the
+// commit before it. Under protocol 2 it returns once the commit has
+// started: the exchange runs beside the next session on the commit queue,
+// and a failure closes the connection (the next connection compares the
+// sites' last blocks and drops a block only one site committed).
+func (l *Link) commitBlock(ctx context.Context, p *peerConn, conn raftstore.ConnectionStatus, res session.Result, c msg) error {
 	if c.Auth+c.KeyBytes > len(res.Key) || c.Auth < 0 || c.KeyBytes < 0 {
 		return fmt.Errorf("%w: commit of %d+%d bytes from a %d-byte key", session.ErrProtocol, c.Auth, c.KeyBytes, len(res.Key))
+	}
+	if err := p.wait(ctx); err != nil {
+		return err
 	}
 	b := raftstore.Block{
 		ConnectionID: conn.ID(), BlockID: c.BlockID, LinkPeer: l.cfg.PeerKME,
 		AuthBits: append([]byte(nil), res.Key[:c.Auth]...),
 		Bits:     append([]byte(nil), res.Key[c.Auth:c.Auth+c.KeyBytes]...),
 	}
+	res.Key = nil // the caller erases it
+	if !p.overlap() {
+		return l.commit(ctx, p.w, conn, b, res, c)
+	}
+	f := &inflight{conn: conn.ID(), bytes: c.KeyBytes, done: make(chan struct{})}
+	p.inflight = f
+	cctx, cancel := context.WithTimeout(p.ctx, l.cfg.SessionTimeout)
+	go func() {
+		defer close(f.done)
+		defer cancel()
+		if f.err = l.commit(cctx, commitLink{p.w}, conn, b, res, c); f.err != nil {
+			p.w.fail(f.err)
+		}
+	}()
+	return nil
+}
+
+// commit stores the block at both sites: the slave site first, then the
+// master site. It erases b's bits when done.
+func (l *Link) commit(ctx context.Context, ch channel, conn raftstore.ConnectionStatus, b raftstore.Block, res session.Result, c msg) error {
 	defer clear(b.Bits)
 	defer clear(b.AuthBits)
 	slaveHere := conn.TargetKME == l.cfg.LocalKME
 	if slaveHere {
 		if err := l.cfg.Store.AddBlock(ctx, b); err != nil {
-			_ = send(ctx, w, msg{Type: "refuse", Reason: "slave site commit failed: " + err.Error()})
+			_ = send(ctx, ch, msg{Type: "refuse", Reason: "slave site commit failed: " + err.Error()})
 			return fmt.Errorf("link: commit at slave site: %w", err)
 		}
-		if err := send(ctx, w, msg{Type: "committed", BlockID: c.BlockID}); err != nil {
+		if err := send(ctx, ch, msg{Type: "committed", BlockID: c.BlockID}); err != nil {
 			return err
 		}
-		if _, err := recv(ctx, w, "committed"); err != nil {
-			// The master site may not have the block; the next session's
+		if _, err := recv(ctx, ch, "committed"); err != nil {
+			// The master site may not have the block; the next connection's
 			// history check drops it here.
 			return fmt.Errorf("link: master site did not confirm block %s: %w", c.BlockID, err)
 		}
 	} else {
-		if _, err := recv(ctx, w, "committed"); err != nil {
+		if _, err := recv(ctx, ch, "committed"); err != nil {
 			return fmt.Errorf("link: slave site did not commit block %s: %w", c.BlockID, err)
 		}
 		if err := l.cfg.Store.AddBlock(ctx, b); err != nil {
 			return fmt.Errorf("link: commit at master site: %w", err)
 		}
-		if err := send(ctx, w, msg{Type: "committed", BlockID: c.BlockID}); err != nil {
+		if err := send(ctx, ch, msg{Type: "committed", BlockID: c.BlockID}); err != nil {
 			return err
 		}
 	}

@@ -11,13 +11,23 @@ import (
 	"qkdkms/raftstore"
 )
 
+// protocolVersion is the link protocol this node speaks. Version 2 (the
+// hello's version field) commits a block while the next session runs,
+// with the commit messages on their own queue, and compares the sites'
+// last blocks once per connection. A peer that sends no version speaks 1:
+// one session at a time, the commit on the classical channel, the history
+// compared at every session; this node falls back to it.
+const protocolVersion = 2
+
 // Link-level messages (JSON on the classical channel).
 type msg struct {
 	Type string `json:"type"`
 	// hello
-	From string `json:"from,omitempty"`
-	To   string `json:"to,omitempty"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to,omitempty"`
+	Version int    `json:"version,omitempty"` // link protocol; absent (0) means 1
 	// start / ready
+	Sync      bool           `json:"sync,omitempty"` // start: compare last blocks (protocol 2)
 	Master    string         `json:"master,omitempty"`
 	Slave     string         `json:"slave,omitempty"`
 	Plugins   host.Selection `json:"plugins,omitempty"`

@@ -8,13 +8,59 @@ import (
 	"qkdkms/raftstore"
 )
 
-// pads reserves and reads this session's two one-time pads, starting at
-// the larger of both sites' pad offsets so that no pad is ever used twice.
-func (l *Link) pads(ctx context.Context, st raftstore.LinkState, offset uint64) (ab, ba []byte, err error) {
-	end := offset + 2*auth.PadSize
-	if err := l.cfg.Store.ReservePads(ctx, l.cfg.PeerKME, end); err != nil {
-		return nil, nil, fmt.Errorf("link: reserve pads: %w", err)
+// padCursor is where one connection's sessions have used the pad stream up
+// to, at this site. Reservations in the site's Raft state run ahead of it
+// by up to padAhead bytes, so most sessions spare that Raft commit; a new
+// connection (or a new leader) starts at the reserved mark, which is past
+// every pad any earlier connection of this site used.
+type padCursor struct {
+	at    uint64
+	valid bool
+}
+
+// offer is the offset this site proposes for the next session's pads.
+func (c *padCursor) offer(st raftstore.LinkState) uint64 {
+	if !c.valid {
+		c.at, c.valid = st.PadOffset, true
 	}
+	return c.at
+}
+
+// padAhead is how far past a session's pads a reservation reaches while
+// more than 8 KiB of pads are left: sixteen sessions' pads, 512 bytes left
+// unused when a connection ends.
+const padAhead = 16 * 2 * auth.PadSize
+
+// pads reserves (when the reservation does not already cover them) and
+// reads this session's two one-time pads, starting at the larger of both
+// sites' offers so that no pad is ever used twice. When the pads lie in
+// material the block in flight brings, it waits for that commit.
+func (l *Link) pads(ctx context.Context, p *peerConn, st raftstore.LinkState, peerOffer uint64) (ab, ba []byte, err error) {
+	offset := max(p.cursor.offer(st), peerOffer)
+	end := offset + 2*auth.PadSize
+	psk := uint64(len(l.cfg.PSK) - auth.HashKeySize)
+	if end > psk+st.StreamBytes && p.inflight != nil {
+		if err := p.wait(ctx); err != nil {
+			return nil, nil, err
+		}
+		if st, err = l.cfg.Store.LinkState(ctx, l.cfg.PeerKME); err != nil {
+			return nil, nil, err
+		}
+	}
+	if end > st.PadOffset {
+		// Reserve ahead only from plentiful material: a connection that
+		// ends leaves its reserve unused, which must not starve the link
+		// when pads run low.
+		ahead := uint64(0)
+		if psk+st.StreamBytes >= end+16*padAhead {
+			ahead = padAhead
+		}
+		if err := l.cfg.Store.ReservePads(ctx, l.cfg.PeerKME, end+ahead); err != nil {
+			return nil, nil, fmt.Errorf("link: reserve pads: %w", err)
+		}
+	}
+	// Used from here on, whatever happens to the session.
+	p.cursor.at = end
 	buf, err := l.padBytes(ctx, offset, end)
 	if err != nil {
 		return nil, nil, err
@@ -22,7 +68,7 @@ func (l *Link) pads(ctx context.Context, st raftstore.LinkState, offset uint64) 
 	// Pads are used once: erase the used stream material (the PSK file's
 	// pads are the operator's to retire with the file), in steps of
 	// releaseStep bytes to spare a Raft commit per session.
-	if psk := uint64(len(l.cfg.PSK) - auth.HashKeySize); end > psk && end-psk >= l.released+releaseStep {
+	if end > psk && end-psk >= l.released+releaseStep {
 		if err := l.cfg.Store.ReleasePads(ctx, l.cfg.PeerKME, end-psk); err != nil {
 			return nil, nil, fmt.Errorf("link: release used pads: %w", err)
 		}

@@ -19,14 +19,15 @@ import (
 const (
 	kindClassical byte = 'C' // a classical-channel message (authenticated above this layer)
 	kindQuantum   byte = 'Q' // a frame of simulated photons in transit
+	kindCommit    byte = 'K' // a block's commit messages, beside the next session (protocol 2)
 )
 
 // maxMessage bounds one message on the wire (a transit frame of a large
 // session is a few MB).
 const maxMessage = 256 << 20
 
-// wire multiplexes the classical channel and the simulated quantum channel
-// over one TLS connection between the two sites' leaders: each message is
+// wire multiplexes the classical channel, the simulated quantum channel and
+// the commit messages over one TLS connection between the two sites' leaders: each message is
 // a kind byte, a 4-byte big-endian length and the payload. A reader
 // goroutine sorts incoming messages into one queue per kind. When the
 // connection fails, every pending and later call returns quantum.ErrLinkDown.
@@ -38,6 +39,7 @@ type wire struct {
 
 	classical chan []byte
 	quantum   chan []byte
+	commit    chan []byte
 	done      chan struct{}
 	once      sync.Once
 	err       error // set before done is closed
@@ -54,6 +56,7 @@ func newWire(conn net.Conn) *wire {
 		bw:        bufio.NewWriterSize(conn, 64<<10),
 		classical: make(chan []byte, 64),
 		quantum:   make(chan []byte, 4),
+		commit:    make(chan []byte, 4),
 		done:      make(chan struct{}),
 	}
 	go w.read()
@@ -84,6 +87,8 @@ func (w *wire) read() {
 			q = w.classical
 		case kindQuantum:
 			q = w.quantum
+		case kindCommit:
+			q = w.commit
 		default:
 			w.fail(fmt.Errorf("unknown message kind %q", hdr[0]))
 			return
@@ -109,6 +114,16 @@ func (w *wire) fail(err error) {
 func (w *wire) Close() error {
 	w.fail(errors.New("closed"))
 	return nil
+}
+
+// closed reports whether the connection has failed or been closed.
+func (w *wire) closed() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (w *wire) downErr() error {
@@ -174,6 +189,16 @@ func (w *wire) Send(ctx context.Context, msg []byte) error { return w.send(ctx, 
 
 // Recv implements quantum.Channel for the classical channel.
 func (w *wire) Recv(ctx context.Context) ([]byte, error) { return w.recv(ctx, w.classical) }
+
+// commitLink carries a block's commit messages on their own queue, so they
+// travel while the next session uses the classical channel.
+type commitLink struct{ w *wire }
+
+func (c commitLink) Send(ctx context.Context, msg []byte) error {
+	return c.w.send(ctx, kindCommit, msg)
+}
+
+func (c commitLink) Recv(ctx context.Context) ([]byte, error) { return c.w.recv(ctx, c.w.commit) }
 
 // quantumLink is the simulated quantum channel over the same connection.
 type quantumLink struct{ w *wire }
