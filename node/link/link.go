@@ -9,9 +9,12 @@
 // peer, picks connections and drives sessions; the other site's leader
 // answers. A session that fails anywhere before the slave site's commit adds
 // nothing anywhere (I6). The one window left — the slave site committed and
-// the master site did not — is closed at the start of the next session:
-// the sites compare their last link blocks and the site that is one block
-// ahead drops it (it was never carved, since only the master site carves).
+// the master site did not — is closed when the next connection starts (at
+// every session start under protocol 1): the sites compare their last link
+// blocks and the site that is one block ahead drops it (it was never
+// carved, since only the master site carves). Under protocol 2 a block's
+// commit runs while the next session measures and post-processes; commits
+// stay in order and a failed one ends the connection.
 // docs/ARCHITECTURE.md, "The link session" and "Leader changes", draws both.
 //
 // Files: link.go (the duty, its configuration and status), wire.go (the
