@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"qkdkms/quantum"
@@ -147,52 +146,15 @@ func (l *Link) ping(ctx context.Context, w *wire) error {
 	return err
 }
 
-// pick chooses the connection whose pool a session fills: connections
-// between the two sites whose pool holds fewer than max_key_count keys,
-// highest QoS priority first, then the emptiest (by fill ratio).
+// pick chooses the connection whose pool a session fills (scheduler).
 func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatus, bool, error) {
 	conns, err := l.cfg.Store.Connections(ctx)
 	if err != nil {
 		return raftstore.ConnectionStatus{}, false, err
 	}
 	p.pending(conns)
-	c, ok := Pick(conns, l.cfg.LocalKME, l.cfg.PeerKME)
+	c, ok := l.sched.next(conns, l.cfg.LocalKME, l.cfg.PeerKME)
 	return c, ok, nil
-}
-
-// Pick is the scheduler's choice among conns (exported for tests).
-func Pick(conns []raftstore.ConnectionStatus, a, b string) (raftstore.ConnectionStatus, bool) {
-	var cand []raftstore.ConnectionStatus
-	for _, c := range conns {
-		between := (c.SourceKME == a && c.TargetKME == b) || (c.SourceKME == b && c.TargetKME == a)
-		if between && c.MaxKeyCount > 0 && c.StoredKeys < int64(c.MaxKeyCount) {
-			cand = append(cand, c)
-		}
-	}
-	if len(cand) == 0 {
-		return raftstore.ConnectionStatus{}, false
-	}
-	sort.SliceStable(cand, func(i, j int) bool {
-		if cand[i].Priority != cand[j].Priority {
-			return cand[i].Priority > cand[j].Priority
-		}
-		fi := float64(cand[i].StoredKeys) / float64(cand[i].MaxKeyCount)
-		fj := float64(cand[j].StoredKeys) / float64(cand[j].MaxKeyCount)
-		if fi != fj {
-			return fi < fj
-		}
-		return cand[i].ID() < cand[j].ID()
-	})
-	return cand[0], true
-}
-
-// needBytes is how much key the connection's pool can still take.
-func needBytes(c raftstore.ConnectionStatus) int {
-	missing := int64(c.MaxKeyCount)*int64(c.KeySize) - c.StoredBits
-	if missing <= 0 {
-		return 0
-	}
-	return int((missing + 7) / 8)
 }
 
 // aliceSession runs one session as the initiator.

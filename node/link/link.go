@@ -142,6 +142,7 @@ type Link struct {
 	released uint64     // pad stream bytes this leader erased (sessions run one at a time)
 	serveMu  sync.Mutex // one responder session at a time
 	aliceRun sync.Mutex
+	sched    scheduler // Alice's; used under aliceRun
 }
 
 type sample struct {

@@ -1,6 +1,7 @@
 package link
 
 import (
+	"fmt"
 	"testing"
 
 	"qkdkms/raftstore"
@@ -46,5 +47,67 @@ func TestPick(t *testing.T) {
 	}
 	if n := needBytes(conn("a", "A", "B", 0, 8, 10)); n != 2*256/8 {
 		t.Fatalf("needBytes = %d, want %d", n, 2*256/8)
+	}
+}
+
+// TestSchedulerFairShare: a flood of high-priority connections cannot
+// starve a low-priority pool: with n connections in need, each gets at
+// least one session in every 2n; priority still decides the other half.
+func TestSchedulerFairShare(t *testing.T) {
+	cases := []struct {
+		name  string
+		flood int // high-priority connections beside the low one
+	}{
+		{"alone", 0},
+		{"one rival", 1},
+		{"a flood of 200", 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conns := []raftstore.ConnectionStatus{conn("victim", "A", "B", 0, 0, 1000)}
+			for i := range c.flood {
+				conns = append(conns, conn(fmt.Sprintf("flood%03d", i), "A", "B", 1000, 0, 1000))
+			}
+			n := len(conns)
+			var s scheduler
+			got := map[string]int{}
+			var last int // turn the victim was last served
+			for turn := 1; turn <= 6*n; turn++ {
+				p, ok := s.next(conns, "A", "B")
+				if !ok {
+					t.Fatal("nothing picked with every pool empty")
+				}
+				got[p.MasterSAE]++
+				if p.MasterSAE == "victim" {
+					if turn-last > 2*n {
+						t.Fatalf("victim waited %d sessions (turns %d to %d), more than 2n = %d", turn-last, last, turn, 2*n)
+					}
+					last = turn
+				}
+			}
+			if got["victim"] < 3 {
+				t.Fatalf("victim got %d of %d sessions, want ≥ 3 (1 in 2n)", got["victim"], 6*n)
+			}
+			if c.flood > 0 && c.flood < 10 {
+				// The priority half goes to the flood: they get more.
+				var flood int
+				for k, v := range got {
+					if k != "victim" {
+						flood += v
+					}
+				}
+				if flood <= got["victim"] {
+					t.Fatalf("priority ignored: flood %d sessions, victim %d", flood, got["victim"])
+				}
+			}
+		})
+	}
+	// A connection that filled up drops out of the rotation.
+	var s scheduler
+	full := conn("full", "A", "B", 0, 10, 10)
+	for range 10 {
+		if p, ok := s.next([]raftstore.ConnectionStatus{full, conn("b", "A", "B", 0, 0, 10)}, "A", "B"); !ok || p.MasterSAE != "b" {
+			t.Fatalf("picked %q (ok=%v), want b", p.MasterSAE, ok)
+		}
 	}
 }
