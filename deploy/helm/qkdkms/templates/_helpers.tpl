@@ -1,0 +1,90 @@
+{{- define "qkdkms.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "qkdkms.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qkdkms.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "qkdkms.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "qkdkms.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "qkdkms.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+qkdkms/kme: {{ .Values.kmeId | quote }}
+{{- end -}}
+
+{{/* The headless Service: Raft and peer discovery, one DNS name per pod. */}}
+{{- define "qkdkms.peersService" -}}
+{{- printf "%s-peers" (include "qkdkms.fullname" .) -}}
+{{- end -}}
+
+{{- define "qkdkms.etsiService" -}}
+{{- printf "%s-etsi" (include "qkdkms.fullname" .) -}}
+{{- end -}}
+
+{{- define "qkdkms.peersDomain" -}}
+{{- printf "%s.%s.svc.%s" (include "qkdkms.peersService" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* The advertised address of node $i: dict "root" . "i" N */}}
+{{- define "qkdkms.advertise" -}}
+{{- $root := .root -}}
+{{- printf "%s-%d.%s:%d" (include "qkdkms.fullname" $root) (int .i) (include "qkdkms.peersDomain" $root) (int $root.Values.port) -}}
+{{- end -}}
+
+{{- define "qkdkms.checkValues" -}}
+{{- if lt (int .Values.replicas) 1 -}}{{- fail "replicas must be at least 1" -}}{{- end -}}
+{{- if lt (int .Values.bootstrapReplicas) 1 -}}{{- fail "bootstrapReplicas must be at least 1" -}}{{- end -}}
+{{- if not (regexMatch "^[^/\\\\: \t]{1,128}$" .Values.kmeId) -}}{{- fail "kmeId: 1-128 characters, no '/', '\\', ':' or whitespace" -}}{{- end -}}
+{{- if hasKey .Values.peers .Values.kmeId -}}{{- fail "peers must not name this site's own kmeId" -}}{{- end -}}
+{{- if and .Values.link.enabled (not .Values.peers) -}}{{- fail "link.enabled needs at least one site in peers" -}}{{- end -}}
+{{- if not (has .Values.antiAffinity (list "hard" "soft")) -}}{{- fail "antiAffinity must be hard or soft" -}}{{- end -}}
+{{- end -}}
+
+{{/* The JSON config node $i reads (node/config.go, node/CONFIG.md): dict "root" . "i" N */}}
+{{- define "qkdkms.nodeConfig" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $full := include "qkdkms.fullname" $root -}}
+{{- $cfg := dict
+  "node_id" (printf "%s-%d" $full (int .i))
+  "kme_id" $v.kmeId
+  "listen" (printf "0.0.0.0:%d" (int $v.port))
+  "advertise" (include "qkdkms.advertise" (dict "root" $root "i" .i))
+  "data_dir" "/var/lib/qkdkms/raft"
+  "tls" (dict "ca" "/etc/qkdkms/tls/ca.crt" "cert" "/etc/qkdkms/tls/tls.crt" "key" "/etc/qkdkms/tls/tls.key")
+  "kek_file" "/etc/qkdkms/kek/kek"
+-}}
+{{- if lt (int .i) (int $v.bootstrapReplicas) -}}
+{{- $boot := dict -}}
+{{- range $j := until (int $v.bootstrapReplicas) -}}
+{{- $_ := set $boot (printf "%s-%d" $full $j) (include "qkdkms.advertise" (dict "root" $root "i" $j)) -}}
+{{- end -}}
+{{- $_ := set $cfg "bootstrap" $boot -}}
+{{- end -}}
+{{- if $v.peers -}}{{- $_ := set $cfg "peers" $v.peers -}}{{- end -}}
+{{- if $v.raft -}}{{- $_ := set $cfg "raft" $v.raft -}}{{- end -}}
+{{- if $v.log -}}{{- $_ := set $cfg "log" $v.log -}}{{- end -}}
+{{- if $v.link.enabled -}}
+{{- $link := dict "psk_file" "/etc/qkdkms/link/psk" "fiber_km" $v.link.fiberKm "eve" $v.link.eve -}}
+{{- if $v.link.native -}}{{- $_ := set $link "native" true -}}{{- else -}}{{- $_ := set $link "plugin_dir" $v.link.pluginDir -}}{{- end -}}
+{{- if $v.link.blockBits -}}{{- $_ := set $link "block_bits" (int $v.link.blockBits) -}}{{- end -}}
+{{- $_ := set $cfg "link" $link -}}
+{{- end -}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}
