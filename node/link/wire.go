@@ -2,6 +2,7 @@ package link
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -76,11 +77,14 @@ func (w *wire) read() {
 			w.fail(fmt.Errorf("message of %d bytes exceeds %d", n, maxMessage))
 			return
 		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(br, buf); err != nil {
+		// Grow the buffer as the payload arrives: a header alone must not
+		// make the reader allocate up to maxMessage.
+		var payload bytes.Buffer
+		if _, err := io.CopyN(&payload, br, int64(n)); err != nil {
 			w.fail(err)
 			return
 		}
+		buf := payload.Bytes()
 		var q chan []byte
 		switch hdr[0] {
 		case kindClassical:

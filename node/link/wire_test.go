@@ -3,8 +3,10 @@ package link
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -64,5 +66,31 @@ func TestWireRefusesOversizedAndUnknown(t *testing.T) {
 		}
 		cancel()
 		_ = ca.Close()
+	}
+}
+
+// TestWireAllocatesAsDataArrives: a header announcing the largest message
+// followed by a few bytes does not make the reader allocate the announced
+// length (a peer could otherwise pin 256 MiB per connection with 5 bytes).
+func TestWireAllocatesAsDataArrives(t *testing.T) {
+	ca, cb := net.Pipe()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	w := newWire(cb)
+	hdr := []byte{kindClassical, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[1:], maxMessage)
+	if _, err := ca.Write(append(hdr, "a few bytes"...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = ca.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.Recv(ctx); !errors.Is(err, quantum.ErrLinkDown) {
+		t.Fatalf("Recv of a truncated message: %v", err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Fatalf("reading a 5-byte header and 11 bytes allocated %d MiB", grew>>20)
 	}
 }
