@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"qkdkms/raftstore"
 )
@@ -42,7 +45,7 @@ const maxAnswer = 64 << 20
 func Deadline(r *http.Request, limit time.Duration) (d time.Time, ok bool) {
 	now := time.Now()
 	if ms, err := strconv.ParseInt(r.Header.Get(DeadlineHeader), 10, 64); err == nil && ms > 0 {
-		d, ok = now.Add(time.Duration(ms)*time.Millisecond), true
+		d, ok = now.Add(Millis(ms)), true
 	} else if ns, err := strconv.ParseInt(r.Header.Get(LegacyDeadlineHeader), 10, 64); err == nil && ns > 0 {
 		d, ok = time.Unix(0, ns), true
 	}
@@ -55,6 +58,16 @@ func Deadline(r *http.Request, limit time.Duration) (d time.Time, ok bool) {
 		d, ok = t, true
 	}
 	return d, ok
+}
+
+// Millis is ms milliseconds (ms > 0), saturating instead of overflowing
+// into a negative duration: a header of 2^63-1 ms is no deadline in the
+// past (FuzzDeadline).
+func Millis(ms int64) time.Duration {
+	if ms > math.MaxInt64/int64(time.Millisecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // Context is r's context with the deadline the caller sent (see Deadline).
@@ -132,9 +145,15 @@ func Send(ctx context.Context, c *http.Client, method, url string, body []byte, 
 func DecodeError(status int, body []byte) *Error {
 	var e Error
 	if err := json.Unmarshal(body, &e); err != nil || e.Code == "" {
-		msg := string(bytes.TrimSpace(body))
+		// Valid UTF-8, cut on a rune boundary: the message is passed on
+		// in JSON, which would change any other bytes (FuzzDecodeError).
+		msg := strings.ToValidUTF8(string(bytes.TrimSpace(body)), "\uFFFD")
 		if len(msg) > 200 {
-			msg = msg[:200] + "…"
+			cut := 200
+			for cut > 0 && !utf8.RuneStart(msg[cut]) {
+				cut--
+			}
+			msg = msg[:cut] + "…"
 		}
 		code := CodeInternal
 		if status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout {

@@ -10,10 +10,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
+	"qkdkms/node/forward"
 	"qkdkms/raftstore"
 )
 
@@ -134,7 +134,7 @@ func decode(r *http.Request, v any) error {
 // requestContext applies the deadline the caller sent.
 func requestContext(r *http.Request) (context.Context, context.CancelFunc) {
 	if ms, err := strconv.ParseInt(r.Header.Get(deadlineHeader), 10, 64); err == nil && ms > 0 {
-		return context.WithTimeout(r.Context(), time.Duration(ms)*time.Millisecond)
+		return context.WithTimeout(r.Context(), forward.Millis(ms))
 	}
 	return context.WithCancel(r.Context())
 }
