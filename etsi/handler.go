@@ -188,19 +188,24 @@ func (h *handler) failRequest(w http.ResponseWriter, rec *auditRec, err error) {
 		h.fail(w, rec, http.StatusBadRequest, re.Message, re.Details...)
 		return
 	}
-	h.fail(w, rec, http.StatusBadRequest, "bad request", map[string]any{"reason": err.Error()})
+	rec.backendErr = err.Error()
+	h.fail(w, rec, http.StatusBadRequest, "bad request", map[string]any{"reason": "invalid request"})
 }
 
 // failBackend maps a Backend error to its HTTP answer.
 func (h *handler) failBackend(w http.ResponseWriter, rec *auditRec, err error) {
 	code, msg := BackendStatus(err)
 	rec.backendErr = err.Error()
-	// The backend's own words only where they help the caller fix the
-	// request; otherwise a fixed reason (no internals in answers).
+	// Fixed reasons only: the backend's words may name other tenants' SAE
+	// IDs or internals; the audit record (backend_error) keeps them.
 	var reason string
 	switch {
-	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrConflict), errors.Is(err, ErrInsufficientKeys):
-		reason = err.Error()
+	case errors.Is(err, ErrBadRequest):
+		reason = "the KME refused the request for this connection (e.g. an additional slave SAE without a connection to the master at the slave KME)"
+	case errors.Is(err, ErrConflict):
+		reason = "a connection between these SAEs exists with other parameters"
+	case errors.Is(err, ErrInsufficientKeys):
+		reason = "fewer keys stored than asked for"
 	case errors.Is(err, ErrUnknownSAE):
 		reason = "no connection between these SAEs at this KME"
 	case errors.Is(err, ErrUnauthorized):
@@ -251,7 +256,8 @@ func (h *handler) readBody(w http.ResponseWriter, r *http.Request, rec *auditRec
 				map[string]any{"limit_bytes": h.maxBody})
 			return nil, false
 		}
-		h.fail(w, rec, http.StatusBadRequest, "cannot read request body", map[string]any{"reason": err.Error()})
+		rec.backendErr = err.Error()
+		h.fail(w, rec, http.StatusBadRequest, "cannot read request body", map[string]any{"reason": "the body could not be read in time"})
 		return nil, false
 	}
 	return body, true
@@ -288,7 +294,7 @@ func (h *handler) masterConnection(ctx context.Context, w http.ResponseWriter, r
 	if err != nil {
 		if errors.Is(err, ErrUnknownSAE) {
 			h.fail(w, rec, http.StatusUnauthorized, "unauthorized: unknown SAE",
-				map[string]any{"parameter": "slave_SAE_ID", "reason": fmt.Sprintf("no connection from master SAE %s to slave SAE %s at this KME", rec.sae, rec.pathSAE)})
+				map[string]any{"parameter": "slave_SAE_ID", "reason": "no connection from the caller to this slave SAE at this KME"})
 			return ConnectionInfo{}, false
 		}
 		h.failBackend(w, rec, err)
@@ -296,7 +302,7 @@ func (h *handler) masterConnection(ctx context.Context, w http.ResponseWriter, r
 	}
 	if ci.SourceKME != h.b.KMEID() || ci.MasterSAE != rec.sae || ci.SlaveSAE != rec.pathSAE {
 		h.fail(w, rec, http.StatusUnauthorized, "unauthorized: unknown SAE",
-			map[string]any{"parameter": "slave_SAE_ID", "reason": fmt.Sprintf("SAE %s is not a master SAE of this KME for slave SAE %s", rec.sae, rec.pathSAE)})
+			map[string]any{"parameter": "slave_SAE_ID", "reason": "the caller is not the master SAE at this KME of a connection to this slave SAE"})
 		return ConnectionInfo{}, false
 	}
 	return ci, true
