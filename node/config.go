@@ -25,6 +25,10 @@ const (
 	DefaultLogLevel  = "info"
 	DefaultLogFormat = "text"
 	DefaultFiberKm   = 25.0
+	// DefaultTLSReloadInterval is how often a node looks for changed
+	// tls.ca, tls.cert, tls.key and tls.crl_file (node/CONFIG.md, Rotation
+	// and revocation).
+	DefaultTLSReloadInterval = 5 * time.Second
 )
 
 // Config is a node's configuration: a JSON file (strict: unknown fields are
@@ -82,6 +86,13 @@ type TLSFiles struct {
 	CA   string `json:"ca"`   // CA bundle that signs nodes, SAEs and operators
 	Cert string `json:"cert"` // node certificate (carries kme:<KME ID>)
 	Key  string `json:"key"`  // node private key
+	// CRLFile is a PEM X.509 CRL (one or more "X509 CRL" blocks) signed by
+	// a CA of the bundle; a certificate whose serial it lists is refused at
+	// its next handshake, on every listener and dial. "" = no CRL.
+	CRLFile string `json:"crl_file"`
+	// ReloadInterval is how often the node checks the four files for a
+	// change and reloads them (SIGHUP reloads at once). Default 5s.
+	ReloadInterval Duration `json:"reload_interval"`
 }
 
 // MetricsConfig configures who may read /metrics (node/CONFIG.md, Health
@@ -205,6 +216,9 @@ func (c Config) WithDefaults() Config {
 	if c.Link.FiberKm == 0 {
 		c.Link.FiberKm = DefaultFiberKm
 	}
+	if c.TLS.ReloadInterval == 0 {
+		c.TLS.ReloadInterval = Duration(DefaultTLSReloadInterval)
+	}
 	return c
 }
 
@@ -294,6 +308,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]Duration{
 		"raft.heartbeat_timeout": r.HeartbeatTimeout, "raft.election_timeout": r.ElectionTimeout,
 		"raft.leader_lease_timeout": r.LeaderLeaseTimeout, "raft.snapshot_interval": r.SnapshotInterval,
+		"tls.reload_interval": c.TLS.ReloadInterval,
 	} {
 		if d < 0 {
 			add("%s: negative", name)

@@ -51,6 +51,7 @@ func TestConfigValidate(t *testing.T) {
 		{"peer is self", func(c *Config) { c.Peers["sender_app"] = []string{"127.0.0.1:1"} }, "own KME ID"},
 		{"peer without address", func(c *Config) { c.Peers["x"] = nil }, "peers.x: no addresses"},
 		{"peer bad address", func(c *Config) { c.Peers["receiver_app"] = []string{"x"} }, "peers.receiver_app"},
+		{"tiny TLS reload interval", func(c *Config) { c.TLS.ReloadInterval = Duration(time.Millisecond) }, "tls.reload_interval"},
 		{"scrape identity", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"metrics:prometheus", "spiffe://site/prom"} }, ""},
 		{"scrape identity of an SAE", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"sae:alice"} }, "SAEs may not read /metrics"},
 		{"scrape identity not a URI", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"prometheus"} }, "metrics.scrape_identities[0]"},

@@ -105,6 +105,9 @@ type testSite struct {
 	link   LinkConfig // QKD link settings (off unless PSKFile is set)
 	// scrapeIDs is metrics.scrape_identities of every node.
 	scrapeIDs []string
+	// crlFile and tlsReload are tls.crl_file and tls.reload_interval.
+	crlFile   string
+	tlsReload time.Duration
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -175,7 +178,7 @@ func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Co
 		KMEID:     s.kme,
 		Listener:  ln,
 		DataDir:   s.dirs[id],
-		TLS:       TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key},
+		TLS:       TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key, CRLFile: s.crlFile, ReloadInterval: Duration(s.tlsReload)},
 		KEKFile:   s.kek,
 		Bootstrap: boot,
 		Peers:     s.peers,

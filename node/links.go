@@ -56,9 +56,8 @@ func newLinks(ctx context.Context, n *Node) (*links, error) {
 	model := sim.DefaultModel()
 	model.FiberKm = lc.FiberKm
 	for _, peer := range sortedKeys(n.cfg.Peers) {
-		dialCfg := n.clientTLS.Clone()
-		dialCfg.NextProtos = []string{link.ALPN}
-		dialCfg.VerifyConnection = requireKME(peer)
+		verify := requireKME(peer)
+		dialCfg := func(host string) *tls.Config { return n.tlsr.clientConfig(host, []string{link.ALPN}, verify) }
 		l, err := link.New(link.Config{
 			LocalKME: n.cfg.KMEID, PeerKME: peer, PeerAddrs: n.cfg.Peers[peer],
 			Store: n.store, Plugins: ls.plug, Model: model, PSK: psk,
@@ -79,17 +78,20 @@ func newLinks(ctx context.Context, n *Node) (*links, error) {
 	return ls, nil
 }
 
-func dialer(n *Node, cfg *tls.Config) func(ctx context.Context, addr string) (net.Conn, error) {
+// dialer dials a peer's link with the node's current TLS material
+// (tlsreload.go): cfg builds the config for the host dialled.
+func dialer(n *Node, cfg func(host string) *tls.Config) func(ctx context.Context, addr string) (net.Conn, error) {
 	return func(ctx context.Context, addr string) (net.Conn, error) {
 		raw, err := n.conns.dial(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
 		}
-		c := cfg.Clone()
-		if h, _, err := net.SplitHostPort(addr); err == nil {
-			c.ServerName = h
+		h, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			_ = raw.Close()
+			return nil, fmt.Errorf("node: link dial %s: %w", addr, err)
 		}
-		tc := tls.Client(raw, c)
+		tc := tls.Client(raw, cfg(h))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()
 			return nil, err

@@ -187,8 +187,11 @@ func (l *chanListener) Addr() net.Addr { return l.m.ln.Addr() }
 type streamLayer struct {
 	*chanListener
 	dialCfg *tls.Config
-	advert  net.Addr
-	track   *connTracker // nil: untracked
+	// dialConfig, when set, builds each dial's config for the host dialled
+	// (the node's current TLS material) instead of dialCfg.
+	dialConfig func(host string) *tls.Config
+	advert     net.Addr
+	track      *connTracker // nil: untracked
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -222,8 +225,12 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	}
 	cfg := s.dialCfg
 	if host, _, err := net.SplitHostPort(string(address)); err == nil {
-		cfg = cfg.Clone()
-		cfg.ServerName = host
+		if s.dialConfig != nil {
+			cfg = s.dialConfig(host)
+		} else {
+			cfg = cfg.Clone()
+			cfg.ServerName = host
+		}
 	}
 	c := tls.Client(raw, cfg)
 	if err := c.HandshakeContext(ctx); err != nil {

@@ -41,6 +41,7 @@ type Node struct {
 	pool      *x509.CertPool
 	serverTLS *tls.Config
 	clientTLS *tls.Config
+	tlsr      *tlsReloader // the current certificate, CA bundle and CRL
 
 	mux       *mux
 	transport *raft.NetworkTransport
@@ -94,11 +95,15 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n.metrics = newMetrics(n)
+	n.metrics.reg.MustRegister(n.tlsr)
 	n.mux = newMux(n.conns.wrapListener(ln), n.serverTLS, cfg.KMEID, n.logger.With("component", "mux"))
 	n.mux.refusedRaft = n.metrics.raftRefused.Inc
 	go n.mux.serve()
 
 	stream := newStreamLayer(n.mux, n.clientTLS, staticAddr(cfg.Advertise))
+	stream.dialConfig = func(host string) *tls.Config {
+		return n.tlsr.clientConfig(host, []string{RaftALPN}, requireKME(cfg.KMEID))
+	}
 	stream.track = n.conns
 	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
@@ -130,12 +135,13 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: open store: %w", err)
 	}
 
-	siteTLS := n.clientTLS.Clone()
-	siteTLS.VerifyConnection = requireKME(cfg.KMEID)
-	n.siteClient = &http.Client{Transport: n.conns.httpTransport(siteTLS)}
-	peerTLS := n.clientTLS.Clone()
-	peerTLS.VerifyConnection = requireAnyKME
-	n.services = newServices(n, &http.Client{Transport: n.conns.httpTransport(peerTLS)})
+	// Every node-to-node dial takes the current TLS material (tlsreload.go).
+	siteTr := n.conns.httpTransport(nil)
+	siteTr.DialTLSContext = n.tlsr.dialTLS(n.conns.dial, requireKME(cfg.KMEID))
+	n.siteClient = &http.Client{Transport: siteTr}
+	peerTr := n.conns.httpTransport(nil)
+	peerTr.DialTLSContext = n.tlsr.dialTLS(n.conns.dial, requireAnyKME)
+	n.services = newServices(n, &http.Client{Transport: peerTr})
 	if n.links, err = newLinks(ctx, n); err != nil {
 		return nil, err
 	}
@@ -189,6 +195,7 @@ func (n *Node) Start() {
 			}()
 		}
 		n.services.start()
+		n.tlsr.watch(n.cfg.TLS.ReloadInterval.D())
 		if n.links != nil {
 			n.links.start()
 		}
@@ -246,6 +253,7 @@ func (n *Node) Kill() {
 }
 
 func (n *Node) finish() {
+	n.tlsr.stop()
 	_ = n.mux.close()
 	_ = n.transport.Close()
 	n.conns.closeAll()
@@ -257,6 +265,9 @@ func (n *Node) finish() {
 
 // abort releases what New acquired when New fails.
 func (n *Node) abort() {
+	if n.tlsr != nil {
+		n.tlsr.stop()
+	}
 	if n.store != nil {
 		_ = n.store.Close()
 	}
@@ -438,6 +449,14 @@ func (n *Node) setupTLS() error {
 	n.serverTLS = pki.ServerConfig(cert, pool)
 	n.serverTLS.NextProtos = []string{"http/1.1", RaftALPN, link.ALPN}
 	n.clientTLS = pki.ClientConfig(cert, pool)
+	// From here on every handshake takes the current material, reloaded on
+	// SIGHUP and when the files change (node/CONFIG.md, Rotation and
+	// revocation).
+	n.tlsr, err = newTLSReloader(n.cfg.TLS, n.cfg.KMEID, n.serverTLS.NextProtos, n.logger.With("component", "tls"))
+	if err != nil {
+		return err
+	}
+	n.serverTLS = n.tlsr.serverConfig()
 	return nil
 }
 

@@ -19,6 +19,7 @@ const certsUsage = `usage:
   qkdkms certs node     NAME --kme KME_ID --pki DIR [--host H]...
   qkdkms certs sae      NAME --pki DIR
   qkdkms certs operator NAME --kme KME_ID --pki DIR
+  qkdkms certs revoke   NAME --pki DIR
 
 init creates a demo CA (DIR/ca.crt, DIR/ca.key) unless one exists, and with
 --kme/--nodes a node certificate per node. Node certificates carry the URI SAN
@@ -27,6 +28,9 @@ machine's host name and every --host. SAE certificates carry sae:NAME (URI SAN)
 and CN NAME. Operator certificates carry kme-admin:KME_ID and may call the
 site's admin API (join, remove, servers). Files: DIR/NAME.crt, DIR/NAME.key
 (0600). Verify with: openssl verify -CAfile DIR/ca.crt DIR/NAME.crt
+revoke adds the serial of DIR/NAME.crt to DIR/crl.pem (a CRL signed by the CA,
+created when absent, replaced atomically); nodes with tls.crl_file pointing at a
+copy refuse that certificate at its next handshake after SIGHUP or their poll.
 `
 
 func runCerts(_ context.Context, args []string, stdout, stderr io.Writer) int {
@@ -93,6 +97,27 @@ func runCerts(_ context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 			}
 		}
+		return 0
+	case "revoke":
+		if name == "" {
+			fmt.Fprintln(stderr, "qkdkms certs revoke: NAME is required")
+			return 2
+		}
+		ca, err := pki.Load(*dir)
+		if err != nil {
+			return fail(err)
+		}
+		cert, err := pki.LoadCert(filepath.Join(*dir, name+".crt"))
+		if err != nil {
+			return fail(err)
+		}
+		path := filepath.Join(*dir, pki.CRLFile)
+		serials, err := ca.Revoke(path, cert)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "revoked %s (serial %x); %s lists %d certificate(s): copy it to each node's tls.crl_file, then kill -HUP or wait for the poll\n",
+			name, cert.SerialNumber, path, len(serials))
 		return 0
 	case "node", "sae", "operator":
 		if name == "" {

@@ -123,3 +123,53 @@ func TestServeFlagsOverrideFile(t *testing.T) {
 		t.Fatalf("unknown field: %v", err)
 	}
 }
+
+// TestCertsRevoke: `certs revoke NAME` lists NAME's serial in DIR/crl.pem,
+// signed by the CA, keeping earlier entries (node/CONFIG.md, Rotation and
+// revocation).
+func TestCertsRevoke(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"certs", "init", "--pki", dir},
+		{"certs", "sae", "alice", "--pki", dir},
+		{"certs", "sae", "bob", "--pki", dir},
+		{"certs", "revoke", "alice", "--pki", dir},
+		{"certs", "revoke", "bob", "--pki", dir},
+	} {
+		if code, _, errs := runCmd(args...); code != 0 {
+			t.Fatalf("%v: %s", args, errs)
+		}
+	}
+	if code, _, _ := runCmd("certs", "revoke", "nobody", "--pki", dir); code == 0 {
+		t.Error("revoking a missing certificate succeeded")
+	}
+	ca, err := pki.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, pki.CRLFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	rl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rl.CheckSignatureFrom(ca.Cert); err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, e := range rl.RevokedCertificateEntries {
+		listed[e.SerialNumber.String()] = true
+	}
+	for _, name := range []string{"alice", "bob"} {
+		c, err := pki.LoadCert(filepath.Join(dir, name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !listed[c.SerialNumber.String()] {
+			t.Errorf("%s's serial is not in the CRL", name)
+		}
+	}
+}

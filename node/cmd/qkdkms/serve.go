@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"qkdkms/node"
@@ -44,6 +46,7 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	str("ca", "tls.ca: CA bundle (PEM)", func(c *node.Config, v string) { c.TLS.CA = v })
 	str("cert", "tls.cert: node certificate (PEM)", func(c *node.Config, v string) { c.TLS.Cert = v })
 	str("key", "tls.key: node private key (PEM)", func(c *node.Config, v string) { c.TLS.Key = v })
+	str("crl", "tls.crl_file: certificate revocation list (PEM X509 CRL signed by tls.ca), reloaded with the certificates", func(c *node.Config, v string) { c.TLS.CRLFile = v })
 	str("kek-file", "kek_file: site key-encryption key file (0600)", func(c *node.Config, v string) { c.KEKFile, c.KEKEnv = v, "" })
 	str("kek-env", "kek_env: environment variable holding the KEK (hex)", func(c *node.Config, v string) { c.KEKEnv, c.KEKFile = v, "" })
 	str("seed-listen", "seed_listen: plain-HTTP seed API address (\"\" = off)", func(c *node.Config, v string) { c.SeedListen = v })
@@ -157,6 +160,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	n.Start()
+	// SIGHUP reloads tls.ca, tls.cert/tls.key and tls.crl_file without a
+	// restart (node/CONFIG.md, Rotation and revocation).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := n.ReloadTLS(); err != nil {
+					n.Logger().Error("SIGHUP: TLS reload failed; the previous material stays in use", "err", err)
+				} else {
+					n.Logger().Info("SIGHUP: TLS material checked")
+				}
+			}
+		}
+	}()
 	<-ctx.Done()
 	n.Logger().Info("shutting down (signal)")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
