@@ -5,7 +5,7 @@ LAB     := bin/qkdkms-lab
 PLUGINS := bin/plugins
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lab plugins cplugins check-cplugins test fuzz bench lint run e2e up down clean
+.PHONY: all build lab plugins cplugins check-cplugins test chart-test fuzz bench lint run e2e up down clean
 
 all: build plugins
 
@@ -48,6 +48,13 @@ test: lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -x $(RACE_SLOW:%=-e %))
 	$(GO) test -count=1 -timeout 20m $(RACE_SLOW)
 	$(MAKE) fuzz
+	$(MAKE) chart-test
+
+## chart-test: render deploy/helm/qkdkms with the Helm SDK and check every
+## object strictly (its own module, deploy/k8stest; -mod=mod fills its go.sum
+## when the main module gained a dependency)
+chart-test:
+	cd deploy/k8stest && $(GO) test -mod=mod -count=1 -timeout 10m ./...
 
 # Execution counts, not durations: a duration -fuzztime can fail spuriously
 # with "context deadline exceeded" on a loaded machine (golang/go#75804,
@@ -56,6 +63,25 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyRequest -fuzztime 40000x ./etsi
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyIDs -fuzztime 40000x ./etsi
 	$(GO) test -run '^$$' -fuzz FuzzRewrite -fuzztime 20000x ./plugins/instrument
+	$(MAKE) fuzz-network
+
+# The decoders the network reaches (issue 13 item 10): Raft log entries,
+# batches and snapshots (raftstore), the link's framing, JSON messages and
+# transit frames (node/link, quantum/sim), the internal forward/peer API
+# (node/kme, node/forward), the seed API (etsi). Budgets chosen so that the
+# whole list takes about 80 s on the 2-core machine, builds included.
+FUZZ_NETWORK := \
+	./raftstore:FuzzDecodeCommand:4000 ./raftstore:FuzzDecodeBatch:10000 \
+	./raftstore:FuzzRestore:4000 ./raftstore:FuzzRestoreFields:4000 \
+	./node/link:FuzzWire:3000 ./node/link:FuzzLinkMessage:5000 ./quantum/sim:FuzzTransitFrame:5000 \
+	./node/kme:FuzzInternalDecode:5000 ./node/forward:FuzzDecodeError:5000 ./node/forward:FuzzDeadline:5000 \
+	./etsi:FuzzDecodeSeedConnection:5000 ./etsi:FuzzSeedHandler:3000
+fuzz-network:
+	@set -e; for t in $(FUZZ_NETWORK); do \
+		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; n=$${rest#*:}; \
+		echo "$(GO) test -run '^$$' -fuzz '^$$name\$$' -fuzztime $${n}x $$pkg"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $${n}x $$pkg; \
+	done
 
 ## bench: every benchmark, printed as a table: the post-processing figures
 ## first (reconcile over 200 frames per point, amplify, scheduler gaps,
