@@ -73,7 +73,7 @@ func TestDashboardMetricsExported(t *testing.T) {
 	}
 	sort.Strings(missing)
 	if len(missing) > 0 {
-		t.Errorf("metrics used but not exported by a running node:\n  %s", strings.Join(missing, "\n  "))
+		t.Fatalf("metrics used but not exported by a running node:\n  %s", strings.Join(missing, "\n  "))
 	}
 	t.Logf("%d metric names used by the dashboard and rules, all exported", len(used))
 }
