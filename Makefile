@@ -70,18 +70,19 @@ fuzz:
 # transit frames (node/link, quantum/sim), the internal forward/peer API
 # (node/kme, node/forward), the seed API (etsi). Budgets chosen so that the
 # whole list takes about 80 s on the 2-core machine, builds included.
-FUZZ_NETWORK := \
-	./raftstore:FuzzDecodeCommand:4000 ./raftstore:FuzzDecodeBatch:10000 \
-	./raftstore:FuzzRestore:4000 ./raftstore:FuzzRestoreFields:4000 \
-	./node/link:FuzzWire:3000 ./node/link:FuzzLinkMessage:5000 ./quantum/sim:FuzzTransitFrame:5000 \
-	./node/kme:FuzzInternalDecode:5000 ./node/forward:FuzzDecodeError:5000 ./node/forward:FuzzDeadline:5000 \
-	./etsi:FuzzDecodeSeedConnection:5000 ./etsi:FuzzSeedHandler:3000
 fuzz-network:
-	@set -e; for t in $(FUZZ_NETWORK); do \
-		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; n=$${rest#*:}; \
-		echo "$(GO) test -run '^$$' -fuzz '^$$name\$$' -fuzztime $${n}x $$pkg"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $${n}x $$pkg; \
-	done
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime 4000x ./raftstore
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime 10000x ./raftstore
+	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime 4000x ./raftstore
+	$(GO) test -run '^$$' -fuzz '^FuzzRestoreFields$$' -fuzztime 4000x ./raftstore
+	$(GO) test -run '^$$' -fuzz '^FuzzWire$$' -fuzztime 3000x ./node/link
+	$(GO) test -run '^$$' -fuzz '^FuzzLinkMessage$$' -fuzztime 5000x ./node/link
+	$(GO) test -run '^$$' -fuzz '^FuzzTransitFrame$$' -fuzztime 5000x ./quantum/sim
+	$(GO) test -run '^$$' -fuzz '^FuzzInternalDecode$$' -fuzztime 5000x ./node/kme
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeError$$' -fuzztime 5000x ./node/forward
+	$(GO) test -run '^$$' -fuzz '^FuzzDeadline$$' -fuzztime 5000x ./node/forward
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSeedConnection$$' -fuzztime 5000x ./etsi
+	$(GO) test -run '^$$' -fuzz '^FuzzSeedHandler$$' -fuzztime 3000x ./etsi
 
 ## bench: every benchmark, printed as a table: the post-processing figures
 ## first (reconcile over 200 frames per point, amplify, scheduler gaps,
