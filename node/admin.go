@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
 	"qkdkms/node/forward"
 	"qkdkms/raftstore"
@@ -25,6 +26,7 @@ import (
 //	POST /admin/v1/join   JoinRequest  → ServersResponse
 //	POST /admin/v1/remove RemoveRequest → ServersResponse
 //	GET  /admin/v1/digest              → DigestResponse (this node, not forwarded)
+//	POST /admin/v1/connections/delete ConnDeleteRequest → kme.DeleteResult
 //
 // Membership changes run on the leader: a follower proxies the request to the
 // leader over node-to-node mTLS (never a redirect) with the forwarder of
@@ -71,6 +73,12 @@ type ServersResponse struct {
 	KMEID   string   `json:"kme_id"`
 	Leader  string   `json:"leader"`
 	Servers []Server `json:"servers"`
+}
+
+// ConnDeleteRequest deletes the connection master→slave at both sites.
+type ConnDeleteRequest struct {
+	Master string `json:"master_SAE_ID"`
+	Slave  string `json:"slave_SAE_ID"`
 }
 
 // DigestResponse is one node's FSM digest at its applied index.
@@ -132,6 +140,22 @@ func (n *Node) adminHandler() http.Handler {
 			}
 			n.logger.Info("node removed", "id", req.ID)
 			return n.servers(ctx)
+		})
+	})
+	// Deleting a connection burns its pool and unfetched keys at both
+	// sites (kme.DeleteConnection); repeating it is a no-op.
+	mux.HandleFunc("POST /admin/v1/connections/delete", func(w http.ResponseWriter, r *http.Request) {
+		var req ConnDeleteRequest
+		body, ok := decodeAdmin(w, r, &req)
+		if !ok {
+			return
+		}
+		if !etsi.ValidSAEID(req.Master) || !etsi.ValidSAEID(req.Slave) || req.Master == req.Slave {
+			writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "master_SAE_ID and slave_SAE_ID: two distinct SAE IDs")
+			return
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
+			return n.services.kme.DeleteConnection(ctx, req.Master, req.Slave)
 		})
 	})
 	// This node's own FSM digest (not forwarded): experiments compare the

@@ -13,6 +13,7 @@ import (
 
 	"qkdkms/etsi/pki"
 	"qkdkms/node/forward"
+	"qkdkms/node/kme"
 	"qkdkms/node/link"
 )
 
@@ -112,6 +113,14 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		return nil
 	}
 	return lastErr
+}
+
+// DeleteConnection deletes the connection master→slave at both sites,
+// burning its pool and the keys not fetched yet.
+func (c *AdminClient) DeleteConnection(ctx context.Context, master, slave string) (kme.DeleteResult, error) {
+	var out kme.DeleteResult
+	err := c.do(ctx, http.MethodPost, "/admin/v1/connections/delete", ConnDeleteRequest{Master: master, Slave: slave}, &out)
+	return out, err
 }
 
 // Links returns the status of the site's QKD links (the leader's view).

@@ -60,6 +60,9 @@ type Config struct {
 	Peers map[string][]string `json:"peers"`
 	// SeedListen is the plain-HTTP seed-compatible listener ("" = off).
 	SeedListen string `json:"seed_listen"`
+	// MaxConnections caps the connections the site holds (0: 64, the
+	// default); a registration beyond it is refused (node/CONFIG.md).
+	MaxConnections int `json:"max_connections"`
 	// Raft timing and durability.
 	Raft RaftTiming `json:"raft"`
 	// Log output.
@@ -69,6 +72,9 @@ type Config struct {
 	// Metrics says who may read /metrics besides this site's nodes and
 	// operators.
 	Metrics MetricsConfig `json:"metrics"`
+	// HTTP bounds the HTTP servers: timeouts, connections per listener,
+	// header size (node/CONFIG.md, HTTP limits).
+	HTTP HTTPLimits `json:"http"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -219,6 +225,7 @@ func (c Config) WithDefaults() Config {
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = Duration(DefaultTLSReloadInterval)
 	}
+	c.HTTP = c.HTTP.withDefaults()
 	return c
 }
 
@@ -227,6 +234,7 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []string
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	c.HTTP.validate(add)
 	if err := checkName(c.NodeID); err != nil {
 		add("node_id: %v", err)
 	}
@@ -303,6 +311,9 @@ func (c Config) Validate() error {
 		if c.SeedListen == c.Listen {
 			add("seed_listen: same address as listen")
 		}
+	}
+	if c.MaxConnections < 0 {
+		add("max_connections: %d is negative (0 means the default, 64)", c.MaxConnections)
 	}
 	r := c.Raft
 	for name, d := range map[string]Duration{

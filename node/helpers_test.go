@@ -103,6 +103,8 @@ type testSite struct {
 	lns    map[string]net.Listener
 	logger *slog.Logger
 	link   LinkConfig // QKD link settings (off unless PSKFile is set)
+	// maxConns is max_connections of every node (0: the default).
+	maxConns int
 	// scrapeIDs is metrics.scrape_identities of every node.
 	scrapeIDs []string
 	// crlFile and tlsReload are tls.crl_file and tls.reload_interval.
@@ -174,16 +176,17 @@ func (s *testSite) boot(peers map[string][]string) {
 func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Config {
 	crt, key := s.pki.node(s.t, s.kme, id)
 	return Config{
-		NodeID:    id,
-		KMEID:     s.kme,
-		Listener:  ln,
-		DataDir:   s.dirs[id],
-		TLS:       TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key, CRLFile: s.crlFile, ReloadInterval: Duration(s.tlsReload)},
-		KEKFile:   s.kek,
-		Bootstrap: boot,
-		Peers:     s.peers,
-		Link:      s.link,
-		Metrics:   MetricsConfig{ScrapeIdentities: s.scrapeIDs},
+		NodeID:         id,
+		KMEID:          s.kme,
+		Listener:       ln,
+		DataDir:        s.dirs[id],
+		TLS:            TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key, CRLFile: s.crlFile, ReloadInterval: Duration(s.tlsReload)},
+		KEKFile:        s.kek,
+		Bootstrap:      boot,
+		Peers:          s.peers,
+		Link:           s.link,
+		Metrics:        MetricsConfig{ScrapeIdentities: s.scrapeIDs},
+		MaxConnections: s.maxConns,
 		Raft: RaftTiming{
 			HeartbeatTimeout:   Duration(testenv.Scaled(300 * time.Millisecond)),
 			ElectionTimeout:    Duration(testenv.Scaled(300 * time.Millisecond)),

@@ -28,6 +28,8 @@ func newServices(n *Node, peerClient *http.Client) *services {
 		Peers:      n.cfg.Peers,
 		HTTPClient: peerClient,
 		Logger:     n.logger.With("component", "kme"),
+
+		MaxConnections: n.cfg.MaxConnections,
 	})
 	s := &services{
 		kme:        k,

@@ -27,6 +27,7 @@ const (
 	CodeConflict       = "conflict"
 	CodeBadRequest     = "bad_request"
 	CodeForbidden      = "forbidden"
+	CodeConnLimit      = "connection_limit"
 	CodeUnavailable    = "unavailable"
 	CodeInternal       = "internal"
 )
@@ -40,6 +41,10 @@ var (
 	// deadline during the call): a raftstore.ErrOutcomeUnknown seen from
 	// the caller's side.
 	ErrNoAnswer = fmt.Errorf("forward: sent but no answer: %w", raftstore.ErrOutcomeUnknown)
+	// ErrConnectionLimit: the site holds its max_connections connections;
+	// a registration of a new one is refused and nothing changes (an
+	// operator deletes one first: qkdkms conn delete).
+	ErrConnectionLimit = errors.New("forward: connection limit reached")
 	// ErrInternal: an error no row names (a bug, or a failure the table
 	// does not know yet).
 	ErrInternal = errors.New("forward: internal error")
@@ -78,6 +83,7 @@ var Table = []Row{
 	{CodeUnknownSAE, http.StatusUnauthorized, etsi.ErrUnknownSAE, []error{raftstore.ErrConnectionNotFound}, etsi.ErrUnknownSAE, false},
 	{CodeUnauthorized, http.StatusUnauthorized, etsi.ErrUnauthorized, []error{raftstore.ErrNotAuthorized}, etsi.ErrUnauthorized, false},
 	{CodeForbidden, http.StatusForbidden, ErrForbidden, nil, etsi.ErrUnavailable, false},
+	{CodeConnLimit, http.StatusForbidden, ErrConnectionLimit, nil, etsi.ErrBadRequest, false},
 	{CodeKeysNotFound, http.StatusBadRequest, etsi.ErrKeysNotFound, []error{raftstore.ErrKeyNotFound}, etsi.ErrKeysNotFound, false},
 	{CodeInsufficient, http.StatusServiceUnavailable, etsi.ErrInsufficientKeys, []error{raftstore.ErrInsufficientKeys}, etsi.ErrInsufficientKeys, false},
 	{CodeConflict, http.StatusBadRequest, etsi.ErrConflict, []error{raftstore.ErrConnectionExists, raftstore.ErrBlockExists}, etsi.ErrConflict, false},

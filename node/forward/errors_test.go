@@ -27,6 +27,7 @@ func TestTable(t *testing.T) {
 	}{
 		{raftstore.ErrNotLeader, CodeNotLeader, 421, raftstore.ErrNotLeader, 503, true},
 		{raftstore.ErrNoLeader, CodeNoLeader, 503, raftstore.ErrNoLeader, 503, true},
+		{ErrConnectionLimit, CodeConnLimit, 403, ErrConnectionLimit, 400, false},
 		{raftstore.ErrOutcomeUnknown, CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
 		{ErrNoAnswer, CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
 		{fmt.Errorf("%w: %w", raftstore.ErrOutcomeUnknown, context.DeadlineExceeded), CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},

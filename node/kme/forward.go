@@ -25,6 +25,7 @@ const (
 	opPeerRegister    = "register"
 	opPeerBlock       = "block"
 	opPeerStatus      = "status"
+	opPeerDelete      = "delete"
 )
 
 // Request bodies of the internal endpoints (the etsi request types travel

@@ -224,6 +224,11 @@ func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
 		if err = decode(r, &in); err == nil {
 			out, err = k.localPeerStatus(ctx, in.From, in)
 		}
+	case opPeerDelete:
+		var in connArgs
+		if err = decode(r, &in); err == nil {
+			out, err = k.localPeerDelete(ctx, in)
+		}
 	default:
 		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
 		return
@@ -294,6 +299,18 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 				return err
 			})
 			out = st
+		}
+	case opPeerDelete:
+		var in connArgs
+		if err = decode(r, &in); err == nil {
+			in.From = from
+			var res peerDeleteResult
+			err = k.run(ctx, op, in, &res, func(ctx context.Context) error {
+				var err error
+				res, err = k.localPeerDelete(ctx, in)
+				return err
+			})
+			out = res
 		}
 	default:
 		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)

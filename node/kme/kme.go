@@ -25,7 +25,7 @@
 //	      dec_keys        DecRequest fields + "request_id" → [{"KeyID","Bits"}]
 //	      register_connection  ConnectionInfo → {}
 //	      import_block    {"master_SAE_ID","slave_SAE_ID","block_id","bits"} → {}
-//	      and the four peer ops below (a peer call that reached a follower).
+//	      and the peer ops below (a peer call that reached a follower).
 //	    (etsi.EncRequest/DecRequest/ConnectionInfo travel with their Go
 //	    field names.)
 //	/internal/v1/peer/{op}      callers: configured peer sites. Runs op on
@@ -37,6 +37,7 @@
 //	      register    {"connection": raftstore.Connection} → {}
 //	      block       {"master_SAE_ID","slave_SAE_ID","block_id","bits"} → {}
 //	      status      {"master_SAE_ID","slave_SAE_ID"} → raftstore.ConnectionStatus
+//	      delete      {"master_SAE_ID","slave_SAE_ID"} → {"deleted"} (DeleteConnection)
 //	    The peer's identity comes from its certificate and must be the
 //	    source (assignments) or the other end (register, block) of each
 //	    connection named.
@@ -60,6 +61,7 @@ import (
 	"github.com/google/uuid"
 
 	"qkdkms/etsi"
+	"qkdkms/node/forward"
 	"qkdkms/raftstore"
 )
 
@@ -91,7 +93,14 @@ type Config struct {
 	RelayWorkers int
 	// MaxRelayBatch caps the assignments in one relay request (default 512).
 	MaxRelayBatch int
+	// MaxConnections caps the connections this site holds (default
+	// DefaultMaxConnections): registering another one, from an SAE or a
+	// peer site, is refused with forward.ErrConnectionLimit.
+	MaxConnections int
 }
+
+// DefaultMaxConnections is MaxConnections when unset.
+const DefaultMaxConnections = 64
 
 // KME implements etsi.Backend for one node of a site.
 type KME struct {
@@ -106,6 +115,8 @@ type KME struct {
 
 	connMu    sync.Mutex
 	connCache map[string]cachedConn
+
+	regMu sync.Mutex // serializes registrations started here (the connection cap)
 
 	importMu sync.Mutex // serializes block imports here; the half-done import is in the site state (ConnectionStatus.PendingImport)
 
@@ -151,6 +162,9 @@ func New(cfg Config) *KME {
 	}
 	if cfg.MaxRelayBatch <= 0 {
 		cfg.MaxRelayBatch = 512
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
 	}
 	k := &KME{
 		id:        cfg.KMEID,
@@ -649,13 +663,19 @@ func (k *KME) localRegister(ctx context.Context, ci etsi.ConnectionInfo) error {
 	if p == nil {
 		return fmt.Errorf("%w: %s is not a peer of %s", etsi.ErrBadRequest, other, k.id)
 	}
-	// A local conflict is refused before the peer is touched.
+	// A local conflict or the cap is refused before the peer is touched.
+	k.regMu.Lock()
+	defer k.regMu.Unlock()
 	cur, err := k.site.Connection(ctx, c.MasterSAE, c.SlaveSAE)
 	switch {
 	case err == nil && cur.Connection != c:
 		return fmt.Errorf("%w: %s already registered with other parameters", etsi.ErrConflict, c.ID())
 	case err != nil && !errors.Is(err, raftstore.ErrConnectionNotFound):
 		return err
+	case err != nil:
+		if err := k.checkCap(ctx); err != nil {
+			return err
+		}
 	}
 	var out struct{}
 	if err := p.call(ctx, opPeerRegister, peerRegisterArgs{From: k.id, Connection: c}, &out); err != nil {
@@ -675,6 +695,113 @@ func (k *KME) localRegister(ctx context.Context, ci etsi.ConnectionInfo) error {
 	k.remember(c)
 	k.log.Info("connection registered", "master", c.MasterSAE, "slave", c.SlaveSAE, "source", c.SourceKME, "target", c.TargetKME)
 	return nil
+}
+
+// checkCap refuses a new connection when the site holds MaxConnections.
+// It runs on the leader before the register command; registrations started
+// here are serialized (regMu), so only one that a peer site starts at the
+// same moment can take the site one past the cap.
+func (k *KME) checkCap(ctx context.Context) error {
+	conns, err := k.site.Connections(ctx)
+	if err != nil {
+		return err
+	}
+	if len(conns) >= k.cfg.MaxConnections {
+		return fmt.Errorf("%w: site %s holds %d connections, its max_connections; an operator must delete one first",
+			forward.ErrConnectionLimit, k.id, len(conns))
+	}
+	return nil
+}
+
+// DeleteResult says where DeleteConnection found the connection.
+type DeleteResult struct {
+	KMEID  string `json:"kme_id"`
+	Master string `json:"master_SAE_ID"`
+	Slave  string `json:"slave_SAE_ID"`
+	// Here and Peer are "deleted" or "absent"; PeerKME is the other site
+	// ("" when the connection was absent here and at every peer).
+	Here    string `json:"here"`
+	PeerKME string `json:"peer_kme,omitempty"`
+	Peer    string `json:"peer,omitempty"`
+}
+
+// DeleteConnection deletes the connection master→slave at this site, then
+// at the other site, on this site's leader (elsewhere ErrNotLeader, nothing
+// changed). Every key of the connection at each site is burned: its pool
+// (blocks never carved), keys issued and not yet fetched by every slave,
+// and the request table's answers for it; none is ever served again, and a
+// connection registered again later starts with an empty pool. It is
+// idempotent: absent at a site counts as done, so an operator runs it again
+// when the peer site did not answer. A connection absent here is deleted at
+// every configured peer that holds it (a delete the peer did not confirm).
+func (k *KME) DeleteConnection(ctx context.Context, master, slave string) (DeleteResult, error) {
+	res := DeleteResult{KMEID: k.id, Master: master, Slave: slave, Here: "absent"}
+	cur, err := k.site.Connection(ctx, master, slave)
+	var others []string
+	switch {
+	case err == nil:
+		if err := k.site.DeleteConnection(ctx, master, slave); err != nil && !errors.Is(err, raftstore.ErrConnectionNotFound) {
+			return res, err
+		}
+		k.forget(master, slave)
+		res.Here = "deleted"
+		k.log.Warn("connection deleted: its pool and unfetched keys are burned", "master", master, "slave", slave)
+		others = []string{cur.SourceKME}
+		if cur.SourceKME == k.id {
+			others = []string{cur.TargetKME}
+		}
+	case errors.Is(err, raftstore.ErrConnectionNotFound):
+		for id := range k.peers {
+			others = append(others, id)
+		}
+	default:
+		return res, err
+	}
+	for _, other := range others {
+		p := k.peers[other]
+		if p == nil {
+			continue
+		}
+		var out peerDeleteResult
+		if err := p.call(ctx, opPeerDelete, connArgs{From: k.id, Master: master, Slave: slave}, &out); err != nil {
+			return res, fmt.Errorf("%w: deleted %s here (%s); site %s did not confirm, run the delete again: %w",
+				etsi.ErrUnavailable, raftstore.Connection{MasterSAE: master, SlaveSAE: slave}.ID(), res.Here, other, err)
+		}
+		if out.Deleted || res.PeerKME == "" {
+			res.PeerKME, res.Peer = other, "absent"
+			if out.Deleted {
+				res.Peer = "deleted"
+			}
+		}
+	}
+	return res, nil
+}
+
+// peerDeleteResult is a peer's answer to delete.
+type peerDeleteResult struct {
+	Deleted bool `json:"deleted"`
+}
+
+// localPeerDelete deletes a connection joining the calling peer site and
+// this one (absent: nothing to do).
+func (k *KME) localPeerDelete(ctx context.Context, in connArgs) (peerDeleteResult, error) {
+	s, err := k.site.Connection(ctx, in.Master, in.Slave)
+	if errors.Is(err, raftstore.ErrConnectionNotFound) {
+		return peerDeleteResult{}, nil
+	}
+	if err != nil {
+		return peerDeleteResult{}, err
+	}
+	c := s.Connection
+	if !((c.SourceKME == in.From && c.TargetKME == k.id) || (c.TargetKME == in.From && c.SourceKME == k.id)) {
+		return peerDeleteResult{}, fmt.Errorf("%w: connection %s does not join %s and %s", etsi.ErrUnauthorized, c.ID(), in.From, k.id)
+	}
+	if err := k.site.DeleteConnection(ctx, in.Master, in.Slave); err != nil && !errors.Is(err, raftstore.ErrConnectionNotFound) {
+		return peerDeleteResult{}, err
+	}
+	k.forget(in.Master, in.Slave)
+	k.log.Warn("connection deleted by the peer site: its pool and unfetched keys are burned", "from", in.From, "master", in.Master, "slave", in.Slave)
+	return peerDeleteResult{Deleted: true}, nil
 }
 
 // ---------------------------------------------------------------- helpers

@@ -313,6 +313,16 @@ func (k *KME) localPeerRegister(ctx context.Context, in peerRegisterArgs) error 
 	if c.MasterSAE == "" || c.SlaveSAE == "" || c.MasterSAE == c.SlaveSAE {
 		return fmt.Errorf("%w: master and slave SAE IDs must be distinct and non-empty", etsi.ErrBadRequest)
 	}
+	// The cap holds for connections a peer site registers too. No regMu:
+	// the peer holds its own while it calls, and the two sites waiting on
+	// each other's would deadlock.
+	if _, err := k.site.Connection(ctx, c.MasterSAE, c.SlaveSAE); errors.Is(err, raftstore.ErrConnectionNotFound) {
+		if err := k.checkCap(ctx); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
 	if err := k.site.RegisterConnection(ctx, c); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"qkdkms/node"
+	"qkdkms/node/kme"
 )
 
 const adminFlagsHelp = `admin flags:
@@ -145,4 +146,28 @@ func runRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 		},
 		func(ctx context.Context, c *node.AdminClient) (node.ServersResponse, error) { return c.Remove(ctx, id) })
+}
+
+func init() {
+	register("conn", "connections: conn delete MASTER SLAVE [admin flags]", runConn)
+}
+
+// runConn manages a site's connections.
+func runConn(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "delete" {
+		fmt.Fprintln(stderr, "usage: qkdkms conn delete MASTER_SAE_ID SLAVE_SAE_ID [admin flags]")
+		return 2
+	}
+	return adminCall(ctx, "conn delete", "conn delete MASTER_SAE_ID SLAVE_SAE_ID [admin flags]  (at both sites; its pool and unfetched keys are burned)",
+		args[1:], stdout, stderr, nil, nArgs(2),
+		func(ctx context.Context, c *node.AdminClient, pos []string) (kme.DeleteResult, error) {
+			return c.DeleteConnection(ctx, pos[0], pos[1])
+		},
+		func(w io.Writer, r kme.DeleteResult) {
+			fmt.Fprintf(w, "connection %s → %s: %s at %s", r.Master, r.Slave, r.Here, r.KMEID)
+			if r.PeerKME != "" {
+				fmt.Fprintf(w, ", %s at %s", r.Peer, r.PeerKME)
+			}
+			fmt.Fprintln(w)
+		})
 }
