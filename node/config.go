@@ -72,6 +72,9 @@ type Config struct {
 	// Metrics says who may read /metrics besides this site's nodes and
 	// operators.
 	Metrics MetricsConfig `json:"metrics"`
+	// HTTP bounds the HTTP servers: timeouts, connections per listener,
+	// header size (node/CONFIG.md, HTTP limits).
+	HTTP HTTPLimits `json:"http"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -222,6 +225,7 @@ func (c Config) WithDefaults() Config {
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = Duration(DefaultTLSReloadInterval)
 	}
+	c.HTTP = c.HTTP.withDefaults()
 	return c
 }
 
@@ -230,6 +234,7 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []string
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	c.HTTP.validate(add)
 	if err := checkName(c.NodeID); err != nil {
 		add("node_id: %v", err)
 	}

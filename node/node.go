@@ -150,12 +150,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.mux.onLink.Store(&serve)
 	}
 
-	n.httpSrv = &http.Server{
-		Handler:           n.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(n.logger.With("component", "http").Handler(), slog.LevelDebug),
-	}
+	n.httpSrv = newHTTPServer(n.routes(), cfg.HTTP, n.logger.With("component", "http"))
 	if cfg.SeedListen != "" && n.services.seed != nil {
 		n.seedLn = cfg.SeedListener
 		if n.seedLn == nil {
@@ -164,7 +159,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("node: seed listener %s: %w", cfg.SeedListen, err)
 		}
-		n.seedSrv = &http.Server{Handler: n.services.seed, ReadHeaderTimeout: 10 * time.Second}
+		n.seedSrv = newHTTPServer(n.services.seed, cfg.HTTP, n.logger.With("component", "seed-http"))
 	}
 	n.logger.Info("node ready", "node_id", cfg.NodeID, "kme_id", cfg.KMEID, "listen", ln.Addr().String(),
 		"advertise", cfg.Advertise, "bootstrap", len(boot) > 0)
@@ -178,7 +173,7 @@ func (n *Node) Start() {
 		n.serveWG.Add(1)
 		go func() {
 			defer n.serveWG.Done()
-			err := n.httpSrv.Serve(newChanListener(n.mux, n.mux.httpCh))
+			err := n.httpSrv.Serve(newLimitListener(newChanListener(n.mux, n.mux.httpCh), n.cfg.HTTP.MaxConns, nil))
 			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, ErrMuxClosed) {
 				n.logger.Error("HTTP server stopped", "err", err)
 			}
@@ -189,7 +184,7 @@ func (n *Node) Start() {
 			n.serveWG.Add(1)
 			go func() {
 				defer n.serveWG.Done()
-				if err := n.seedSrv.Serve(n.seedLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				if err := n.seedSrv.Serve(newLimitListener(n.seedLn, n.cfg.HTTP.MaxConns, nil)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					n.logger.Error("seed listener stopped", "err", err)
 				}
 			}()
