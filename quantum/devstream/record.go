@@ -138,36 +138,14 @@ func Record(ctx context.Context, o RecordOptions, alice, bob io.Writer) ([]Truth
 		return nil, err
 	}
 	var out []Truth
-	idx := make([]uint64, 0, 1<<16)
+	var idx []uint64
 	for i := range o.Frames {
 		frame := o.FirstFrame + uint64(i)
-		if _, err := link.Tx.Send(ctx, frame, o.Pulses); err != nil {
-			return out, fmt.Errorf("devstream: record: %w", err)
-		}
-		dets, err := link.Rx.Receive(ctx, frame, o.Pulses)
+		var fa *AliceFrame
+		var fb *BobFrame
+		fa, fb, idx, err = simFrame(ctx, link, frame, o.Pulses, idx)
 		if err != nil {
-			link.Tx.Release(frame)
 			return out, fmt.Errorf("devstream: record: %w", err)
-		}
-		fa := NewAliceFrame(frame, o.Pulses)
-		for lo := uint64(0); lo < o.Pulses; lo += 1 << 16 {
-			idx = idx[:0]
-			for j := lo; j < min(lo+1<<16, o.Pulses); j++ {
-				idx = append(idx, j)
-			}
-			recs, err := link.Tx.Choices(frame, idx)
-			if err != nil {
-				link.Tx.Release(frame)
-				return out, fmt.Errorf("devstream: record: %w", err)
-			}
-			for _, r := range recs {
-				fa.Set(r.Index, r)
-			}
-		}
-		link.Tx.Release(frame)
-		fb := &BobFrame{Frame: frame, Pulses: o.Pulses, Clicks: make([]Click, len(dets))}
-		for j, d := range dets {
-			fb.Clicks[j] = Click{Index: d.Index, Basis: d.Basis, Bit: d.Bit}
 		}
 		if err := wa.WriteAlice(fa); err != nil {
 			return out, err
@@ -178,4 +156,36 @@ func Record(ctx context.Context, o RecordOptions, alice, bob io.Writer) ([]Truth
 		out = append(out, truth(fa, fb))
 	}
 	return out, nil
+}
+
+// simFrame runs one frame through a simulated link and returns what Alice's
+// and Bob's devices would record. idx is scratch space, returned for reuse.
+func simFrame(ctx context.Context, link *sim.Sim, frame, pulses uint64, idx []uint64) (*AliceFrame, *BobFrame, []uint64, error) {
+	if _, err := link.Tx.Send(ctx, frame, pulses); err != nil {
+		return nil, nil, idx, err
+	}
+	defer link.Tx.Release(frame)
+	dets, err := link.Rx.Receive(ctx, frame, pulses)
+	if err != nil {
+		return nil, nil, idx, err
+	}
+	fa := NewAliceFrame(frame, pulses)
+	for lo := uint64(0); lo < pulses; lo += 1 << 16 {
+		idx = idx[:0]
+		for j := lo; j < min(lo+1<<16, pulses); j++ {
+			idx = append(idx, j)
+		}
+		recs, err := link.Tx.Choices(frame, idx)
+		if err != nil {
+			return nil, nil, idx, err
+		}
+		for _, r := range recs {
+			fa.Set(r.Index, r)
+		}
+	}
+	fb := &BobFrame{Frame: frame, Pulses: pulses, Clicks: make([]Click, len(dets))}
+	for j, d := range dets {
+		fb.Clicks[j] = Click{Index: d.Index, Basis: d.Basis, Bit: d.Bit}
+	}
+	return fa, fb, idx, nil
 }
