@@ -103,3 +103,47 @@ func handshake(t *testing.T, server, client *tls.Config) error {
 	<-done
 	return cerr
 }
+
+// TestServerConfigNoClientCertificate: a client without a certificate gets
+// no HTTP answer at all but a TLS alert — certificate_required under TLS
+// 1.3, handshake_failure under TLS 1.2 (README, etsi/API.md).
+func TestServerConfigNoClientCertificate(t *testing.T) {
+	ca, err := Init(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := ca.IssueNode("n1", "sender_app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeCert, err := node.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := ServerConfig(nodeCert, ca.Pool())
+	for _, tc := range []struct {
+		version uint16
+		alert   string
+	}{
+		{tls.VersionTLS13, "remote error: tls: certificate required"},
+		{tls.VersionTLS12, "remote error: tls: handshake failure"},
+	} {
+		t.Run(tls.VersionName(tc.version), func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			go func() {
+				_ = tls.Server(a, server).Handshake()
+				_ = a.Close()
+			}()
+			c := tls.Client(b, &tls.Config{RootCAs: ca.Pool(), ServerName: "n1", MinVersion: tc.version, MaxVersion: tc.version})
+			err := c.Handshake()
+			if err == nil { // TLS 1.3: the client finishes first, the alert follows
+				_, err = c.Read(make([]byte, 1))
+			}
+			if err == nil || err.Error() != tc.alert {
+				t.Fatalf("err = %v, want %q", err, tc.alert)
+			}
+		})
+	}
+}
