@@ -114,9 +114,10 @@ run: build plugins
 e2e: build plugins
 	TESTCLUSTER_COMPOSE=1 $(GO) test -tags e2e -p 1 -count=1 -timeout 25m ./testcluster/...
 
-## up / down: the docker-compose deployment (images FROM scratch, built from bin/)
+## up / down: the docker-compose deployment (images FROM scratch, built from bin/);
+## SEED=1 adds deploy/docker-compose.seed.yml: the plain-HTTP seed API on the host's 127.0.0.1:8000/8001
 up: build plugins
-	docker-compose -f deploy/docker-compose.yml up --build
+	docker-compose -f deploy/docker-compose.yml $(if $(SEED),-f deploy/docker-compose.seed.yml) up --build
 
 down:
 	docker-compose -f deploy/docker-compose.yml down

@@ -28,8 +28,10 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.Compose, "compose", false, "docker-compose naming: host <kme>-<i> (underscores as dashes), listen 0.0.0.0:8443")
 	fs.IntVar(&o.SenderPort, "sender-port", 8443, "first site's node 1 port (loopback mode)")
 	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "second site's node 1 port (loopback mode)")
-	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "first site's seed API port on node 1 (0 = off)")
-	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "second site's seed API port on node 1 (0 = off)")
+	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "first site's seed API port on node 1 (0 = off; with --compose only under --seed-api)")
+	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "second site's seed API port on node 1 (0 = off; with --compose only under --seed-api)")
+	fs.BoolVar(&o.SeedAPI, "seed-api", false, "with --compose: serve the plain-HTTP seed API (no TLS, no authentication) on node 1 of each site; "+
+		"deploy/docker-compose.seed.yml publishes it on the host's 127.0.0.1 only. Off by default")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "node log level")
 	linkSpec := linkFlags(fs, "step plugin directory as the nodes see it (default: bin/plugins, or /plugins with --compose)")
 	fs.Usage = func() {
@@ -83,6 +85,9 @@ func DemoInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		if s.SeedAddr != "" {
 			fmt.Fprintf(stdout, "  %-16s seed API on %s\n", s.KMEID, s.SeedAddr)
 		}
+	}
+	if o.Compose && !o.SeedAPI {
+		fmt.Fprintln(stdout, "  seed API off (plain HTTP, no authentication); opt in with --seed-api and deploy/docker-compose.seed.yml")
 	}
 	return 0
 }

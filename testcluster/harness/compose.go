@@ -22,12 +22,21 @@ import (
 // ErrCompose wraps failures of docker / docker-compose commands.
 var ErrCompose = errors.New("harness: compose")
 
+// SeedOverride is the compose override, relative to the repository root,
+// that opts in to the plain-HTTP seed API (node 1 of each site, published
+// on the host's 127.0.0.1:8000/8001). The deployment serves none without it.
+const SeedOverride = "deploy/docker-compose.seed.yml"
+
 // ComposeOptions configures the compose-mode harness.
 type ComposeOptions struct {
 	// Root is the repository root (holds deploy/ and .deploy/). Required.
 	Root string
 	// File is the compose file (default Root/deploy/docker-compose.yml).
 	File string
+	// Overrides are more compose files, given after File (docker-compose
+	// -f File -f Overrides[0] ...), e.g. SeedOverride to opt in to the
+	// seed API. A relative path is taken from Root.
+	Overrides []string
 	// Dir is the directory the init service writes into (default
 	// Root/.deploy): the harness reads its PKI from Dir/pki.
 	Dir string
@@ -53,6 +62,14 @@ func (o ComposeOptions) withDefaults() (ComposeOptions, error) {
 	if o.Dir == "" {
 		o.Dir = filepath.Join(root, ".deploy")
 	}
+	over := make([]string, len(o.Overrides))
+	for i, f := range o.Overrides {
+		if !filepath.IsAbs(f) {
+			f = filepath.Join(root, f)
+		}
+		over[i] = f
+	}
+	o.Overrides = over
 	if o.Sender == "" {
 		o.Sender = DefaultSender
 	}
@@ -147,7 +164,9 @@ func AttachCompose(ctx context.Context, o ComposeOptions) (*Compose, error) {
 				if port == fmt.Sprintf("%d/tcp", ComposePort) {
 					n.Advertise = host
 				} else if site.SeedAddr == "" {
-					site.SeedAddr = host // the only other published port: the seed API
+					// The only other published port: the seed API, opted in
+					// with SeedOverride (host loopback only).
+					site.SeedAddr = host
 				}
 			}
 			if n.Advertise == "" {
@@ -386,7 +405,11 @@ func inspectContainer(ctx context.Context, cid string) (*containerInspect, error
 }
 
 func composeCmd(ctx context.Context, o ComposeOptions, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", o.File}, args...)...)
+	files := []string{"-f", o.File}
+	for _, f := range o.Overrides {
+		files = append(files, "-f", f)
+	}
+	cmd := exec.CommandContext(ctx, "docker-compose", append(files, args...)...)
 	cmd.Dir = o.Root
 	return runDocker(cmd)
 }

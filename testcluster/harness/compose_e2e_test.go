@@ -15,9 +15,9 @@ import (
 )
 
 // TestComposeSeedWorkflow brings the docker-compose deployment up (the
-// Makefile's `e2e` target builds bin/qkdkms and bin/plugins first), runs the
-// seed README's three requests against host ports 8000/8001 and takes it
-// down. Set TESTCLUSTER_COMPOSE=1 to run it.
+// Makefile's `e2e` target builds bin/qkdkms and bin/plugins first) with the
+// seed API opted in (SeedOverride), runs the seed README's three requests
+// against host ports 127.0.0.1:8000/8001 and takes it down. Set TESTCLUSTER_COMPOSE=1 to run it.
 func TestComposeSeedWorkflow(t *testing.T) {
 	if os.Getenv("TESTCLUSTER_COMPOSE") == "" {
 		t.Skip("set TESTCLUSTER_COMPOSE=1 (needs docker-compose and bin/qkdkms)")
@@ -31,7 +31,10 @@ func TestComposeSeedWorkflow(t *testing.T) {
 	}
 	compose := func(args ...string) {
 		t.Helper()
-		cmd := exec.Command("docker-compose", append([]string{"-f", filepath.Join(root, "deploy", "docker-compose.yml")}, args...)...)
+		// The seed API is opt-in: the override turns it on, on the host's
+		// loopback only.
+		files := []string{"-f", filepath.Join(root, "deploy", "docker-compose.yml"), "-f", filepath.Join(root, SeedOverride)}
+		cmd := exec.Command("docker-compose", append(files, args...)...)
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		t.Logf("docker-compose %v:\n%s", args, out)

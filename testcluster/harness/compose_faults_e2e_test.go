@@ -21,7 +21,8 @@ import (
 
 // TestComposeLeaderIsolation brings the docker-compose deployment up (after
 // TestComposeSeedWorkflow has taken its own run down: tests run one after
-// the other), registers a connection between two SAEs of its own, waits for
+// the other) with the seed API opted in (SeedOverride: RegisterConnection
+// uses it), registers a connection between two SAEs of its own, waits for
 // the QKD link to fill the pool, and runs an SAE workload against the
 // published ports while the master site's leader is cut off from the compose
 // network for 8 s (`docker network disconnect`). After reconnecting it
@@ -41,7 +42,7 @@ func TestComposeLeaderIsolation(t *testing.T) {
 	ctx := context.Background()
 	upCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	d, err := harness.ComposeUp(upCtx, harness.ComposeOptions{Root: root})
+	d, err := harness.ComposeUp(upCtx, harness.ComposeOptions{Root: root, Overrides: []string{harness.SeedOverride}})
 	t.Cleanup(func() {
 		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer dcancel()
@@ -54,7 +55,7 @@ func TestComposeLeaderIsolation(t *testing.T) {
 			}
 			return
 		}
-		_ = harness.ComposeDown(dctx, harness.ComposeOptions{Root: root})
+		_ = harness.ComposeDown(dctx, harness.ComposeOptions{Root: root, Overrides: []string{harness.SeedOverride}})
 	})
 	if err != nil {
 		t.Fatal(err)

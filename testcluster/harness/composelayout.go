@@ -23,9 +23,15 @@ type InitOptions struct {
 	Sender, Receiver string
 	SAEs             []string
 	// Compose: node i of a site is host ComposeHost(kme, i), listening on
-	// 0.0.0.0:8443; node 1 serves the seed API on 0.0.0.0:SeedPort.
-	// Otherwise loopback ports as in the demo.
-	Compose                          bool
+	// 0.0.0.0:8443; no seed API unless SeedAPI. Otherwise loopback ports
+	// as in the demo (the seed API, when its port is not 0, on 127.0.0.1).
+	Compose bool
+	// SeedAPI (compose only) turns the plain-HTTP seed API on: node 1 of
+	// each site listens on 0.0.0.0:SeedPort inside its container, which
+	// deploy/docker-compose.seed.yml publishes on the host's 127.0.0.1
+	// only. Off by default: the seed API has no TLS and no client
+	// authentication (issue 13, item 2).
+	SeedAPI                          bool
 	SenderPort, ReceiverPort         int
 	SenderSeedPort, ReceiverSeedPort int
 	LogLevel                         string
@@ -63,7 +69,7 @@ func DemoInitLayout(o InitOptions) (*Layout, error) {
 		}
 		lo.ListenFn = func(SiteSpec, int) string { return "0.0.0.0:" + strconv.Itoa(ComposePort) }
 		lo.SeedFn = func(s SiteSpec, i int) string {
-			if i != 1 || s.SeedPort == 0 {
+			if !o.SeedAPI || i != 1 || s.SeedPort == 0 {
 				return ""
 			}
 			return "0.0.0.0:" + strconv.Itoa(s.SeedPort)
