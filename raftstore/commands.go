@@ -32,6 +32,7 @@ const (
 	cmdPlugin         cmdType = 12
 	cmdClusterVersion cmdType = 13
 	cmdImport         cmdType = 14
+	cmdReconcile      cmdType = 15
 )
 
 func (t cmdType) String() string {

@@ -104,6 +104,9 @@ type fsmState struct {
 	order   []*reqEntry // FIFO of reqs
 	now     int64       // largest command At seen
 	version uint8       // cluster version; 0 is 1 (see clusterVersion)
+	// restored lists the peer KMEs a site seeded from a backup has not
+	// reconciled with yet (backup.go); empty on every other site.
+	restored []string
 }
 
 func newState() *fsmState {
@@ -252,6 +255,9 @@ func (f *fsm) clusterVersion() uint8 {
 func (f *fsm) apply(e *cmdEntry, body any) result {
 	f.applied++
 	st := f.st
+	if err := st.gate(body); err != nil {
+		return result{err: err}
+	}
 	r := e.apply(st, body)
 	if r.err != nil {
 		// A failed command changes nothing, not even the clock: its retry

@@ -75,6 +75,9 @@ type snapState struct {
 	Reqs    []snapReq   `json:"reqs"`
 	Links   []snapLink  `json:"links"`
 	Plugins snapPlugins `json:"plugins"`
+	// Restored: peer KMEs not reconciled yet since the site was seeded
+	// from a backup (cluster version 3, backup.go).
+	Restored []string `json:"restored,omitempty"`
 }
 
 // export copies the state into its canonical, sorted form. Byte slices are
@@ -101,6 +104,7 @@ func (st *fsmState) export() *snapState {
 	sort.Slice(s.Keys, func(i, j int) bool { return s.Keys[i].ID < s.Keys[j].ID })
 	s.Links = st.exportLinks()
 	s.Plugins = st.exportPlugins()
+	s.Restored = slices.Clone(st.restored)
 	s.Reqs = make([]snapReq, 0, len(st.order))
 	for _, e := range st.order {
 		s.Reqs = append(s.Reqs, snapReq{Key: e.key, At: e.at, Code: e.code, Caller: e.caller, KeyIDs: e.keyIDs})
@@ -144,6 +148,10 @@ func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
 		return nil, err
 	}
 	st.importPlugins(s.Plugins)
+	if len(s.Restored) > 0 && s.Version < 3 {
+		return nil, fmt.Errorf("raftstore: snapshot version %d with a restored list", s.Version)
+	}
+	st.restored = slices.Clone(s.Restored)
 	for _, sr := range s.Reqs {
 		e := &reqEntry{key: sr.Key, at: sr.At, code: sr.Code, caller: sr.Caller, keyIDs: sr.KeyIDs}
 		st.reqs[e.key] = e

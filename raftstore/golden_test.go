@@ -67,6 +67,7 @@ func goldenBodies() map[string]any {
 			SHA256: hex.EncodeToString(wasmSum[:]), WASM: goldenBytes(8, 5)}},
 		"cluster_version_v2": &clusterVersionCmd{At: at, Version: 2},
 		"import_v2":          &importCmd{At: at, Conn: goldenConn.ID(), Block: "b2"},
+		"reconcile_v3":       &reconcileCmd{At: at, Peer: "B", Conns: []PoolPosition{{Conn: goldenConn, Carve: 64, End: 128}}},
 	}
 }
 
@@ -164,6 +165,11 @@ func goldenState(t *testing.T, version uint8) *fsm {
 		apply(cmdClusterVersion, b["cluster_version_v2"])
 		apply(cmdImport, b["import_v2"])
 	}
+	if version >= 3 {
+		apply(cmdClusterVersion, &clusterVersionCmd{At: b["import_v2"].(*importCmd).At, Version: 3})
+		apply(cmdReconcile, b["reconcile_v3"]) // a no-op: the site was not restored
+		f.st.restored = []string{"C"}          // as Restore leaves it
+	}
 	return f
 }
 
@@ -196,7 +202,7 @@ func TestGoldenSnapshots(t *testing.T) {
 			if err != nil || st.IssuedKeys != 2 || st.AddedBlocks != 1 {
 				t.Fatalf("restored connection %+v, %v", st, err)
 			}
-			if want := map[uint8]string{1: "", 2: "b2"}[v]; st.PendingImport != want {
+			if want := map[uint8]string{1: "", 2: "b2", 3: "b2"}[v]; st.PendingImport != want {
 				t.Fatalf("pending import %q, want %q", st.PendingImport, want)
 			}
 			snap, err := f.Snapshot()

@@ -15,8 +15,9 @@ import (
 // MaxVersion is the highest cluster version this binary supports: it knows
 // every registry entry whose version is at most MaxVersion. Cluster version
 // 1 is the log and snapshot format before the registry existed; version 2
-// adds cluster_version and import.
-const MaxVersion uint8 = 2
+// adds cluster_version and import; version 3 adds reconcile and the
+// snapshot's restored list (a site seeded from a backup, backup.go).
+const MaxVersion uint8 = 3
 
 // cmdEntry describes one command version.
 type cmdEntry struct {
@@ -62,6 +63,7 @@ var registry = newRegistry(
 	jsonCmd(cmdPlugin, 1, "plugin", (*fsmState).plugin, func(c *pluginCmd) int64 { return c.At }),
 	raising(jsonCmd(cmdClusterVersion, 2, "cluster_version", (*fsmState).raiseVersion, func(c *clusterVersionCmd) int64 { return c.At })),
 	jsonCmd(cmdImport, 2, "import", (*fsmState).importMark, func(c *importCmd) int64 { return c.At }),
+	jsonCmd(cmdReconcile, 3, "reconcile", (*fsmState).reconcile, func(c *reconcileCmd) int64 { return c.At }),
 )
 
 func raising(e *cmdEntry) *cmdEntry { e.raise = true; return e }

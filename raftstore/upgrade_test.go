@@ -17,7 +17,7 @@ import (
 
 // TestRollingUpgrade upgrades a 3-node site one node at a time under load
 // (docs/RAFT-FORMAT.md "Rolling upgrade"). Every node starts as an "old"
-// binary (MaxVersion 1); each is stopped, given MaxVersion 2 and restarted
+// binary (MaxVersion 1); each is stopped, given MaxVersion (today 3) and restarted
 // while callers keep issuing keys and nodes keep reporting their versions.
 // The version-2 command (import) is refused with ErrNotEnabled before it is
 // proposed until the last node runs the new binary, and accepted after; no
@@ -101,9 +101,9 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		c.WaitDigestsEqual(t)
 	}
-	testenv.WaitFor(t, "cluster version 2 on every node", func() bool {
+	testenv.WaitFor(t, "cluster version MaxVersion on every node", func() bool {
 		for _, s := range c.Stores {
-			if s == nil || s.ClusterVersion() != 2 {
+			if s == nil || s.ClusterVersion() != raftstore.MaxVersion {
 				return false
 			}
 		}
@@ -117,7 +117,7 @@ func TestRollingUpgrade(t *testing.T) {
 
 	c.WaitDigestsEqual(t)
 	for _, s := range c.Stores {
-		if st := s.Stats(); st["upgrade_required"] != "false" || st["cluster_version"] != "2" {
+		if st := s.Stats(); st["upgrade_required"] != "false" || st["cluster_version"] != fmt.Sprint(raftstore.MaxVersion) {
 			t.Fatalf("%s: upgrade_required %s cluster_version %s", s.NodeID(), st["upgrade_required"], st["cluster_version"])
 		}
 	}

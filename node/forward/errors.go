@@ -20,6 +20,7 @@ const (
 	CodeOutcomeUnknown = "outcome_unknown"
 	CodeNotEnabled     = "not_enabled"
 	CodeUpgrade        = "upgrade_required"
+	CodeNotReconciled  = "not_reconciled"
 	CodeUnknownSAE     = "unknown_sae"
 	CodeUnauthorized   = "unauthorized"
 	CodeKeysNotFound   = "keys_not_found"
@@ -80,6 +81,7 @@ var Table = []Row{
 	{CodeOutcomeUnknown, http.StatusServiceUnavailable, raftstore.ErrOutcomeUnknown, nil, etsi.ErrUnavailable, false},
 	{CodeNotEnabled, http.StatusServiceUnavailable, raftstore.ErrNotEnabled, nil, etsi.ErrUnavailable, false},
 	{CodeUpgrade, http.StatusServiceUnavailable, raftstore.ErrUpgradeRequired, nil, etsi.ErrUnavailable, false},
+	{CodeNotReconciled, http.StatusServiceUnavailable, raftstore.ErrNotReconciled, nil, etsi.ErrUnavailable, false},
 	{CodeUnknownSAE, http.StatusUnauthorized, etsi.ErrUnknownSAE, []error{raftstore.ErrConnectionNotFound}, etsi.ErrUnknownSAE, false},
 	{CodeUnauthorized, http.StatusUnauthorized, etsi.ErrUnauthorized, []error{raftstore.ErrNotAuthorized}, etsi.ErrUnauthorized, false},
 	{CodeForbidden, http.StatusForbidden, ErrForbidden, nil, etsi.ErrUnavailable, false},

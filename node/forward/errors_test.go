@@ -33,6 +33,7 @@ func TestTable(t *testing.T) {
 		{fmt.Errorf("%w: %w", raftstore.ErrOutcomeUnknown, context.DeadlineExceeded), CodeOutcomeUnknown, 503, raftstore.ErrOutcomeUnknown, 503, false},
 		{raftstore.ErrNotEnabled, CodeNotEnabled, 503, raftstore.ErrNotEnabled, 503, false},
 		{raftstore.ErrUpgradeRequired, CodeUpgrade, 503, raftstore.ErrUpgradeRequired, 503, false},
+		{raftstore.ErrNotReconciled, CodeNotReconciled, 503, raftstore.ErrNotReconciled, 503, false},
 		{etsi.ErrUnknownSAE, CodeUnknownSAE, 401, etsi.ErrUnknownSAE, 401, false},
 		{raftstore.ErrConnectionNotFound, CodeUnknownSAE, 401, etsi.ErrUnknownSAE, 401, false},
 		{etsi.ErrUnauthorized, CodeUnauthorized, 401, etsi.ErrUnauthorized, 401, false},
