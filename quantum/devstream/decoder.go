@@ -182,11 +182,19 @@ func (d *Decoder) readRecord() (recordHead, []byte, error) {
 	}
 }
 
-// body reads n bytes, growing the buffer as data arrives so that a corrupt
-// length cannot allocate more than the stream holds.
+// body reads n bytes. A body up to 16 MiB is read into one allocation; a
+// longer one grows as data arrives, so that a corrupt length cannot
+// allocate much more than the stream holds.
 func (d *Decoder) body(n uint64, what string) ([]byte, error) {
-	const step = 1 << 20
-	buf := make([]byte, 0, min(n, step))
+	const step = 1 << 24
+	if n <= step {
+		buf := make([]byte, n)
+		if err := d.full(buf, what); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
+	buf := make([]byte, 0, step)
 	for uint64(len(buf)) < n {
 		old := len(buf)
 		buf = append(buf, make([]byte, min(n-uint64(old), step))...)

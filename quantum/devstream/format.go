@@ -217,8 +217,27 @@ func (f *AliceFrame) check(k int) error {
 		return fmt.Errorf("%w: Alice frame %d: %d packed bytes for %d pulses", ErrFormat, f.Frame, len(f.Packed), f.Pulses)
 	}
 	if k < MaxIntensities {
-		// every nibble's intensity field (bits 2–3) must be < k
-		for i, b := range f.Packed {
+		// every nibble's intensity field (bits 2–3) must be < k; 8 bytes
+		// at a time, then the byte that fails
+		bad := func(w uint64) bool {
+			switch k {
+			case 3: // index 3: both bits set
+				return w&(w>>1)&0x4444444444444444 != 0
+			case 2: // index 2 or 3: the high bit set
+				return w&0x8888888888888888 != 0
+			default: // any index but 0
+				return w&0xcccccccccccccccc != 0
+			}
+		}
+		p := f.Packed
+		i := 0
+		for ; i+8 <= len(p); i += 8 {
+			if bad(binary.LittleEndian.Uint64(p[i:])) {
+				break
+			}
+		}
+		for ; i < len(p); i++ {
+			b := p[i]
 			if int(b>>2&3) >= k || int(b>>6) >= k {
 				j := uint64(2 * i)
 				if int(b>>2&3) < k {
@@ -292,11 +311,17 @@ func decodeClicks(frame, pulses uint64, body []byte) ([]Click, error) {
 	out := make([]Click, n)
 	var idx uint64
 	for i := range out {
-		v, k := binary.Uvarint(body)
-		if k <= 0 {
-			return nil, fmt.Errorf("%w: Bob frame %d: detection %d: bad varint", ErrFormat, frame, i)
+		var v uint64
+		if len(body) > 0 && body[0] < 0x80 {
+			v, body = uint64(body[0]), body[1:] // one byte: gaps below 16 pulses
+		} else {
+			var k int
+			v, k = binary.Uvarint(body)
+			if k <= 0 {
+				return nil, fmt.Errorf("%w: Bob frame %d: detection %d: bad varint", ErrFormat, frame, i)
+			}
+			body = body[k:]
 		}
-		body = body[k:]
 		d := v >> 3
 		if i > 0 {
 			if d == 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"math"
@@ -400,5 +401,30 @@ func TestDump(t *testing.T) {
 	b := encodeBob(t, testHeader(RoleBob), bs)
 	if err := Dump(io.Discard, bytes.NewReader(b[:len(b)-3]), 0); !errors.Is(err, ErrTruncated) {
 		t.Errorf("dump of a truncated stream: %v", err)
+	}
+}
+
+// TestAliceCheckIntensities: an intensity index ≥ K is found wherever it
+// is in a long frame (the 8-byte fast path and the tail) and named.
+func TestAliceCheckIntensities(t *testing.T) {
+	const pulses = 101
+	for k := 1; k <= MaxIntensities; k++ {
+		for _, pos := range []uint64{0, 1, 14, 15, 16, 63, 64, 97, 100} {
+			for idx := uint8(0); idx < MaxIntensities; idx++ {
+				f := NewAliceFrame(5, pulses)
+				for i := range uint64(pulses) {
+					f.Set(i, quantum.PulseRecord{Bit: uint8(i & 1), Basis: uint8(i>>1) & 1, Intensity: uint8(i % uint64(k))})
+				}
+				f.Set(pos, quantum.PulseRecord{Bit: 1, Basis: 1, Intensity: idx})
+				err := f.check(k)
+				want := fmt.Sprintf("pulse %d: intensity index %d", pos, idx)
+				if int(idx) < k && err != nil {
+					t.Fatalf("K=%d, index %d at pulse %d: %v", k, idx, pos, err)
+				}
+				if int(idx) >= k && (!errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), want)) {
+					t.Fatalf("K=%d, index %d at pulse %d: %v, want %q", k, idx, pos, err, want)
+				}
+			}
+		}
 	}
 }

@@ -157,7 +157,7 @@ func loadRecording(t *testing.T) recording {
 	return meta
 }
 
-func readTestdata(t *testing.T) (alice, bob []byte) {
+func readTestdata(t testing.TB) (alice, bob []byte) {
 	t.Helper()
 	a, err := os.ReadFile(aliceFile)
 	if err != nil {
