@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
@@ -308,7 +309,7 @@ func Restore(b *Backup, cfg RestoreConfig) error {
 	}
 	defer bolt.Close()
 	snapDir := filepath.Join(cfg.DataDir, "snapshots")
-	fss, err := raft.NewFileSnapshotStoreWithLogger(snapDir, snapRetain, nil)
+	fss, err := raft.NewFileSnapshotStoreWithLogger(snapDir, snapRetain, hclog.NewNullLogger())
 	if err != nil {
 		return fmt.Errorf("raftstore: snapshot store: %w", err)
 	}
@@ -319,7 +320,10 @@ func Restore(b *Backup, cfg RestoreConfig) error {
 	st := b.restoredState()
 	idx := max(st.Index, 1)
 	st.Index = idx
-	sink, err := snaps.Create(raft.SnapshotVersionMax, idx, 1, raft.Configuration{Servers: cfg.Servers}, idx, nil)
+	// The transport only encodes the legacy peer list: the address as is.
+	_, trans := raft.NewInmemTransport("")
+	defer trans.Close()
+	sink, err := snaps.Create(raft.SnapshotVersionMax, idx, 1, raft.Configuration{Servers: cfg.Servers}, idx, trans)
 	if err != nil {
 		return fmt.Errorf("raftstore: restore: %w", err)
 	}
