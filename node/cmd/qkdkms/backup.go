@@ -27,7 +27,9 @@ func init() {
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var out string
 	return adminCall(ctx, "backup", "backup --out FILE [admin flags]", args, stdout, stderr,
-		func(fs *flag.FlagSet) { fs.StringVar(&out, "out", "", "file to write (created, never overwritten, mode 0600)") },
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&out, "out", "", "file to write (created, never overwritten, mode 0600)")
+		},
 		func(pos []string) error {
 			if out == "" {
 				return errors.New("--out FILE is required")
