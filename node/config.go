@@ -75,6 +75,9 @@ type Config struct {
 	// HTTP bounds the HTTP servers: timeouts, connections per listener,
 	// header size (node/CONFIG.md, HTTP limits).
 	HTTP HTTPLimits `json:"http"`
+	// Discovery forms or joins the site through DNS SRV records instead of
+	// the static bootstrap map (node/CONFIG.md, Discovery; discovery.go).
+	Discovery DiscoveryConfig `json:"discovery"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -235,6 +238,7 @@ func (c Config) Validate() error {
 	var errs []string
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
 	c.HTTP.validate(add)
+	c.Discovery.validate(c, add)
 	if err := checkName(c.NodeID); err != nil {
 		add("node_id: %v", err)
 	}

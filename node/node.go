@@ -55,6 +55,7 @@ type Node struct {
 	seedSrv    *http.Server
 	seedLn     net.Listener
 	metrics    *metrics
+	disc       *discovery // nil without discovery (discovery.go)
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -190,6 +191,7 @@ func (n *Node) Start() {
 			}()
 		}
 		n.services.start()
+		n.startDiscovery()
 		n.tlsr.watch(n.cfg.TLS.ReloadInterval.D())
 		if n.links != nil {
 			n.links.start()
@@ -203,6 +205,10 @@ func (n *Node) Start() {
 func (n *Node) Close(ctx context.Context) error {
 	n.closeOnce.Do(func() {
 		var errs []error
+		// Scaled down below this node's ordinal: leave the site first
+		// (discovery.go).
+		n.stopDiscovery()
+		n.leaveIfScaledDown(ctx)
 		if n.links != nil {
 			n.links.stop()
 		}
@@ -231,6 +237,7 @@ func (n *Node) Close(ctx context.Context) error {
 // stays as a crash would leave it (minus an fsync-less tail when NoSync).
 func (n *Node) Kill() {
 	n.closeOnce.Do(func() {
+		n.stopDiscovery()
 		if n.links != nil {
 			n.links.stop()
 		}
