@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	netv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -52,6 +54,9 @@ type rendered struct {
 	netpols         []*netv1.NetworkPolicy
 	monitors        []*monv1.ServiceMonitor
 	certs           []*cmv1.Certificate
+	serviceAccounts map[string]*corev1.ServiceAccount
+	roles           map[string]*rbacv1.Role
+	roleBindings    []*rbacv1.RoleBinding
 	notes           string
 }
 
@@ -74,6 +79,12 @@ func newObject(apiVersion, kind string) (any, bool) {
 		return &monv1.ServiceMonitor{}, true
 	case "cert-manager.io/v1/Certificate":
 		return &cmv1.Certificate{}, true
+	case "v1/ServiceAccount":
+		return &corev1.ServiceAccount{}, true
+	case "rbac.authorization.k8s.io/v1/Role":
+		return &rbacv1.Role{}, true
+	case "rbac.authorization.k8s.io/v1/RoleBinding":
+		return &rbacv1.RoleBinding{}, true
 	}
 	return nil, false
 }
@@ -131,7 +142,8 @@ func render(t *testing.T, name, namespace string, valueFiles ...string) *rendere
 		t.Fatalf("render %s: %v", name, err)
 	}
 	r := &rendered{name: name, namespace: namespace, values: vals,
-		configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
+		configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{},
+		serviceAccounts: map[string]*corev1.ServiceAccount{}, roles: map[string]*rbacv1.Role{}}
 	names := make([]string, 0, len(files))
 	for f := range files {
 		names = append(names, f)
@@ -194,6 +206,12 @@ func render(t *testing.T, name, namespace string, valueFiles ...string) *rendere
 				r.monitors = append(r.monitors, o)
 			case *cmv1.Certificate:
 				r.certs = append(r.certs, o)
+			case *corev1.ServiceAccount:
+				r.serviceAccounts[o.Name] = o
+			case *rbacv1.Role:
+				r.roles[o.Name] = o
+			case *rbacv1.RoleBinding:
+				r.roleBindings = append(r.roleBindings, o)
 			}
 		}
 	}
@@ -520,9 +538,19 @@ func checkRelease(t *testing.T, r *rendered) []string {
 		t.Fatalf("ConfigMap %s not rendered", cfgVol.ConfigMap.Name)
 	}
 	domain := fmt.Sprintf("%s.%s.svc.%s", headless.Name, r.namespace, r.str(t, "clusterDomain"))
-	bootN := r.num(t, "bootstrapReplicas")
+	leave := r.boolean("discovery.leaveOnScaleDown")
+	// The SRV name the nodes look up: the headless Service's port that
+	// carries the node port, as Kubernetes publishes it.
+	srv := ""
+	for _, p := range headless.Spec.Ports {
+		if p.Port == nodePort && p.Name != "" {
+			srv = fmt.Sprintf("_%s._tcp.%s", p.Name, domain)
+		}
+	}
+	if srv == "" {
+		t.Errorf("Service %s: no named port %d (the nodes find each other through its SRV records)", headless.Name, nodePort)
+	}
 	var advertised []string
-	var firstBoot map[string]string
 	for i := 0; i < replicas; i++ {
 		podName := fmt.Sprintf("%s-%d", sts.Name, i)
 		key := strings.ReplaceAll(path.Base(cfgArg), "$(POD_NAME)", podName)
@@ -574,19 +602,24 @@ func checkRelease(t *testing.T, r *rendered) []string {
 		if cfg.SeedListen != "" {
 			t.Errorf("pod %s: the unauthenticated seed listener is on", podName)
 		}
-		if i < bootN {
-			if len(cfg.Bootstrap) != bootN {
-				t.Errorf("pod %s: bootstrap lists %d nodes, want %d", podName, len(cfg.Bootstrap), bootN)
-			}
-			if firstBoot == nil {
-				firstBoot = cfg.Bootstrap
-			} else if !reflect.DeepEqual(firstBoot, cfg.Bootstrap) {
-				t.Errorf("pod %s: bootstrap differs from node 0's: %v vs %v", podName, cfg.Bootstrap, firstBoot)
-			}
-		} else if len(cfg.Bootstrap) != 0 {
-			t.Errorf("pod %s: beyond bootstrapReplicas but has a bootstrap map (it would found a site of its own)", podName)
+		// Discovery: no static bootstrap map (a pod whose volume was lost
+		// would found a site of its own); the SRV records of the headless
+		// Service; the StatefulSet whose scale tells a scale-down.
+		if len(cfg.Bootstrap) != 0 {
+			t.Errorf("pod %s: a static bootstrap map %v (the nodes bootstrap through discovery)", podName, cfg.Bootstrap)
+		}
+		if ord, err := node.NodeOrdinal(cfg.NodeID); err != nil || ord != i {
+			t.Errorf("pod %s: ordinal of node_id %q: %d, %v", podName, cfg.NodeID, ord, err)
+		}
+		d := cfg.Discovery
+		if d.Mode != node.DiscoveryDNS || d.SRV != srv {
+			t.Errorf("pod %s: discovery mode %q srv %q, want dns and %q", podName, d.Mode, d.SRV, srv)
+		}
+		if want := map[bool]string{true: sts.Name, false: ""}[leave]; d.StatefulSet != want {
+			t.Errorf("pod %s: discovery.statefulset %q, want %q (leaveOnScaleDown %v)", podName, d.StatefulSet, want, leave)
 		}
 	}
+	checkScaleAccess(t, r, leave)
 	if len(cm.Data) != replicas {
 		t.Errorf("ConfigMap %s: %d configs for %d replicas", cm.Name, len(cm.Data), replicas)
 	}
@@ -832,18 +865,77 @@ func TestChartTwoSites(t *testing.T) {
 	}
 }
 
-// TestChartScaledBeyondBootstrap: nodes past bootstrapReplicas start with
-// no bootstrap map (to be joined), and the NOTES say how.
-func TestChartScaledBeyondBootstrap(t *testing.T) {
-	dir := t.TempDir()
-	f := filepath.Join(dir, "five.yaml")
-	writeFile(t, f, "replicas: 5\nbootstrapReplicas: 3\n")
-	r := render(t, "qkd", "kms", f)
-	if adv := checkRelease(t, r); len(adv) != 5 {
-		t.Fatalf("%d nodes", len(adv))
+// TestChartScaled: five replicas are five nodes that discover each other;
+// with leaveOnScaleDown off the pods get no API access and the NOTES say
+// how to remove a node before scaling down.
+func TestChartScaled(t *testing.T) {
+	tests := []struct {
+		name, values string
+		notes        string
+	}{
+		{"leave on scale-down", "replicas: 5\n", "pods scaled away leave the site at SIGTERM"},
+		{"manual removal", "replicas: 5\ndiscovery:\n  leaveOnScaleDown: false\n", "remove --id qkd-qkdkms-4"},
 	}
-	if !strings.Contains(r.notes, "join --id qkd-qkdkms-3") || !strings.Contains(r.notes, "qkd-qkdkms-4") {
-		t.Errorf("NOTES do not tell how to join nodes 3 and 4:\n%s", r.notes)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "values.yaml")
+			writeFile(t, f, tc.values)
+			r := render(t, "qkd", "kms", f)
+			if adv := checkRelease(t, r); len(adv) != 5 {
+				t.Fatalf("%d nodes", len(adv))
+			}
+			if !strings.Contains(r.notes, tc.notes) {
+				t.Errorf("NOTES do not say %q:\n%s", tc.notes, r.notes)
+			}
+		})
+	}
+}
+
+// checkScaleAccess: with leaveOnScaleDown the pods run as a ServiceAccount
+// with its token mounted, bound to a Role that grants exactly get on this
+// StatefulSet's scale; without, no token and no Role.
+func checkScaleAccess(t *testing.T, r *rendered, leave bool) {
+	t.Helper()
+	sts := r.sts[0]
+	spec := sts.Spec.Template.Spec
+	if r.serviceAccounts[spec.ServiceAccountName] == nil {
+		t.Errorf("pod ServiceAccount %q not rendered", spec.ServiceAccountName)
+	}
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken != leave {
+		t.Errorf("automountServiceAccountToken %v, want %v", spec.AutomountServiceAccountToken, leave)
+	}
+	if !leave {
+		if len(r.roles) != 0 || len(r.roleBindings) != 0 {
+			t.Errorf("leaveOnScaleDown off, but %d Roles and %d RoleBindings", len(r.roles), len(r.roleBindings))
+		}
+		return
+	}
+	granted := false
+	for _, b := range r.roleBindings {
+		role := r.roles[b.RoleRef.Name]
+		if b.RoleRef.Kind != "Role" || role == nil {
+			t.Errorf("RoleBinding %s: refers to %s %s, not rendered", b.Name, b.RoleRef.Kind, b.RoleRef.Name)
+			continue
+		}
+		bound := false
+		for _, s := range b.Subjects {
+			bound = bound || (s.Kind == "ServiceAccount" && s.Name == spec.ServiceAccountName && s.Namespace == r.namespace)
+		}
+		if !bound {
+			continue
+		}
+		for _, rule := range role.Rules {
+			if len(rule.Verbs) != 1 || rule.Verbs[0] != "get" || len(rule.ResourceNames) != 1 || rule.ResourceNames[0] != sts.Name {
+				t.Errorf("Role %s: rule %+v grants more than get on statefulsets/scale of %s", role.Name, rule, sts.Name)
+				continue
+			}
+			if slices.Equal(rule.APIGroups, []string{"apps"}) && slices.Equal(rule.Resources, []string{"statefulsets/scale"}) {
+				granted = true
+			}
+		}
+	}
+	if !granted {
+		t.Errorf("ServiceAccount %s may not get the scale of StatefulSet %s: a pod scaled away could not tell and would not leave", spec.ServiceAccountName, sts.Name)
 	}
 }
 
@@ -856,6 +948,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		"bad kme id":         "kmeId: \"a:b\"\n",
 		"no replicas":        "replicas: 0\n",
 		"anti-affinity typo": "antiAffinity: hrad\n",
+		"static bootstrap":   "bootstrapReplicas: 3\n",
 	} {
 		f := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
 		writeFile(t, f, vals)

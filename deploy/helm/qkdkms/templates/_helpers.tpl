@@ -49,7 +49,7 @@ qkdkms/kme: {{ .Values.kmeId | quote }}
 
 {{- define "qkdkms.checkValues" -}}
 {{- if lt (int .Values.replicas) 1 -}}{{- fail "replicas must be at least 1" -}}{{- end -}}
-{{- if lt (int .Values.bootstrapReplicas) 1 -}}{{- fail "bootstrapReplicas must be at least 1" -}}{{- end -}}
+{{- if hasKey .Values "bootstrapReplicas" -}}{{- fail "bootstrapReplicas is gone: the nodes bootstrap and join themselves (discovery; README.md, Bootstrap and scaling)" -}}{{- end -}}
 {{- if not (regexMatch "^[^/\\\\: \t]{1,128}$" .Values.kmeId) -}}{{- fail "kmeId: 1-128 characters, no '/', '\\', ':' or whitespace" -}}{{- end -}}
 {{- if hasKey .Values.peers .Values.kmeId -}}{{- fail "peers must not name this site's own kmeId" -}}{{- end -}}
 {{- if and .Values.link.enabled (not .Values.peers) -}}{{- fail "link.enabled needs at least one site in peers" -}}{{- end -}}
@@ -70,13 +70,11 @@ qkdkms/kme: {{ .Values.kmeId | quote }}
   "tls" (dict "ca" "/etc/qkdkms/tls/ca.crt" "cert" "/etc/qkdkms/tls/tls.crt" "key" "/etc/qkdkms/tls/tls.key")
   "kek_file" "/etc/qkdkms/kek/kek"
 -}}
-{{- if lt (int .i) (int $v.bootstrapReplicas) -}}
-{{- $boot := dict -}}
-{{- range $j := until (int $v.bootstrapReplicas) -}}
-{{- $_ := set $boot (printf "%s-%d" $full $j) (include "qkdkms.advertise" (dict "root" $root "i" $j)) -}}
-{{- end -}}
-{{- $_ := set $cfg "bootstrap" $boot -}}
-{{- end -}}
+{{- /* No static bootstrap map: ordinal 0 founds the site, the others join
+       through the SRV records of the headless Service's port "https". */ -}}
+{{- $disc := dict "mode" "dns" "srv" (printf "_https._tcp.%s" (include "qkdkms.peersDomain" $root)) -}}
+{{- if $v.discovery.leaveOnScaleDown -}}{{- $_ := set $disc "statefulset" $full -}}{{- end -}}
+{{- $_ := set $cfg "discovery" $disc -}}
 {{- if $v.peers -}}{{- $_ := set $cfg "peers" $v.peers -}}{{- end -}}
 {{- if $v.raft -}}{{- $_ := set $cfg "raft" $v.raft -}}{{- end -}}
 {{- if $v.log -}}{{- $_ := set $cfg "log" $v.log -}}{{- end -}}
