@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"qkdkms/quantum"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,6 +79,10 @@ type Config struct {
 	// Discovery forms or joins the site through DNS SRV records instead of
 	// the static bootstrap map (node/CONFIG.md, Discovery; discovery.go).
 	Discovery DiscoveryConfig `json:"discovery"`
+	// Links chooses each peer's link driver and its options; a peer
+	// without an entry gets the "sim" driver with link.fiber_km and
+	// link.eve (node/CONFIG.md, "Link drivers").
+	Links []PeerLink `json:"links"`
 
 	// Listener, when set, is used instead of binding Listen (tests and
 	// embedding; not part of the file format).
@@ -144,6 +149,28 @@ type LinkConfig struct {
 	// Eve is the initial fraction of pulses an intercept-resend eavesdropper
 	// attacks on the simulated fiber (default 0; settable at run time).
 	Eve float64 `json:"eve"`
+}
+
+// PeerLink is one peer site's QKD link driver.
+type PeerLink struct {
+	Peer    string          `json:"peer"`              // a KME ID of Peers
+	Driver  string          `json:"driver"`            // a registered driver: sim, devstream, etsi014
+	Options json.RawMessage `json:"options,omitempty"` // the driver's options (node/CONFIG.md)
+}
+
+// LinkFor is the driver choice for a peer: its entry in Links, or the
+// "sim" driver with the link section's fiber length and eavesdropper.
+func (c Config) LinkFor(peer string) PeerLink {
+	for _, l := range c.Links {
+		if l.Peer == peer {
+			if l.Driver == "" {
+				l.Driver = "sim"
+			}
+			return l
+		}
+	}
+	opts, _ := json.Marshal(map[string]float64{"fiber_km": c.Link.FiberKm, "eve": c.Link.Eve})
+	return PeerLink{Peer: peer, Driver: "sim", Options: opts}
 }
 
 // LogConfig selects log level, format and the audit stream.
@@ -353,6 +380,27 @@ func (c Config) Validate() error {
 		if c.Link.Eve < 0 || c.Link.Eve > 1 {
 			add("link.eve: %v outside [0, 1]", c.Link.Eve)
 		}
+		for _, peer := range sortedKeys(c.Peers) {
+			pl := c.LinkFor(peer)
+			d, err := quantum.Open(pl.Driver, pl.Options)
+			if err != nil {
+				add("links[%s]: %v", peer, err)
+				continue
+			}
+			_ = d.Close()
+		}
+	}
+	seen := map[string]bool{}
+	for i, l := range c.Links {
+		switch {
+		case c.Peers[l.Peer] == nil:
+			add("links[%d].peer: %q is not a site in peers", i, l.Peer)
+		case seen[l.Peer]:
+			add("links[%d].peer: %q has a second entry", i, l.Peer)
+		case c.Link.PSKFile == "":
+			add("links[%d]: set but link.psk_file is not (no link runs)", i)
+		}
+		seen[l.Peer] = true
 	}
 	for i, id := range c.Metrics.ScrapeIdentities {
 		if err := checkScrapeIdentity(id); err != nil {

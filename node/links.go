@@ -15,17 +15,18 @@ import (
 	"qkdkms/node/link"
 	"qkdkms/plugins/host"
 	"qkdkms/plugins/steps"
-	"qkdkms/quantum/sim"
+	"qkdkms/quantum"
 	"qkdkms/raftstore"
 )
 
 // links are this node's QKD links, one per peer site; each runs only while
 // this node leads its site.
 type links struct {
-	n      *Node
-	byPeer map[string]*link.Link
-	host   *host.Host // nil when the step code runs natively
-	plug   *pluginSet
+	n       *Node
+	byPeer  map[string]*link.Link
+	drivers []quantum.Driver // closed when the links stop
+	host    *host.Host       // nil when the step code runs natively
+	plug    *pluginSet
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -53,25 +54,26 @@ func newLinks(ctx context.Context, n *Node) (*links, error) {
 		}
 	}
 	ls.plug = &pluginSet{store: n.store, host: ls.host}
-	model := sim.DefaultModel()
-	model.FiberKm = lc.FiberKm
 	for _, peer := range sortedKeys(n.cfg.Peers) {
+		pl := n.cfg.LinkFor(peer)
+		drv, err := quantum.Open(pl.Driver, pl.Options)
+		if err != nil {
+			ls.closeDrivers()
+			return nil, fmt.Errorf("node: links[%s]: %w", peer, err)
+		}
+		ls.drivers = append(ls.drivers, drv)
 		verify := requireKME(peer)
 		dialCfg := func(host string) *tls.Config { return n.tlsr.clientConfig(host, []string{link.ALPN}, verify) }
 		l, err := link.New(link.Config{
 			LocalKME: n.cfg.KMEID, PeerKME: peer, PeerAddrs: n.cfg.Peers[peer],
-			Store: n.store, Plugins: ls.plug, Model: model, PSK: psk,
+			Store: n.store, Plugins: ls.plug, Driver: drv, PSK: psk,
 			BlockBits: lc.BlockBits,
 			Dial:      dialer(n, dialCfg),
 			Logger:    n.logger.With("component", "link"),
 		})
 		if err != nil {
+			ls.closeDrivers()
 			return nil, err
-		}
-		if l.Alice() && lc.Eve > 0 {
-			if err := l.SetEve(lc.Eve); err != nil {
-				return nil, err
-			}
 		}
 		ls.byPeer[peer] = l
 	}
@@ -173,6 +175,14 @@ func (ls *links) stop() {
 	if ls.host != nil {
 		_ = ls.host.Close(context.Background())
 	}
+	ls.closeDrivers()
+}
+
+func (ls *links) closeDrivers() {
+	for _, d := range ls.drivers {
+		_ = d.Close()
+	}
+	ls.drivers = nil
 }
 
 // serve hands an accepted link connection to the link of the peer its

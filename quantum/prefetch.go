@@ -106,7 +106,7 @@ func (p *PrefetchTransmitter) Choices(frame uint64, indices []uint64) ([]PulseRe
 func (p *PrefetchTransmitter) Release(frame uint64) { p.tx.Release(frame) }
 
 // Close stops sending ahead and releases a frame no session took.
-func (p *PrefetchTransmitter) Close() {
+func (p *PrefetchTransmitter) Close() error {
 	p.cancel()
 	p.mu.Lock()
 	ahead := p.next
@@ -118,6 +118,7 @@ func (p *PrefetchTransmitter) Close() {
 			p.tx.Release(ahead.frame)
 		}
 	}
+	return nil
 }
 
 // PrefetchReceiver measures the next frame in the background as soon as a
@@ -190,4 +191,7 @@ func (p *PrefetchReceiver) Receive(ctx context.Context, frame, n uint64) ([]Dete
 }
 
 // Close stops measuring ahead.
-func (p *PrefetchReceiver) Close() { p.cancel() }
+func (p *PrefetchReceiver) Close() error {
+	p.cancel()
+	return nil
+}

@@ -2,8 +2,6 @@ package link
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -11,8 +9,6 @@ import (
 	"qkdkms/quantum"
 	"qkdkms/quantum/auth"
 	"qkdkms/quantum/session"
-	"qkdkms/quantum/sim"
-	"qkdkms/quantum/simrun"
 	"qkdkms/raftstore"
 )
 
@@ -66,30 +62,16 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
 	defer stop()
 
-	var seed [8]byte
-	_, _ = rand.Read(seed[:])
-	fiber, err := sim.NewFiber(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]))
+	src, err := l.cfg.Driver.(quantum.PhotonDriver).Source(ctx, l.env(w))
 	if err != nil {
-		return err
+		return fmt.Errorf("link: driver: %w", err)
 	}
+	defer src.Close()
 	l.mu.Lock()
-	if err := fiber.SetEve(l.eve); err != nil {
-		l.mu.Unlock()
-		return err
-	}
-	l.fiber = fiber
 	l.status.Connected = true
 	l.mu.Unlock()
-	_, _ = rand.Read(seed[:])
-	simTx, err := sim.NewTransmitter(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), fiber.OnSend(quantumLink{w}))
-	if err != nil {
-		return err
-	}
-	// Frame f+1 crosses the quantum link while frame f is post-processed.
-	tx := quantum.NewPrefetchTransmitter(simTx)
-	defer tx.Close()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "alice")
-	for frame := uint64(1); ctx.Err() == nil; frame++ {
+	for ctx.Err() == nil {
 		conn, ok, err := l.pick(ctx, p)
 		if err != nil {
 			return err
@@ -106,7 +88,7 @@ func (l *Link) driveConnection(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := l.aliceSession(ctx, p, tx, frame, conn); err != nil {
+		if err := l.aliceSession(ctx, p, src, conn); err != nil {
 			if w.closed() {
 				// The connection is gone: perhaps a failed commit closed it,
 				// which is then the cause to report.
@@ -158,7 +140,7 @@ func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatu
 }
 
 // aliceSession runs one session as the initiator.
-func (l *Link) aliceSession(ctx context.Context, p *peerConn, tx quantum.Transmitter, frame uint64, conn raftstore.ConnectionStatus) error {
+func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source, conn raftstore.ConnectionStatus) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
 	defer cancel()
 	ch := auth.NewChannel(p.w, l.hash)
@@ -204,13 +186,17 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, tx quantum.Transmi
 	if err != nil {
 		return err
 	}
+	frame, pulses, err := src.Next(ctx)
+	if err != nil {
+		return fmt.Errorf("link: driver: %w", err)
+	}
 	cfg := session.Config{
-		Runner: runner, Pulses: simrun.PulsesFor(l.cfg.Model, l.cfg.BlockBits),
-		IntensityProbs: l.cfg.Model.IntensityProbs, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
+		Runner: runner, Pulses: pulses,
+		IntensityProbs: src.IntensityProbs(), TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
 		Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
 	}
-	res, err := session.Alice(ctx, cfg, tx, ch, frame)
-	tx.Release(frame)
+	res, err := session.Alice(ctx, cfg, src, ch, frame)
+	src.Release(frame)
 	l.noteQBER(res)
 	if err != nil {
 		return err

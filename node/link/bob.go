@@ -2,8 +2,6 @@ package link
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +12,6 @@ import (
 	"qkdkms/quantum"
 	"qkdkms/quantum/auth"
 	"qkdkms/quantum/session"
-	"qkdkms/quantum/sim"
 	"qkdkms/raftstore"
 )
 
@@ -66,16 +63,13 @@ func (l *Link) Serve(conn net.Conn) {
 	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
 		return
 	}
-	var seed [8]byte
-	_, _ = rand.Read(seed[:])
-	simRx, err := sim.NewReceiver(l.cfg.Model, binary.LittleEndian.Uint64(seed[:]), quantumLink{w})
+	sink, err := l.cfg.Driver.(quantum.PhotonDriver).Sink(ctx, l.env(w))
 	if err != nil {
-		l.cfg.Logger.Error("link: receiver", "err", err)
+		l.countAbort(fmt.Errorf("link: driver: %w", err))
+		l.cfg.Logger.Error("link: driver", "peer", l.cfg.PeerKME, "err", err)
 		return
 	}
-	// Bob measures frame f+1 while frame f is post-processed.
-	rx := quantum.NewPrefetchReceiver(simRx)
-	defer rx.Close()
+	defer sink.Close()
 	l.mu.Lock()
 	l.status.Connected = true
 	l.mu.Unlock()
@@ -86,7 +80,7 @@ func (l *Link) Serve(conn net.Conn) {
 	}()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "bob")
 	for ctx.Err() == nil {
-		if err := l.bobSession(ctx, p, rx); err != nil {
+		if err := l.bobSession(ctx, p, sink); err != nil {
 			if ctx.Err() != nil || errors.Is(err, errLinkGone) {
 				return
 			}

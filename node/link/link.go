@@ -25,6 +25,8 @@ package link
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,9 +36,9 @@ import (
 	"time"
 
 	"qkdkms/plugins/host"
+	"qkdkms/quantum"
 	"qkdkms/quantum/auth"
 	"qkdkms/quantum/session"
-	"qkdkms/quantum/sim"
 	"qkdkms/raftstore"
 )
 
@@ -85,8 +87,9 @@ type Config struct {
 	// Dial opens a TLS connection with ALPN to a peer node, verifying that
 	// it carries the peer's kme: identity.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
-	// Model is the simulated channel (Alice's side applies it in transit).
-	Model sim.Model
+	// Driver is the link's quantum hardware or its simulation
+	// (quantum/DRIVERS.md); the link closes it when it stops.
+	Driver quantum.Driver
 	// PSK is the pre-shared authentication secret: 16 bytes of hash key,
 	// then pad material. Identical at both sites.
 	PSK []byte
@@ -133,9 +136,7 @@ type Link struct {
 
 	mu       sync.Mutex
 	leader   context.Context // set while this node leads; nil otherwise
-	eve      float64
-	fiber    *sim.Fiber
-	agreed   host.Selection // last selection both sites ran
+	agreed   host.Selection  // last selection both sites ran
 	status   Status
 	rateWin  []sample
 	serving  *wire      // the connection Serve answers now
@@ -152,23 +153,24 @@ type sample struct {
 
 // Status is what the link reports (metrics, status screens).
 type Status struct {
-	Peer           string    `json:"peer"`
-	Role           string    `json:"role"` // alice or bob
-	Connected      bool      `json:"connected"`
-	Sessions       int64     `json:"sessions"`
-	Aborted        int64     `json:"aborted"`
-	LastError      string    `json:"last_error,omitempty"`
-	LastQBER       float64   `json:"qber"` // last session's QBER, aborted or not
-	LastFinalBits  int       `json:"last_final_bits"`
-	CommittedBits  int64     `json:"committed_bits"`
-	DiscardedBits  int64     `json:"discarded_bits"`
-	KeyRate        float64   `json:"key_rate_bps"` // committed bits per wall second, last minute
-	AuthPadsUsed   uint64    `json:"auth_pad_bytes_used"`
-	AuthPadsLeft   int64     `json:"auth_pad_bytes_left"`
-	Eve            float64   `json:"eve"`
-	PluginMismatch string    `json:"plugin_mismatch,omitempty"`
-	Plugins        string    `json:"plugins,omitempty"`
-	LastSession    time.Time `json:"last_session"`
+	Peer           string         `json:"peer"`
+	Role           string         `json:"role"` // alice or bob
+	Connected      bool           `json:"connected"`
+	Sessions       int64          `json:"sessions"`
+	Aborted        int64          `json:"aborted"`
+	LastError      string         `json:"last_error,omitempty"`
+	LastQBER       float64        `json:"qber"` // last session's QBER, aborted or not
+	LastFinalBits  int            `json:"last_final_bits"`
+	CommittedBits  int64          `json:"committed_bits"`
+	DiscardedBits  int64          `json:"discarded_bits"`
+	KeyRate        float64        `json:"key_rate_bps"` // committed bits per wall second, last minute
+	AuthPadsUsed   uint64         `json:"auth_pad_bytes_used"`
+	AuthPadsLeft   int64          `json:"auth_pad_bytes_left"`
+	Eve            float64        `json:"eve"`
+	Driver         quantum.Health `json:"driver"`
+	PluginMismatch string         `json:"plugin_mismatch,omitempty"`
+	Plugins        string         `json:"plugins,omitempty"`
+	LastSession    time.Time      `json:"last_session"`
 }
 
 // New validates cfg and builds a link.
@@ -180,8 +182,8 @@ func New(cfg Config) (*Link, error) {
 	if len(cfg.PSK) < auth.HashKeySize+2*auth.PadSize {
 		return nil, fmt.Errorf("link: pre-shared secret of %d bytes is too short (need ≥ %d)", len(cfg.PSK), auth.HashKeySize+2*auth.PadSize)
 	}
-	if err := cfg.Model.Validate(); err != nil {
-		return nil, fmt.Errorf("link: %w", err)
+	if _, ok := cfg.Driver.(quantum.PhotonDriver); !ok {
+		return nil, fmt.Errorf("link: driver %T is not a photon driver (key-delivery devices are not supported by this link yet)", cfg.Driver)
 	}
 	h, err := auth.NewHash(cfg.PSK[:auth.HashKeySize])
 	if err != nil {
@@ -204,7 +206,10 @@ func (l *Link) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.status
-	s.Eve = l.eve
+	if e, ok := l.cfg.Driver.(eavesdropped); ok {
+		s.Eve = e.Eve()
+	}
+	s.Driver = l.cfg.Driver.Health()
 	cut := time.Now().Add(-time.Minute)
 	var bits int
 	first := time.Now()
@@ -222,22 +227,23 @@ func (l *Link) Status() Status {
 	return s
 }
 
+// eavesdropped is a driver with a simulated eavesdropper (the "sim" driver).
+type eavesdropped interface {
+	SetEve(p float64) error
+	Eve() float64
+}
+
 // SetEve sets the fraction of pulses an intercept-resend eavesdropper
 // attacks on the simulated fiber. The fiber runs at Alice's site.
 func (l *Link) SetEve(p float64) error {
+	e, ok := l.cfg.Driver.(eavesdropped)
+	if !ok {
+		return fmt.Errorf("link: the %s driver of the link to %s has no simulated eavesdropper", l.cfg.Driver.Health().Driver, l.cfg.PeerKME)
+	}
 	if !l.alice {
 		return fmt.Errorf("link: the simulated fiber to %s runs at %s (it plays Alice); set the eavesdropper there", l.cfg.PeerKME, min(l.cfg.LocalKME, l.cfg.PeerKME))
 	}
-	if p < 0 || p > 1 || math.IsNaN(p) {
-		return fmt.Errorf("link: eavesdropper fraction %v outside [0,1]", p)
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.eve = p
-	if l.fiber != nil {
-		return l.fiber.SetEve(p)
-	}
-	return nil
+	return e.SetEve(p)
 }
 
 // Run is the leader-only duty: it returns when ctx ends (leadership lost or
@@ -346,4 +352,12 @@ func (l *Link) noteAgreed(sel host.Selection, r host.Runner) {
 	l.agreed = sel
 	l.status.PluginMismatch = ""
 	l.status.Plugins = r.Identity()
+}
+
+// env is what the driver gets for one connection.
+func (l *Link) env(w *wire) quantum.LinkEnv {
+	var seed [8]byte
+	_, _ = rand.Read(seed[:])
+	return quantum.LinkEnv{Transport: quantumTransport{w}, BlockBits: l.cfg.BlockBits,
+		Seed: binary.LittleEndian.Uint64(seed[:]), Logger: l.cfg.Logger}
 }

@@ -13,13 +13,12 @@ import (
 	"time"
 
 	"qkdkms/quantum"
-	"qkdkms/quantum/sim"
 )
 
 // Message kinds on a link connection.
 const (
 	kindClassical byte = 'C' // a classical-channel message (authenticated above this layer)
-	kindQuantum   byte = 'Q' // a frame of simulated photons in transit
+	kindQuantum   byte = 'Q' // a driver's frame (simulated photons in transit)
 	kindCommit    byte = 'K' // a block's commit messages, beside the next session (protocol 2)
 )
 
@@ -47,8 +46,8 @@ type wire struct {
 }
 
 var (
-	_ quantum.Channel = (*wire)(nil)
-	_ sim.Link        = (*quantumLink)(nil)
+	_ quantum.Channel        = (*wire)(nil)
+	_ quantum.FrameTransport = quantumTransport{}
 )
 
 func newWire(conn net.Conn) *wire {
@@ -204,25 +203,14 @@ func (c commitLink) Send(ctx context.Context, msg []byte) error {
 
 func (c commitLink) Recv(ctx context.Context) ([]byte, error) { return c.w.recv(ctx, c.w.commit) }
 
-// quantumLink is the simulated quantum channel over the same connection.
-type quantumLink struct{ w *wire }
+// quantumTransport carries a driver's frames (the simulator's photons in
+// transit) over the same connection.
+type quantumTransport struct{ w *wire }
 
-func (q quantumLink) SendFrame(ctx context.Context, f *sim.TransitFrame) error {
-	b, err := f.MarshalBinary()
-	if err != nil {
-		return fmt.Errorf("link: encode transit frame: %w", err)
-	}
+func (q quantumTransport) SendFrame(ctx context.Context, b []byte) error {
 	return q.w.send(ctx, kindQuantum, b)
 }
 
-func (q quantumLink) RecvFrame(ctx context.Context) (*sim.TransitFrame, error) {
-	b, err := q.w.recv(ctx, q.w.quantum)
-	if err != nil {
-		return nil, err
-	}
-	f := new(sim.TransitFrame)
-	if err := f.UnmarshalBinary(b); err != nil {
-		return nil, fmt.Errorf("link: decode transit frame: %w", err)
-	}
-	return f, nil
+func (q quantumTransport) RecvFrame(ctx context.Context) ([]byte, error) {
+	return q.w.recv(ctx, q.w.quantum)
 }

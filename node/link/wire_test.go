@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"qkdkms/quantum"
-	"qkdkms/quantum/sim"
 )
 
-// TestWireMultiplexes: classical messages and transit frames share one
-// connection, each kind in order; closing one end fails both ends with
+// TestWireMultiplexes: classical messages, driver frames and commit
+// messages share one connection, each kind in order; closing one end fails both ends with
 // quantum.ErrLinkDown.
 func TestWireMultiplexes(t *testing.T) {
 	ca, cb := net.Pipe()
@@ -23,15 +22,19 @@ func TestWireMultiplexes(t *testing.T) {
 	defer a.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	frame := &sim.TransitFrame{Frame: 7, Pulses: 1000, Photons: []sim.Photon{{Index: 3, Bit: 1, Basis: 1, Photons: 1}, {Index: 999, Intensity: 2, Photons: 2}}}
+	frame := []byte("a driver's frame")
 	go func() {
 		_ = a.Send(ctx, []byte("one"))
-		_ = quantumLink{a}.SendFrame(ctx, frame)
+		_ = quantumTransport{a}.SendFrame(ctx, frame)
+		_ = commitLink{a}.Send(ctx, []byte("commit"))
 		_ = a.Send(ctx, []byte("two"))
 	}()
-	got, err := quantumLink{b}.RecvFrame(ctx)
-	if err != nil || got.Frame != 7 || len(got.Photons) != 2 || got.Photons[1].Index != 999 {
-		t.Fatalf("frame: %+v, %v", got, err)
+	got, err := quantumTransport{b}.RecvFrame(ctx)
+	if err != nil || !bytes.Equal(got, frame) {
+		t.Fatalf("frame: %q, %v", got, err)
+	}
+	if got, err := (commitLink{b}).Recv(ctx); err != nil || string(got) != "commit" {
+		t.Fatalf("commit queue: %q, %v", got, err)
 	}
 	for _, want := range []string{"one", "two"} {
 		m, err := b.Recv(ctx)

@@ -185,6 +185,17 @@ func (m Model) EffectiveMisalignment() float64 {
 	return m.Misalignment*(1-m.Eve/2) + m.Eve/4
 }
 
+// PulsesFor is the number of pulses after which the expected number of
+// sifted key-basis (Z–Z) detections is block.
+func (m Model) PulsesFor(block int) uint64 {
+	var perPulse float64
+	for k := range m.Intensities {
+		perPulse += m.IntensityProbs[k] * m.ExpectedGain(k)
+	}
+	perPulse *= m.PZ * m.PZ
+	return uint64(math.Ceil(float64(block) / perPulse))
+}
+
 // ExpectedGain is the probability Q_k that Bob registers a click (signal or
 // dark, in either basis) for a pulse of intensity k:
 // Q_k = 1 − (1 − Y0) exp(−η μ_k).

@@ -46,17 +46,6 @@ type Options struct {
 	Progress  io.Writer     // progress bar destination; nil: none
 }
 
-// PulsesFor is the number of pulses after which the expected number of
-// sifted key-basis (Z–Z) detections is block.
-func PulsesFor(m sim.Model, block int) uint64 {
-	var perPulse float64
-	for k := range m.Intensities {
-		perPulse += m.IntensityProbs[k] * m.ExpectedGain(k)
-	}
-	perPulse *= m.PZ * m.PZ
-	return uint64(math.Ceil(float64(block) / perPulse))
-}
-
 // Run runs the grid and returns one row per (distance, block).
 func Run(ctx context.Context, o Options) ([]Row, error) {
 	if o.Sessions < 1 {
@@ -116,7 +105,7 @@ func runPoint(ctx context.Context, o Options, m sim.Model, block int, done func(
 		return row, err
 	}
 	defer link.Close()
-	pulses := PulsesFor(m, block)
+	pulses := m.PulsesFor(block)
 	var qErr, fSum float64
 	var fN int
 	for s := range o.Sessions {
