@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"qkdkms/plugins/host"
 	"qkdkms/quantum"
 	"qkdkms/quantum/auth"
 	"qkdkms/quantum/session"
@@ -62,11 +63,13 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
 	defer stop()
 
-	src, err := l.cfg.Driver.(quantum.PhotonDriver).Source(ctx, l.env(w))
-	if err != nil {
-		return fmt.Errorf("link: driver: %w", err)
+	var src quantum.Source // nil for a key-delivery device
+	if pd, ok := l.cfg.Driver.(quantum.PhotonDriver); ok {
+		if src, err = pd.Source(ctx, l.env(w)); err != nil {
+			return fmt.Errorf("link: driver: %w", err)
+		}
+		defer src.Close()
 	}
-	defer src.Close()
 	l.mu.Lock()
 	l.status.Connected = true
 	l.mu.Unlock()
@@ -139,7 +142,8 @@ func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatu
 	return c, ok, nil
 }
 
-// aliceSession runs one session as the initiator.
+// aliceSession runs one session as the initiator: BB84 on src's frames,
+// or a key-delivery session when src is nil.
 func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source, conn raftstore.ConnectionStatus) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
 	defer cancel()
@@ -148,14 +152,17 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	if err != nil {
 		return err
 	}
-	sel, runner, err := l.proposal(ctx)
-	if err != nil {
-		return err
+	var sel host.Selection
+	var runner host.Runner
+	if src != nil {
+		if sel, runner, err = l.proposal(ctx); err != nil {
+			return err
+		}
 	}
 	// Protocol 2 compares the last blocks once per connection: afterwards
 	// every commit either completes at both sites or ends the connection.
 	sync := !p.overlap() || !p.synced
-	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel, Sync: sync,
+	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel, Sync: sync, Keys: src == nil,
 		LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
 	if err := send(ctx, ch, start); err != nil {
 		return err
@@ -167,13 +174,15 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 		}
 		return err
 	}
-	if !sameSelection(sel, ready.Plugins) {
+	switch {
+	case src == nil: // no plugins run
+	case !sameSelection(sel, ready.Plugins):
 		// Bob runs the last agreed set instead of our new one.
 		l.noteMismatch(sel, ready.Plugins)
 		if _, runner, err = l.resolve(ready.Plugins); err != nil {
 			return fmt.Errorf("%w: peer proposes plugins we cannot run: %w", ErrRefused, err)
 		}
-	} else {
+	default:
 		l.noteAgreed(sel, runner)
 	}
 	if sync {
@@ -186,18 +195,12 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	if err != nil {
 		return err
 	}
-	frame, pulses, err := src.Next(ctx)
-	if err != nil {
-		return fmt.Errorf("link: driver: %w", err)
+	var res session.Result
+	if src == nil {
+		res, err = l.drawKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice), conn)
+	} else {
+		res, err = l.runBB84(ctx, ch, src, runner)
 	}
-	cfg := session.Config{
-		Runner: runner, Pulses: pulses,
-		IntensityProbs: src.IntensityProbs(), TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
-		Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
-	}
-	res, err := session.Alice(ctx, cfg, src, ch, frame)
-	src.Release(frame)
-	l.noteQBER(res)
 	if err != nil {
 		return err
 	}
@@ -213,4 +216,21 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 		return fmt.Errorf("%w: %w", session.ErrAbort, err)
 	}
 	return l.commitBlock(ctx, p, conn, res, c)
+}
+
+// runBB84 is Alice's BB84 session on the source's next frame.
+func (l *Link) runBB84(ctx context.Context, ch *auth.Channel, src quantum.Source, runner host.Runner) (session.Result, error) {
+	frame, pulses, err := src.Next(ctx)
+	if err != nil {
+		return session.Result{}, fmt.Errorf("link: driver: %w", err)
+	}
+	cfg := session.Config{
+		Runner: runner, Pulses: pulses,
+		IntensityProbs: src.IntensityProbs(), TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
+		Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
+	}
+	res, err := session.Alice(ctx, cfg, src, ch, frame)
+	src.Release(frame)
+	l.noteQBER(res)
+	return res, err
 }

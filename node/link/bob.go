@@ -63,13 +63,15 @@ func (l *Link) Serve(conn net.Conn) {
 	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
 		return
 	}
-	sink, err := l.cfg.Driver.(quantum.PhotonDriver).Sink(ctx, l.env(w))
-	if err != nil {
-		l.countAbort(fmt.Errorf("link: driver: %w", err))
-		l.cfg.Logger.Error("link: driver", "peer", l.cfg.PeerKME, "err", err)
-		return
+	var sink quantum.Sink // nil for a key-delivery device
+	if pd, ok := l.cfg.Driver.(quantum.PhotonDriver); ok {
+		if sink, err = pd.Sink(ctx, l.env(w)); err != nil {
+			l.countAbort(fmt.Errorf("link: driver: %w", err))
+			l.cfg.Logger.Error("link: driver", "peer", l.cfg.PeerKME, "err", err)
+			return
+		}
+		defer sink.Close()
 	}
-	defer sink.Close()
 	l.mu.Lock()
 	l.status.Connected = true
 	l.mu.Unlock()
@@ -97,7 +99,8 @@ func (l *Link) Serve(conn net.Conn) {
 
 var errLinkGone = errors.New("link: connection closed")
 
-// bobSession answers one session (or a ping).
+// bobSession answers one session (or a ping): BB84 on rx, or a
+// key-delivery session when rx is nil.
 func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver) error {
 	w := p.w
 	ch := auth.NewChannel(w, l.hash)
@@ -121,13 +124,20 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 		_ = send(ctx, ch, msg{Type: "refuse", Reason: reason, Plugins: sel})
 		return fmt.Errorf("%w: %s", ErrRefused, reason)
 	}
+	if start.Keys != (rx == nil) {
+		return refuse(fmt.Sprintf("the link drivers differ: %s runs %s, which %s", l.cfg.LocalKME, l.cfg.Driver.Health().Driver,
+			map[bool]string{true: "delivers keys", false: "gives pulse records"}[rx == nil]), nil)
+	}
 	conn, err := l.connection(ctx, start.Master, start.Slave)
 	if err != nil {
 		return refuse(err.Error(), nil)
 	}
-	sel, runner, err := l.accept(ctx, start.Plugins)
-	if err != nil {
-		return refuse(err.Error(), sel)
+	var sel host.Selection
+	var runner host.Runner
+	if rx != nil {
+		if sel, runner, err = l.accept(ctx, start.Plugins); err != nil {
+			return refuse(err.Error(), sel)
+		}
 	}
 	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
 	if err != nil {
@@ -145,9 +155,14 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 	if err != nil {
 		return err
 	}
-	cfg := session.Config{Runner: runner, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec, Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger}
-	res, err := session.Bob(ctx, cfg, rx, ch)
-	l.noteQBER(res)
+	var res session.Result
+	if rx == nil {
+		res, err = l.fetchKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice))
+	} else {
+		cfg := session.Config{Runner: runner, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec, Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger}
+		res, err = session.Bob(ctx, cfg, rx, ch)
+		l.noteQBER(res)
+	}
 	if err != nil {
 		return err
 	}

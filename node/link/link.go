@@ -182,8 +182,10 @@ func New(cfg Config) (*Link, error) {
 	if len(cfg.PSK) < auth.HashKeySize+2*auth.PadSize {
 		return nil, fmt.Errorf("link: pre-shared secret of %d bytes is too short (need ≥ %d)", len(cfg.PSK), auth.HashKeySize+2*auth.PadSize)
 	}
-	if _, ok := cfg.Driver.(quantum.PhotonDriver); !ok {
-		return nil, fmt.Errorf("link: driver %T is not a photon driver (key-delivery devices are not supported by this link yet)", cfg.Driver)
+	switch cfg.Driver.(type) {
+	case quantum.PhotonDriver, quantum.KeyDevice:
+	default:
+		return nil, fmt.Errorf("link: driver %T is neither a photon driver nor a key-delivery device", cfg.Driver)
 	}
 	h, err := auth.NewHash(cfg.PSK[:auth.HashKeySize])
 	if err != nil {

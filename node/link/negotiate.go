@@ -28,6 +28,7 @@ type msg struct {
 	Version int    `json:"version,omitempty"` // link protocol; absent (0) means 1
 	// start / ready
 	Sync      bool           `json:"sync,omitempty"` // start: compare last blocks (protocol 2)
+	Keys      bool           `json:"keys,omitempty"` // start: a key-delivery session (keys.go)
 	Master    string         `json:"master,omitempty"`
 	Slave     string         `json:"slave,omitempty"`
 	Plugins   host.Selection `json:"plugins,omitempty"`
@@ -39,6 +40,9 @@ type msg struct {
 	KeyBytes int    `json:"key_bytes,omitempty"`
 	Auth     int    `json:"auth,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// keys / fetched (key-delivery sessions)
+	KeyIDs []string `json:"key_ids,omitempty"`
+	Tag    string   `json:"tag,omitempty"`
 }
 
 func send(ctx context.Context, ch interface {
