@@ -55,6 +55,32 @@ func TestConfigValidate(t *testing.T) {
 		{"scrape identity", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"metrics:prometheus", "spiffe://site/prom"} }, ""},
 		{"scrape identity of an SAE", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"sae:alice"} }, "SAEs may not read /metrics"},
 		{"scrape identity not a URI", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"prometheus"} }, "metrics.scrape_identities[0]"},
+		{"link, default driver", func(c *Config) { c.Link = LinkConfig{PSKFile: "psk", Native: true} }, ""},
+		{"links entry", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", Options: []byte(`{"fiber_km": 50, "detector_efficiency": 0.2}`)}}
+		}, ""},
+		{"links unknown driver", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "laser9000"}}
+		}, `unknown link driver "laser9000"`},
+		{"links unknown option", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", Options: []byte(`{"fibre_km": 50}`)}}
+		}, `unknown field "fibre_km"`},
+		{"links option out of range", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", Options: []byte(`{"detector_efficiency": 2}`)}}
+		}, "detector efficiency 2"},
+		{"links for a stranger", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "mallory", Driver: "sim"}}
+		}, `links[0].peer: "mallory" is not a site in peers`},
+		{"links twice", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app"}, {Peer: "receiver_app"}}
+		}, "second entry"},
+		{"links without a link", func(c *Config) { c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim"}} }, "link.psk_file is not"},
 		{"seed on", func(c *Config) { c.SeedListen = "127.0.0.1:8000" }, ""},
 		{"seed same as listen", func(c *Config) { c.SeedListen = "127.0.0.1:8443" }, "seed_listen: same address"},
 		{"seed bad", func(c *Config) { c.SeedListen = "8000" }, "seed_listen:"},

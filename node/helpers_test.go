@@ -105,6 +105,7 @@ type testSite struct {
 	link   LinkConfig // QKD link settings (off unless PSKFile is set)
 	// maxConns is max_connections of every node (0: the default).
 	maxConns int
+	links    []PeerLink // per-peer link drivers
 	// scrapeIDs is metrics.scrape_identities of every node.
 	scrapeIDs []string
 	// crlFile and tlsReload are tls.crl_file and tls.reload_interval.
@@ -185,6 +186,7 @@ func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Co
 		Bootstrap:      boot,
 		Peers:          s.peers,
 		Link:           s.link,
+		Links:          s.links,
 		Metrics:        MetricsConfig{ScrapeIdentities: s.scrapeIDs},
 		MaxConnections: s.maxConns,
 		Raft: RaftTiming{

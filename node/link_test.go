@@ -47,6 +47,12 @@ func linkedSitesWASM(t *testing.T, n int) (a, b *testSite) {
 // pre-shared secret, of pskBytes, is made here).
 func linkedSitesLink(t *testing.T, n, pskBytes int, lc LinkConfig) (a, b *testSite) {
 	t.Helper()
+	return linkedSitesDrivers(t, n, pskBytes, lc, nil, nil)
+}
+
+// linkedSitesDrivers is linkedSitesLink with each site's links entries.
+func linkedSitesDrivers(t *testing.T, n, pskBytes int, lc LinkConfig, linksA, linksB []PeerLink) (a, b *testSite) {
+	t.Helper()
 	p := newTestPKI(t)
 	a, b = allocSite(t, p, "sender_app", n), allocSite(t, p, "receiver_app", n)
 	psk := filepath.Join(t.TempDir(), "link.psk")
@@ -57,6 +63,7 @@ func linkedSitesLink(t *testing.T, n, pskBytes int, lc LinkConfig) (a, b *testSi
 	}
 	lc.PSKFile = psk
 	a.link, b.link = lc, lc
+	a.links, b.links = linksA, linksB
 	a.boot(map[string][]string{"receiver_app": b.allAddrs()})
 	b.boot(map[string][]string{"sender_app": a.allAddrs()})
 	return a, b
@@ -154,6 +161,9 @@ func TestLinkFillsPoolsAndKeysMatch(t *testing.T) {
 	st := linkStatus(t, a)
 	if st.Sessions == 0 || st.LastQBER <= 0 || st.LastQBER > 0.05 {
 		t.Fatalf("link status after filling: %+v", st)
+	}
+	if st.Driver.Driver != "sim" || !st.Driver.OK || st.Driver.Details["fiber_km"] != 25.0 {
+		t.Fatalf("link driver: %+v, want sim at the default 25 km", st.Driver)
 	}
 	t.Logf("link: %d sessions, QBER %.3f, %d bits committed, %.0f bit/s", st.Sessions, st.LastQBER, st.CommittedBits, st.KeyRate)
 
@@ -373,4 +383,28 @@ func TestLinkPadsFromSessions(t *testing.T) {
 		}
 	}
 	samePools(t, a, b, "ghi", "jkl")
+}
+
+// TestLinkPerPeerDriverOptions: a links entry sets the driver and its
+// options for one peer (here the simulated fiber of 60 km at both ends,
+// which raises the loss but still gives key); the status reports them.
+func TestLinkPerPeerDriverOptions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	opts := []byte(`{"fiber_km": 60, "misalignment": 0.015}`)
+	a, b := linkedSitesDrivers(t, 1, 4096, LinkConfig{Native: true, BlockBits: 200_000},
+		[]PeerLink{{Peer: "receiver_app", Driver: "sim", Options: opts}},
+		[]PeerLink{{Peer: "sender_app", Driver: "sim", Options: opts}})
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
+	defer cancel()
+	registerLinked(t, ctx, a, 50)
+	waitStored(t, a, b, "ghi", "jkl", 50)
+	samePools(t, a, b, "ghi", "jkl")
+	for _, s := range []*testSite{a, b} {
+		st := linkStatus(t, s)
+		if st.Driver.Driver != "sim" || st.Driver.Details["fiber_km"] != 60.0 || st.Driver.Details["misalignment"] != 0.015 {
+			t.Fatalf("%s: link driver %+v, want sim at 60 km with e_d 1.5%%", s.kme, st.Driver)
+		}
+	}
 }

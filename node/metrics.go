@@ -204,13 +204,14 @@ var (
 	descLinkPads      = prometheus.NewDesc("qkdkms_link_auth_pad_bytes_left", "Unused authentication pad material.", []string{"peer"}, nil)
 	descLinkEve       = prometheus.NewDesc("qkdkms_link_eve_fraction", "Fraction of pulses the simulated eavesdropper attacks.", []string{"peer"}, nil)
 	descLinkMismatch  = prometheus.NewDesc("qkdkms_link_plugin_mismatch", "1 while the two sites want different step plugins.", []string{"peer"}, nil)
+	descLinkDriverOK  = prometheus.NewDesc("qkdkms_link_driver_ok", "1 while the link's driver reports its device usable, by driver.", []string{"peer", "driver"}, nil)
 )
 
 type linkCollector struct{ n *Node }
 
 func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLinkUp, descLinkSessions, descLinkQBER, descLinkRate, descLinkCommitted,
-		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch} {
+		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch, descLinkDriverOK} {
 		ch <- d
 	}
 }
@@ -236,5 +237,6 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLinkPads, prometheus.GaugeValue, float64(s.AuthPadsLeft), s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkEve, prometheus.GaugeValue, s.Eve, s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkMismatch, prometheus.GaugeValue, b(s.PluginMismatch != ""), s.Peer)
+		ch <- prometheus.MustNewConstMetric(descLinkDriverOK, prometheus.GaugeValue, b(s.Driver.OK), s.Peer, s.Driver.Driver)
 	}
 }

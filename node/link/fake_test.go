@@ -525,9 +525,13 @@ func newPair(t *testing.T, o pairOpts) *pair {
 	model.FiberKm = 1
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	mk := func(local, peer string, st Store) *Link {
+		drv, err := sim.NewModelDriver(model)
+		if err != nil {
+			t.Fatal(err)
+		}
 		l, err := New(Config{
 			LocalKME: local, PeerKME: peer, PeerAddrs: []string{"node-" + peer},
-			Store: st, Plugins: nativePlugins{}, Model: model, PSK: bytes.Clone(psk),
+			Store: st, Plugins: nativePlugins{}, Driver: drv, PSK: bytes.Clone(psk),
 			// Small blocks keep sessions fast (also under -race); a weaker
 			// ε_sec than the default lets the finite-key bound leave key.
 			BlockBits: o.blockBits, EpsSec: 1e-3, Idle: 20 * time.Millisecond,

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"text/tabwriter"
 
@@ -173,16 +174,37 @@ func runLink(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func printLinks(w io.Writer, ls []link.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tROLE\tUP\tSESSIONS\tABORTED\tQBER\tKEY RATE\tCOMMITTED\tEVE\tNOTE")
+	fmt.Fprintln(tw, "PEER\tROLE\tDRIVER\tUP\tSESSIONS\tABORTED\tQBER\tKEY RATE\tCOMMITTED\tEVE\tNOTE")
 	for _, s := range ls {
 		note := s.PluginMismatch
 		if note == "" {
 			note = s.LastError
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%.2f%%\t%.0f bit/s\t%d bits\t%.2f\t%s\n", s.Peer, s.Role, s.Connected,
+		drv := s.Driver.Driver
+		if !s.Driver.OK {
+			drv += " (device: " + s.Driver.LastError + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%.2f%%\t%.0f bit/s\t%d bits\t%.2f\t%s\n", s.Peer, s.Role, drv, s.Connected,
 			s.Sessions, s.Aborted, 100*s.LastQBER, s.KeyRate, s.CommittedBits, s.Eve, note)
 	}
 	_ = tw.Flush()
+	// The drivers' own figures: stream position and lag, device address
+	// and reachability, model parameters.
+	for _, s := range ls {
+		if len(s.Driver.Details) == 0 {
+			continue
+		}
+		keys := make([]string, 0, len(s.Driver.Details))
+		for k := range s.Driver.Details {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintf(w, "%s (%s):", s.Peer, s.Driver.Driver)
+		for _, k := range keys {
+			fmt.Fprintf(w, " %s=%v", k, s.Driver.Details[k])
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
