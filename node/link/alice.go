@@ -133,11 +133,15 @@ func (l *Link) ping(ctx context.Context, w *wire) error {
 
 // pick chooses the connection whose pool a session fills (scheduler).
 func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatus, bool, error) {
+	// Whether the block in flight is still committing is decided before
+	// the store is read: a commit that ends in between is then counted
+	// twice (a smaller block), never not at all (an overfilled pool).
+	f := p.unfinished()
 	conns, err := l.cfg.Store.Connections(ctx)
 	if err != nil {
 		return raftstore.ConnectionStatus{}, false, err
 	}
-	p.pending(conns)
+	f.count(conns)
 	c, ok := l.sched.next(conns, l.cfg.LocalKME, l.cfg.PeerKME)
 	return c, ok, nil
 }
@@ -186,7 +190,7 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 		l.noteAgreed(sel, runner)
 	}
 	if sync {
-		if err := l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
+		if st, err = l.syncHistory(ctx, st, ready.LastBlock, ready.PrevBlock); err != nil {
 			return err
 		}
 		p.synced = true

@@ -144,7 +144,7 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 		return refuse(err.Error(), nil)
 	}
 	if !p.overlap() || start.Sync {
-		if err := l.syncHistory(ctx, st, start.LastBlock, start.PrevBlock); err != nil {
+		if st, err = l.syncHistory(ctx, st, start.LastBlock, start.PrevBlock); err != nil {
 			return refuse(err.Error(), nil)
 		}
 	}

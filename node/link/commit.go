@@ -35,6 +35,7 @@ type peerConn struct {
 type inflight struct {
 	conn  string // connection ID
 	bytes int    // pool bytes the block adds
+	auth  int    // pad stream bytes the block adds
 	done  chan struct{}
 	err   error // set before done is closed
 }
@@ -75,18 +76,26 @@ func (p *peerConn) drain() error {
 	return p.inflight.err
 }
 
-// pending counts the block in flight into its connection's pool, so the
-// scheduler and the split do not overfill it while it commits. Once the
-// commit ended the store counts it itself.
-func (p *peerConn) pending(conns []raftstore.ConnectionStatus) {
+// unfinished is the commit in flight while it has not ended, else nil.
+func (p *peerConn) unfinished() *inflight {
 	f := p.inflight
 	if f == nil {
-		return
+		return nil
 	}
 	select {
 	case <-f.done:
-		return
+		return nil
 	default:
+		return f
+	}
+}
+
+// count adds the block in flight to its connection's pool, so the
+// scheduler and the split do not overfill it while it commits (once the
+// commit ended the store counts it itself); nil-safe.
+func (f *inflight) count(conns []raftstore.ConnectionStatus) {
+	if f == nil {
+		return
 	}
 	for i := range conns {
 		if c := &conns[i]; c.ID() == f.conn {
@@ -119,7 +128,7 @@ func (l *Link) commitBlock(ctx context.Context, p *peerConn, conn raftstore.Conn
 	if !p.overlap() {
 		return l.commit(ctx, p.w, conn, b, res, c)
 	}
-	f := &inflight{conn: conn.ID(), bytes: c.KeyBytes, done: make(chan struct{})}
+	f := &inflight{conn: conn.ID(), bytes: c.KeyBytes, auth: c.Auth, done: make(chan struct{})}
 	p.inflight = f
 	cctx, cancel := context.WithTimeout(p.ctx, l.cfg.SessionTimeout)
 	go func() {

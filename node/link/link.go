@@ -267,11 +267,16 @@ func (l *Link) Run(ctx context.Context) {
 	}
 	l.aliceRun.Lock()
 	defer l.aliceRun.Unlock()
-	backoff := 200 * time.Millisecond
+	const firstBackoff = 200 * time.Millisecond
+	backoff := firstBackoff
 	for ctx.Err() == nil {
+		before := l.Status().Sessions
 		err := l.driveConnection(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if l.Status().Sessions > before {
+			backoff = firstBackoff // the connection worked: a fresh failure
 		}
 		l.noteError(err)
 		l.cfg.Logger.Warn("link to peer down", "peer", l.cfg.PeerKME, "err", err)

@@ -79,19 +79,23 @@ func recv(ctx context.Context, ch interface {
 }
 
 // syncHistory compares the two sites' last link blocks and drops this
-// site's last block when it is the one the peer never committed.
-func (l *Link) syncHistory(ctx context.Context, mine raftstore.LinkState, peerLast, peerPrev string) error {
+// site's last block when it is the one the peer never committed; it
+// returns the link state after that (a drop shortens the pad stream).
+func (l *Link) syncHistory(ctx context.Context, mine raftstore.LinkState, peerLast, peerPrev string) (raftstore.LinkState, error) {
 	switch {
 	case mine.LastBlock == peerLast:
-		return nil
+		return mine, nil
 	case mine.PrevBlock == peerLast && mine.LastBlock != "":
 		l.cfg.Logger.Warn("dropping the last link block: the peer site never committed it",
 			"peer", l.cfg.PeerKME, "block", mine.LastBlock)
-		return l.cfg.Store.DropLastBlock(ctx, l.cfg.PeerKME, mine.LastBlock)
+		if err := l.cfg.Store.DropLastBlock(ctx, l.cfg.PeerKME, mine.LastBlock); err != nil {
+			return mine, err
+		}
+		return l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
 	case peerPrev == mine.LastBlock:
-		return nil // the peer is one ahead and drops its block
+		return mine, nil // the peer is one ahead and drops its block
 	default:
-		return fmt.Errorf("%w: last blocks %q (here) and %q (peer)", ErrDiverged, mine.LastBlock, peerLast)
+		return mine, fmt.Errorf("%w: last blocks %q (here) and %q (peer)", ErrDiverged, mine.LastBlock, peerLast)
 	}
 }
 

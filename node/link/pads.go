@@ -39,13 +39,22 @@ func (l *Link) pads(ctx context.Context, p *peerConn, st raftstore.LinkState, pe
 	offset := max(p.cursor.offer(st), peerOffer)
 	end := offset + 2*auth.PadSize
 	psk := uint64(len(l.cfg.PSK) - auth.HashKeySize)
-	if end > psk+st.StreamBytes && p.inflight != nil {
+	// The block in flight may already be in this site's stream (the slave
+	// site commits first) but is not final until both sites have it: pads
+	// that reach into its material wait for its commit.
+	if f := p.inflight; f != nil && end+uint64(f.auth) > psk+st.StreamBytes {
 		if err := p.wait(ctx); err != nil {
 			return nil, nil, err
 		}
 		if st, err = l.cfg.Store.LinkState(ctx, l.cfg.PeerKME); err != nil {
 			return nil, nil, err
 		}
+	}
+	// Pads that do not exist yet are neither reserved nor counted as used,
+	// so a link short of pads does not push its offset past material that
+	// later sessions bring.
+	if end > psk+st.StreamBytes {
+		return nil, nil, fmt.Errorf("link: %w: the pad stream holds %d bytes, this session needs up to %d", auth.ErrNoPad, psk+st.StreamBytes, end)
 	}
 	if end > st.PadOffset {
 		// Reserve ahead only from plentiful material: a connection that
