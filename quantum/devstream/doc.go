@@ -20,6 +20,42 @@
 // that it is the frame and pulse count the session asked for
 // (ErrFrameMismatch otherwise).
 //
+// # The "devstream" link driver
+//
+// The package registers the link driver "devstream" (quantum.Register),
+// which a node chooses per peer in its configuration:
+//
+//	"links": [{"peer": "receiver_app", "driver": "devstream",
+//	           "options": {"source": "tcp:qkd-alice.lab:7001", "stall_timeout": "5s", "max_lag_frames": 16}}]
+//
+// Options (LinkOptions): "source" is "file:PATH", "tcp:HOST:PORT" or
+// "unix:PATH" (required); "loop" replays a file, its frame numbers offset
+// by the file's frame span on each pass (files only; both sites must loop
+// files of the same frames); "stall_timeout" (default "10s") is how long a
+// session waits for the next frame; "max_lag_frames" (default 16) is how
+// many frames a live stream buffers before the oldest are dropped. The
+// factory only validates them; Source (Alice's site, the KME ID that sorts
+// first) and Sink (Bob's site) open the stream per link connection — the
+// node connects as a client to the device's address — read its header and
+// refuse the other party's stream (ErrRole).
+//
+// A goroutine decodes records as they arrive. Alice's Next returns the
+// newest frame of a live stream (older ones are skipped: the device does
+// not wait for post-processing) and the next frame of a file; Bob's
+// Receive(frame) discards older frames and fails with ErrGap when the
+// stream is already past it. A gap, a CRC error, an out-of-order frame
+// (ErrFrameOrder), the end of the stream or no frame within stall_timeout
+// (ErrStall) fails that call with a *StreamError wrapping the cause, which
+// aborts the session (nothing is committed); a failed or stalled live
+// stream is reconnected by the next call. Health reports the stream
+// position, frames read, skipped and delivered, the lag (frames buffered),
+// and the last error.
+//
+// Serve (`qkdkms devstream serve`) is a device emulator: it runs the
+// simulator and streams Alice's and Bob's records live on two listeners,
+// a frame of n pulses every n/rate seconds, so the whole path runs without
+// hardware.
+//
 // # Format in brief
 //
 // A header (magic "QKDS", version 1, role, the intensities' mean photon
