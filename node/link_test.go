@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/testenv"
+	"qkdkms/quantum/devstream"
+	"qkdkms/quantum/sim"
 	"strings"
 	"testing"
 	"time"
@@ -111,7 +113,14 @@ func registerLinked(t *testing.T, ctx context.Context, a *testSite, maxKeys int)
 // them through a follower of the slave site: the bytes must be equal.
 func keysMatch(t *testing.T, ctx context.Context, a, b *testSite, n int) {
 	t.Helper()
-	keys, err := a.follower().services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: n, Size: 256})
+	// Through followers (forwarded to the leaders) where the sites have them.
+	via := func(s *testSite) *Node {
+		if len(s.nodes) > 1 {
+			return s.follower()
+		}
+		return s.leader()
+	}
+	keys, err := via(a).services.kme.EncKeys(ctx, etsi.EncRequest{MasterSAE: "ghi", SlaveSAE: "jkl", Number: n, Size: 256})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +128,7 @@ func keysMatch(t *testing.T, ctx context.Context, a, b *testSite, n int) {
 	for i, k := range keys {
 		ids[i] = k.KeyID
 	}
-	got, err := b.follower().services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
+	got, err := via(b).services.kme.DecKeys(ctx, etsi.DecRequest{SlaveSAE: "jkl", MasterSAE: "ghi", KeyIDs: ids})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,6 +414,62 @@ func TestLinkPerPeerDriverOptions(t *testing.T) {
 		st := linkStatus(t, s)
 		if st.Driver.Driver != "sim" || st.Driver.Details["fiber_km"] != 60.0 || st.Driver.Details["misalignment"] != 0.015 {
 			t.Fatalf("%s: link driver %+v, want sim at 60 km with e_d 1.5%%", s.kme, st.Driver)
+		}
+	}
+}
+
+// TestLinkDevstreamDriver: the two sites' links read live device streams
+// (the devstream driver) that a device emulator serves, Alice's records at
+// the site that plays Alice and Bob's at the other; the BB84 sessions on
+// those records fill both pools with the same keys, and the status shows
+// the stream's figures.
+func TestLinkDevstreamDriver(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	dir := t.TempDir()
+	la, err := devstream.Listen("unix:" + filepath.Join(dir, "alice.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := devstream.Listen("unix:" + filepath.Join(dir, "bob.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := sim.DefaultModel()
+	m.FiberKm, m.DetectorEff, m.PulseRate = 1, 0.5, 5e6 // a frame every 0.4 s
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- devstream.Serve(ctx, devstream.ServeOptions{Model: m, Seed: 7, Pulses: 2_000_000, Alice: la, Bob: lb,
+			Logger: testLogger(t)}, new(devstream.ServeStats))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	opts := func(sock string) []byte {
+		return []byte(fmt.Sprintf(`{"source":"unix:%s","stall_timeout":"%v"}`, filepath.Join(dir, sock), testenv.Scaled(10*time.Second)))
+	}
+	// receiver_app sorts first: it plays Alice and reads Alice's stream.
+	a, b := linkedSitesDrivers(t, 1, 4096, LinkConfig{Native: true},
+		[]PeerLink{{Peer: "receiver_app", Driver: "devstream", Options: opts("bob.sock")}},
+		[]PeerLink{{Peer: "sender_app", Driver: "devstream", Options: opts("alice.sock")}})
+	tctx, tcancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
+	defer tcancel()
+	registerLinked(t, tctx, a, 40)
+	waitStored(t, a, b, "ghi", "jkl", 40)
+	samePools(t, a, b, "ghi", "jkl")
+	keysMatch(t, tctx, a, b, 2)
+	for _, s := range []*testSite{a, b} {
+		st := linkStatus(t, s)
+		if st.Driver.Driver != "devstream" || st.Sessions == 0 && s == b {
+			t.Fatalf("%s: link status %+v", s.kme, st)
+		}
+		if n, _ := st.Driver.Details["frames_read"].(uint64); n == 0 {
+			t.Fatalf("%s: the driver read no frame: %+v", s.kme, st.Driver)
 		}
 	}
 }
