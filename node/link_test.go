@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/testenv"
 	"qkdkms/quantum/devstream"
+	"qkdkms/quantum/etsi014"
 	"qkdkms/quantum/sim"
 	"strings"
 	"testing"
@@ -472,4 +474,62 @@ func TestLinkDevstreamDriver(t *testing.T) {
 			t.Fatalf("%s: the driver read no frame: %+v", s.kme, st.Driver)
 		}
 	}
+}
+
+// TestLinkETSI014Driver: each site is the SAE of its own ETSI GS QKD 014
+// device (the etsi014 driver; two emulated devices with their own PKIs
+// deliver the keys). The site that plays Alice draws keys from its device,
+// the other fetches them from its own; both pools end identical. A device
+// that answers different bytes, or none, adds nothing to either pool: the
+// session aborts, and keys keep flowing once the device is well again.
+func TestLinkETSI014Driver(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD link sessions")
+	}
+	emu, err := etsi014.NewEmulator(etsi014.EmulatorConfig{Dir: t.TempDir(), MaxKeysPerRequest: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emu.Close() })
+	opts := func(d *etsi014.Device) []byte {
+		o := d.Options()
+		o.MaxKeysPerRequest = 64
+		b, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	// receiver_app sorts first: it plays Alice and draws from device A.
+	a, b := linkedSitesDrivers(t, 1, 4096, LinkConfig{Native: true, BlockBits: 40_000},
+		[]PeerLink{{Peer: "receiver_app", Driver: "etsi014", Options: opts(emu.B)}},
+		[]PeerLink{{Peer: "sender_app", Driver: "etsi014", Options: opts(emu.A)}})
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(3*time.Minute))
+	defer cancel()
+	conn := registerLinked(t, ctx, a, 1<<20)
+	waitStored(t, a, b, "ghi", "jkl", 100)
+	samePools(t, a, b, "ghi", "jkl")
+	keysMatch(t, ctx, a, b, 3)
+
+	for _, f := range []etsi014.Fault{{Kind: etsi014.FaultCorrupt, Calls: 1}, {Kind: etsi014.FaultUnavailable, Calls: 2}} {
+		before := linkStatus(t, b)
+		pool, _ := samePools(t, a, b, "ghi", "jkl")
+		emu.A.SetFault(f) // receiver_app's device: the one Alice draws from
+		testenv.WaitFor(t, "a session aborted by the "+f.Kind.String()+" device", func() bool {
+			return linkStatus(t, b).Aborted > before.Aborted
+		})
+		after, _ := samePools(t, a, b, "ghi", "jkl")
+		if after.AddedBlocks < pool.AddedBlocks {
+			t.Fatalf("blocks went from %d to %d", pool.AddedBlocks, after.AddedBlocks)
+		}
+		// Keys keep flowing once the fault has cleared.
+		testenv.WaitFor(t, "a block after the "+f.Kind.String()+" fault", func() bool {
+			s, _ := samePools(t, a, b, "ghi", "jkl")
+			return s.AddedBlocks > after.AddedBlocks || s.StoredKeys >= int64(conn.MaxKeyCount)
+		})
+	}
+	if st := linkStatus(t, a); st.Driver.Driver != "etsi014" {
+		t.Fatalf("link driver %+v, want etsi014", st.Driver)
+	}
+	keysMatch(t, ctx, a, b, 3)
 }

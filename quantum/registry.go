@@ -95,6 +95,9 @@ type PhotonDriver interface {
 // KeyDevice is a link whose device delivers finished keys.
 type KeyDevice interface {
 	Driver
+	// KeyBytes is the size of the device's keys in bytes: Draw's n is a
+	// multiple of it.
+	KeyBytes() int
 	// Draw takes n bytes of fresh key from this site's device and returns
 	// the IDs under which the peer site's device hands out the same key.
 	Draw(ctx context.Context, n int) (ids []string, key []byte, err error)

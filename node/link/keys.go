@@ -38,15 +38,17 @@ func keyTag(key []byte) string {
 }
 
 // keyBytes is how much key Alice draws for conn: a block, or what the pool
-// and the pad stream can still take.
-func (l *Link) keyBytes(conn raftstore.ConnectionStatus) int {
-	return max(1, min(l.cfg.BlockBits/8, needBytes(conn)+l.cfg.AuthReserveBytes))
+// and the pad stream can still take, in whole device keys.
+func (l *Link) keyBytes(dev quantum.KeyDevice, conn raftstore.ConnectionStatus) int {
+	unit := max(1, dev.KeyBytes())
+	n := min(l.cfg.BlockBits/8, needBytes(conn)+l.cfg.AuthReserveBytes)
+	return max(unit, n/unit*unit)
 }
 
 // drawKeys is Alice's side of a key-delivery session.
 func (l *Link) drawKeys(ctx context.Context, ch channel, dev quantum.KeyDevice, conn raftstore.ConnectionStatus) (session.Result, error) {
 	var res session.Result
-	ids, key, err := dev.Draw(ctx, l.keyBytes(conn))
+	ids, key, err := dev.Draw(ctx, l.keyBytes(dev, conn))
 	if err != nil {
 		_ = send(ctx, ch, msg{Type: "refuse", Reason: "the key-delivery device at " + l.cfg.LocalKME + " failed"})
 		return res, fmt.Errorf("%w: draw from this site's device: %w", session.ErrAbort, err)
