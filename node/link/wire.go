@@ -34,8 +34,9 @@ const maxMessage = 256 << 20
 type wire struct {
 	conn net.Conn
 
-	wmu sync.Mutex
-	bw  *bufio.Writer
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	writeDL time.Time // the connection's write deadline now
 
 	classical chan []byte
 	quantum   chan []byte
@@ -76,14 +77,11 @@ func (w *wire) read() {
 			w.fail(fmt.Errorf("message of %d bytes exceeds %d", n, maxMessage))
 			return
 		}
-		// Grow the buffer as the payload arrives: a header alone must not
-		// make the reader allocate up to maxMessage.
-		var payload bytes.Buffer
-		if _, err := io.CopyN(&payload, br, int64(n)); err != nil {
+		buf, err := readPayload(br, n)
+		if err != nil {
 			w.fail(err)
 			return
 		}
-		buf := payload.Bytes()
 		var q chan []byte
 		switch hdr[0] {
 		case kindClassical:
@@ -102,6 +100,22 @@ func (w *wire) read() {
 			return
 		}
 	}
+}
+
+// smallMessage: payloads up to this size are read into a buffer of their
+// announced size; longer ones grow as the bytes arrive, so that a header
+// alone cannot make the reader allocate up to maxMessage.
+const smallMessage = 64 << 10
+
+func readPayload(r io.Reader, n uint32) ([]byte, error) {
+	if n <= smallMessage {
+		buf := make([]byte, n)
+		_, err := io.ReadFull(r, buf)
+		return buf, err
+	}
+	var payload bytes.Buffer
+	_, err := io.CopyN(&payload, r, int64(n))
+	return payload.Bytes(), err
 }
 
 // fail closes the wire with the first error.
@@ -144,13 +158,18 @@ func (w *wire) send(ctx context.Context, kind byte, payload []byte) error {
 	}
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	if dl, ok := ctx.Deadline(); ok {
+	// A write is bounded by its context's deadline (every session and
+	// commit has one); without one, cancellation interrupts it. Both cost
+	// a call into the runtime poller, so each is set only when needed.
+	dl, ok := ctx.Deadline()
+	if dl != w.writeDL {
 		_ = w.conn.SetWriteDeadline(dl)
-	} else {
-		_ = w.conn.SetWriteDeadline(time.Time{})
+		w.writeDL = dl
 	}
-	stop := context.AfterFunc(ctx, func() { _ = w.conn.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
+	if !ok {
+		stop := context.AfterFunc(ctx, func() { _ = w.conn.SetWriteDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
 	var hdr [5]byte
 	hdr[0] = kind
 	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))

@@ -97,3 +97,49 @@ func TestWireAllocatesAsDataArrives(t *testing.T) {
 		t.Fatalf("reading a 5-byte header and 11 bytes allocated %d MiB", grew>>20)
 	}
 }
+
+// BenchmarkWireRoundTrip: one classical message each way between two
+// wires over loopback TCP (what every Cascade round costs the live link
+// beyond the post-processing itself, TLS aside).
+func BenchmarkWireRoundTrip(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	ca, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	a, z := newWire(ca), newWire(<-accepted)
+	defer a.Close()
+	defer z.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	msg := make([]byte, 200)
+	go func() {
+		for {
+			m, err := z.Recv(ctx)
+			if err != nil {
+				return
+			}
+			if z.Send(ctx, m) != nil {
+				return
+			}
+		}
+	}()
+	b.ResetTimer()
+	for range b.N {
+		if err := a.Send(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := a.Recv(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
