@@ -574,6 +574,21 @@ func checkRelease(t *testing.T, r *rendered) []string {
 		if cfg.KMEID != r.str(t, "kmeId") {
 			t.Errorf("pod %s: kme_id %q", podName, cfg.KMEID)
 		}
+		// Prometheus's client certificate must carry an identity the node
+		// serves /metrics to (other certificates of the CA get 403).
+		for _, c := range r.certs {
+			if !strings.HasSuffix(c.Name, "-metrics-client") {
+				continue
+			}
+			ok := false
+			for _, u := range c.Spec.URIs {
+				ok = ok || contains(cfg.Metrics.ScrapeIdentities, u)
+			}
+			if !ok {
+				t.Errorf("pod %s: metrics client certificate %s (URIs %v) is not in metrics.scrape_identities %v: Prometheus would get 403",
+					podName, c.Name, c.Spec.URIs, cfg.Metrics.ScrapeIdentities)
+			}
+		}
 		host, port, _ := net.SplitHostPort(cfg.Advertise)
 		if host != podName+"."+domain || port != strconv.Itoa(int(nodePort)) {
 			t.Errorf("pod %s: advertise %s, want %s.%s:%d (its DNS name through the headless Service)", podName, cfg.Advertise, podName, domain, nodePort)

@@ -83,6 +83,13 @@ qkdkms/kme: {{ .Values.kmeId | quote }}
 {{- if $v.link.native -}}{{- $_ := set $link "native" true -}}{{- else -}}{{- $_ := set $link "plugin_dir" $v.link.pluginDir -}}{{- end -}}
 {{- if $v.link.blockBits -}}{{- $_ := set $link "block_bits" (int $v.link.blockBits) -}}{{- end -}}
 {{- $_ := set $cfg "link" $link -}}
+{{- if $v.link.drivers -}}{{- $_ := set $cfg "links" $v.link.drivers -}}{{- end -}}
+{{- end -}}
+{{- /* /metrics serves only this site's nodes, its operators and the scrape
+       identities (node/CONFIG.md): Prometheus's client certificate carries
+       metrics:<kmeId>. */ -}}
+{{- if or $v.serviceMonitor.enabled $v.tls.certManager.metricsClient.enabled -}}
+{{- $_ := set $cfg "metrics" (dict "scrape_identities" (list (printf "metrics:%s" $v.kmeId))) -}}
 {{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
