@@ -533,3 +533,148 @@ func TestLinkETSI014Driver(t *testing.T) {
 	}
 	keysMatch(t, ctx, a, b, 3)
 }
+
+// driverLinks is one driver's link configuration for the two sites of
+// linkedSitesDrivers (sender_app plays Bob, receiver_app Alice), with the
+// devices it needs started for the test.
+type driverLinks struct {
+	lc             LinkConfig
+	linksA, linksB []PeerLink // sender_app's, receiver_app's
+}
+
+// simLinks: the simulator at 1 km, blocks of 200,000 sifted bits (40,000
+// are too few for the finite-key bound to leave any key).
+func simLinks(t *testing.T) driverLinks {
+	opts := []byte(`{"fiber_km": 1}`)
+	return driverLinks{lc: LinkConfig{Native: true, BlockBits: 200_000},
+		linksA: []PeerLink{{Peer: "receiver_app", Driver: "sim", Options: opts}},
+		linksB: []PeerLink{{Peer: "sender_app", Driver: "sim", Options: opts}}}
+}
+
+// devstreamLinks: a device emulator with a frame every 0.2 s; every node of
+// a site reads its site's stream (the emulator serves several clients).
+func devstreamLinks(t *testing.T) driverLinks {
+	dir := t.TempDir()
+	la, err := devstream.Listen("unix:" + filepath.Join(dir, "alice.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := devstream.Listen("unix:" + filepath.Join(dir, "bob.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := sim.DefaultModel()
+	m.FiberKm, m.DetectorEff, m.PulseRate = 1, 0.5, 5e6
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- devstream.Serve(ctx, devstream.ServeOptions{Model: m, Seed: 11, Pulses: 1_000_000, Alice: la, Bob: lb,
+			Logger: testLogger(t)}, new(devstream.ServeStats))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	opts := func(sock string) []byte {
+		return []byte(fmt.Sprintf(`{"source":"unix:%s","stall_timeout":"%v"}`, filepath.Join(dir, sock), testenv.Scaled(10*time.Second)))
+	}
+	return driverLinks{lc: LinkConfig{Native: true, BlockBits: 40_000},
+		linksA: []PeerLink{{Peer: "receiver_app", Driver: "devstream", Options: opts("bob.sock")}},
+		linksB: []PeerLink{{Peer: "sender_app", Driver: "devstream", Options: opts("alice.sock")}}}
+}
+
+// etsi014Links: two emulated key-delivery devices; every node of a site is
+// an SAE of its site's device.
+func etsi014Links(t *testing.T) driverLinks {
+	emu, err := etsi014.NewEmulator(etsi014.EmulatorConfig{Dir: t.TempDir(), MaxKeysPerRequest: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emu.Close() })
+	opts := func(d *etsi014.Device) []byte {
+		o := d.Options()
+		o.MaxKeysPerRequest = 64
+		b, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	return driverLinks{lc: LinkConfig{Native: true, BlockBits: 40_000},
+		linksA: []PeerLink{{Peer: "receiver_app", Driver: "etsi014", Options: opts(emu.B)}},
+		linksB: []PeerLink{{Peer: "sender_app", Driver: "etsi014", Options: opts(emu.A)}}}
+}
+
+// TestLinkDriversThreeNodeSitesLeaderKills (issue 11's acceptance): two
+// 3-node sites joined by each link driver fill both pools with the same
+// blocks, and keep doing so when the leader of the site that plays Alice
+// dies, then the leader of the one that plays Bob: after each kill the
+// pools grow again, stay identical, the link's pad offsets never go back at
+// either site, and keys issued at one site decrypt at the other.
+func TestLinkDriversThreeNodeSitesLeaderKills(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QKD sessions")
+	}
+	for _, tc := range []struct {
+		driver string
+		links  func(*testing.T) driverLinks
+	}{
+		{"sim", simLinks},
+		{"devstream", devstreamLinks},
+		{"etsi014", etsi014Links},
+	} {
+		t.Run(tc.driver, func(t *testing.T) {
+			dl := tc.links(t)
+			a, b := linkedSitesDrivers(t, 3, 4096, dl.lc, dl.linksA, dl.linksB)
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(4*time.Minute))
+			defer cancel()
+			registerLinked(t, ctx, a, 1<<20)
+			waitStored(t, a, b, "ghi", "jkl", 1)
+			padAt := map[string]uint64{}
+			pads := func(s *testSite, peer string) {
+				t.Helper()
+				var ls raftstore.LinkState
+				testenv.WaitFor(t, s.kme+"'s link state", func() bool {
+					var err error
+					ls, err = s.leader().Store().LinkState(ctx, peer)
+					return err == nil
+				})
+				if ls.PadOffset < padAt[s.kme] {
+					t.Fatalf("%s: the link's pad offset went back from %d to %d", s.kme, padAt[s.kme], ls.PadOffset)
+				}
+				padAt[s.kme] = ls.PadOffset
+			}
+			// receiver_app (b) plays Alice, sender_app (a) Bob.
+			for _, s := range []*testSite{b, a} {
+				pads(a, "receiver_app")
+				pads(b, "sender_app")
+				before, _ := samePools(t, a, b, "ghi", "jkl")
+				old := s.leader()
+				t.Logf("%s: %d blocks; killing leader %s of %s", tc.driver, before.AddedBlocks, old.ID(), s.kme)
+				old.Kill()
+				s.drop(old.ID())
+				t.Logf("%s: new leader %s", s.kme, s.leader().ID())
+				// Two more blocks: at least one was made wholly under the new leader.
+				testenv.WaitFor(t, "two more blocks after the kill", func() bool {
+					sa, sb, errA, errB := leaderPools(a, b, "ghi", "jkl")
+					return errA == nil && errB == nil && sa.AddedBlocks >= before.AddedBlocks+2 && sb.AddedBlocks >= before.AddedBlocks+2
+				})
+				s.restart(old.ID())
+				after, _ := samePools(t, a, b, "ghi", "jkl")
+				t.Logf("%s: %d blocks, %d bits after the kill at %s", tc.driver, after.AddedBlocks, after.StoredBits, s.kme)
+			}
+			pads(a, "receiver_app")
+			pads(b, "sender_app")
+			for _, s := range []*testSite{a, b} {
+				if st := linkStatus(t, s); st.Driver.Driver != tc.driver {
+					t.Fatalf("%s: link driver %+v, want %s", s.kme, st.Driver, tc.driver)
+				}
+			}
+			keysMatch(t, ctx, a, b, 5)
+			a.waitDigests()
+			b.waitDigests()
+		})
+	}
+}
