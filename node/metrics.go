@@ -204,6 +204,7 @@ var (
 	descLinkPads      = prometheus.NewDesc("qkdkms_link_auth_pad_bytes_left", "Unused authentication pad material.", []string{"peer"}, nil)
 	descLinkEve       = prometheus.NewDesc("qkdkms_link_eve_fraction", "Fraction of pulses the simulated eavesdropper attacks.", []string{"peer"}, nil)
 	descLinkMismatch  = prometheus.NewDesc("qkdkms_link_plugin_mismatch", "1 while the two sites want different step plugins.", []string{"peer"}, nil)
+	descLinkStep      = prometheus.NewDesc("qkdkms_link_step_seconds", "Wall time of each post-processing step (plugin call and its messages) in the last committed session, at this site.", []string{"peer", "step"}, nil)
 	descLinkDriverOK  = prometheus.NewDesc("qkdkms_link_driver_ok", "1 while the link's driver reports its device usable, by driver.", []string{"peer", "driver"}, nil)
 )
 
@@ -211,7 +212,7 @@ type linkCollector struct{ n *Node }
 
 func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLinkUp, descLinkSessions, descLinkQBER, descLinkRate, descLinkCommitted,
-		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch, descLinkDriverOK} {
+		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch, descLinkDriverOK, descLinkStep} {
 		ch <- d
 	}
 }
@@ -238,5 +239,8 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLinkEve, prometheus.GaugeValue, s.Eve, s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkMismatch, prometheus.GaugeValue, b(s.PluginMismatch != ""), s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkDriverOK, prometheus.GaugeValue, b(s.Driver.OK), s.Peer, s.Driver.Driver)
+		for step, sec := range s.StepSeconds {
+			ch <- prometheus.MustNewConstMetric(descLinkStep, prometheus.GaugeValue, sec, s.Peer, step)
+		}
 	}
 }

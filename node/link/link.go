@@ -171,6 +171,10 @@ type Status struct {
 	PluginMismatch string         `json:"plugin_mismatch,omitempty"`
 	Plugins        string         `json:"plugins,omitempty"`
 	LastSession    time.Time      `json:"last_session"`
+	// StepSeconds is this site's wall time per post-processing step
+	// (sift, estimate, reconcile, verify, amplify) in the last committed
+	// BB84 session.
+	StepSeconds map[string]float64 `json:"step_seconds,omitempty"`
 }
 
 // New validates cfg and builds a link.
@@ -324,6 +328,12 @@ func (l *Link) noteSession(res session.Result, c msg) {
 	l.status.DiscardedBits += int64(res.FinalBits - 8*(c.KeyBytes+c.Auth))
 	l.status.LastSession = time.Now()
 	l.status.LastError = ""
+	if len(res.Steps) > 0 {
+		l.status.StepSeconds = make(map[string]float64, len(res.Steps))
+		for _, st := range res.Steps {
+			l.status.StepSeconds[string(st.Kind)] += st.Wall.Seconds()
+		}
+	}
 	now := time.Now()
 	l.rateWin = append(l.rateWin, sample{now, 8 * c.KeyBytes})
 	cut := now.Add(-time.Minute)
