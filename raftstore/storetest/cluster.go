@@ -1,7 +1,9 @@
 // Package storetest builds in-memory Raft sites of raftstore.Stores for
 // tests: n nodes on raft.NewInmemTransport with fast timeouts, each with its
-// own t.TempDir(), logging to t.Log, plus partition helpers built on the
-// in-memory transports' Connect/Disconnect.
+// own t.TempDir(), logging to t.Log, plus crash, restart and partition
+// helpers built on the in-memory transports' Connect/Disconnect. It is the
+// base of every in-process cluster harness: node/kme puts a KME and an
+// HTTPS server on each node of a site it builds here.
 package storetest
 
 import (
@@ -29,6 +31,7 @@ type options struct {
 	mods   []func(i int, c *raftstore.Config)
 	level  slog.Level
 	silent bool
+	prefix string
 }
 
 // WithConfig lets the test adjust node i's Config before it opens.
@@ -42,7 +45,13 @@ func WithLogLevel(l slog.Level) Option { return func(o *options) { o.level = l }
 // Quiet discards node logs.
 func Quiet() Option { return func(o *options) { o.silent = true } }
 
-// Cluster is a site of in-memory nodes. Node i has ID "node<i>". Stores[i]
+// WithIDPrefix names node i prefix+i instead of "node<i>" (its Raft ID and
+// in-memory address), so that several sites in one test have distinct
+// node names.
+func WithIDPrefix(prefix string) Option { return func(o *options) { o.prefix = prefix } }
+
+// Cluster is a site of in-memory nodes. Node i has ID "node<i>" (see
+// WithIDPrefix), which is also its Raft address. Stores[i]
 // is nil while node i is down; read it directly only when no other
 // goroutine crashes or restarts nodes (else use Leader, Followers, Store).
 type Cluster struct {
@@ -54,8 +63,11 @@ type Cluster struct {
 	cfgs   []raftstore.Config
 	mu     sync.Mutex
 	group  []int
+	down   []bool // crashed or stopped: unreachable until Restart
 	ngroup int
+	prefix string
 	logw   *tWriter
+	log    *slog.Logger
 }
 
 type tWriter struct {
@@ -77,11 +89,11 @@ func (w *tWriter) Write(p []byte) (int, error) {
 // leader. Nodes are shut down in t.Cleanup.
 func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	o := options{level: slog.LevelWarn}
+	o := options{level: slog.LevelWarn, prefix: "node"}
 	for _, f := range opts {
 		f(&o)
 	}
-	c := &Cluster{t: t, KEK: make([]byte, raftstore.KEKSize), group: make([]int, n)}
+	c := &Cluster{t: t, KEK: make([]byte, raftstore.KEKSize), group: make([]int, n), down: make([]bool, n), prefix: o.prefix}
 	if _, err := rand.Read(c.KEK); err != nil {
 		t.Fatal(err)
 	}
@@ -90,9 +102,10 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	if o.silent {
 		out = io.Discard
 	}
+	c.log = slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: o.level}))
 	var servers []raft.Server
 	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("node%d", i)
+		id := fmt.Sprintf("%s%d", c.prefix, i)
 		c.IDs = append(c.IDs, id)
 		servers = append(servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
 	}
@@ -101,7 +114,7 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		c.Trans = append(c.Trans, tr)
 		cfg := raftstore.Config{
 			NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: servers,
-			Logger:           slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: o.level})).With("node", c.IDs[i]),
+			Logger:           c.log.With("node", c.IDs[i]),
 			NoSync:           true,
 			HeartbeatTimeout: testenv.Scaled(100 * time.Millisecond), ElectionTimeout: testenv.Scaled(100 * time.Millisecond),
 			LeaderLeaseTimeout: testenv.Scaled(100 * time.Millisecond), CommitTimeout: 5 * time.Millisecond,
@@ -129,6 +142,11 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	c.Leader(t)
 	return c
 }
+
+// Logger is the logger the nodes log to (t.Log at the cluster's level,
+// nothing with Quiet, nothing once the test is over), for what a harness
+// runs beside each store.
+func (c *Cluster) Logger() *slog.Logger { return c.log }
 
 // Shutdown stops every running node (no leadership transfer).
 func (c *Cluster) Shutdown() {
@@ -228,7 +246,7 @@ func (c *Cluster) Partition(ids ...string) {
 	c.reconnect()
 }
 
-// Disconnect isolates one node.
+// Disconnect isolates one node (Heal reconnects it).
 func (c *Cluster) Disconnect(id string) { c.Partition(id) }
 
 // Heal reconnects every node with every other.
@@ -239,6 +257,10 @@ func (c *Cluster) Heal() {
 	c.reconnect()
 }
 
+// reconnect connects every pair of nodes that are up and in the same
+// group and disconnects every other pair: a node that is down refuses
+// every RPC at once, as a closed port does, instead of leaving its peers'
+// calls to wait out the in-memory transport's send timeout.
 func (c *Cluster) reconnect() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -247,7 +269,7 @@ func (c *Cluster) reconnect() {
 			if i == j {
 				continue
 			}
-			if c.group[i] == c.group[j] {
+			if c.group[i] == c.group[j] && !c.down[i] && !c.down[j] {
 				ti.Connect(raft.ServerAddress(c.IDs[j]), tj)
 			} else {
 				ti.Disconnect(raft.ServerAddress(c.IDs[j]))
@@ -261,7 +283,7 @@ func (c *Cluster) reconnect() {
 func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 	t.Helper()
 	i := len(c.IDs)
-	id := fmt.Sprintf("node%d", i)
+	id := fmt.Sprintf("%s%d", c.prefix, i)
 	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
 	cfg := c.cfgs[0]
 	cfg.NodeID, cfg.DataDir, cfg.Transport, cfg.Bootstrap = id, t.TempDir(), tr, nil
@@ -270,6 +292,7 @@ func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 	c.IDs = append(c.IDs, id)
 	c.Trans = append(c.Trans, tr)
 	c.group = append(c.group, 0)
+	c.down = append(c.down, false)
 	c.cfgs = append(c.cfgs, cfg)
 	c.Stores = append(c.Stores, nil)
 	c.mu.Unlock()
@@ -282,16 +305,32 @@ func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 	return id, s
 }
 
-// Crash stops node id abruptly (no leadership transfer). Its data stays.
+// Crash stops node id abruptly (no leadership transfer) and cuts it off
+// from the others. Its data stays.
 func (c *Cluster) Crash(id string) {
 	i := c.Index(id)
-	c.mu.Lock()
-	s := c.Stores[i]
-	c.Stores[i] = nil
-	c.mu.Unlock()
+	s := c.take(i)
+	c.cutOff(i)
 	if s != nil {
 		_ = s.Close()
 	}
+}
+
+// take removes node i's store from the running ones and returns it.
+func (c *Cluster) take(i int) *raftstore.Store {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.Stores[i]
+	c.Stores[i] = nil
+	return s
+}
+
+// cutOff marks node i down: unreachable until Restart.
+func (c *Cluster) cutOff(i int) {
+	c.mu.Lock()
+	c.down[i] = true
+	c.mu.Unlock()
+	c.reconnect()
 }
 
 // Restart reopens a crashed node from its data directory on a fresh
@@ -305,6 +344,7 @@ func (c *Cluster) Restart(t testing.TB, id string) *raftstore.Store {
 	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
 	c.mu.Lock()
 	c.Trans[i] = tr
+	c.down[i] = false
 	c.mu.Unlock()
 	cfg := c.cfgs[i]
 	cfg.Transport = tr
@@ -361,16 +401,14 @@ func (c *Cluster) Reconfigure(id string, f func(*raftstore.Config)) {
 }
 
 // Stop shuts node id down as an operator does before an upgrade: a leader
-// hands leadership to another voter first. Its data stays.
+// hands leadership to another voter first, then the node is cut off. Its
+// data stays.
 func (c *Cluster) Stop(ctx context.Context, id string) {
 	i := c.Index(id)
-	c.mu.Lock()
-	s := c.Stores[i]
-	c.Stores[i] = nil
-	c.mu.Unlock()
-	if s != nil {
+	if s := c.take(i); s != nil {
 		_ = s.Shutdown(ctx)
 	}
+	c.cutOff(i)
 }
 
 // ReportVersions delivers every running node's supported cluster version to
