@@ -104,6 +104,10 @@ type Block struct {
 	// (everything went to the pad stream).
 	LinkPeer string
 	AuthBits []byte
+	// RelayBits (plaintext, may be empty; only with LinkPeer) are appended
+	// to the link's relay stream, key reserved for one-time-pad relaying
+	// (relay.go); a block with relay bits needs cluster version 4.
+	RelayBits []byte
 }
 
 // LinkState is a QKD link's replicated bookkeeping at this site (per peer
@@ -117,6 +121,10 @@ type LinkState struct {
 	PadOffset   uint64 `json:"pad_offset"`   // opaque to the store; only moves forward
 	StreamBytes uint64 `json:"stream_bytes"` // pad material bytes ever added (minus dropped blocks)
 	PadsFrom    uint64 `json:"pads_from"`    // stream bytes below this were released (erased)
+	RelayBytes  uint64 `json:"relay_bytes"`  // relay material bytes ever added (minus dropped blocks)
+	RelayUsed   uint64 `json:"relay_used"`   // relay stream bytes below this are consumed (erased)
+	// RelayEnabled: the site's cluster version accepts relay material.
+	RelayEnabled bool `json:"relay_enabled"`
 }
 
 // IssueRequest asks the master site to carve Number keys of Size bits off a

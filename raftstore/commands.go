@@ -33,6 +33,7 @@ const (
 	cmdClusterVersion cmdType = 13
 	cmdImport         cmdType = 14
 	cmdReconcile      cmdType = 15
+	cmdRelay          cmdType = 16
 )
 
 func (t cmdType) String() string {

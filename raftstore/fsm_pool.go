@@ -12,7 +12,11 @@ import (
 
 const wrappedLen = 12 + 32 + gcmOverhead
 
-func (st *fsmState) addBlock(c *addBlockCmd) result {
+func (st *fsmState) addBlock(c *addBlockCmd) result { return st.addLinkBlock(c, 0) }
+
+// addLinkBlock is addBlock for a link block that also brings relayBytes of
+// relay material (added by the caller after it succeeds).
+func (st *fsmState) addLinkBlock(c *addBlockCmd, relayBytes int) result {
 	cs, ok := st.conns[c.ConnID]
 	if !ok {
 		return result{err: fmt.Errorf("%w: %s", ErrConnectionNotFound, c.ConnID)}
@@ -25,7 +29,7 @@ func (st *fsmState) addBlock(c *addBlockCmd) result {
 			return invalid("block %s: no key bits", c.BlockID)
 		}
 	} else {
-		if c.Bytes < 0 || c.AuthBytes < 0 || c.Bytes+c.AuthBytes == 0 {
+		if c.Bytes < 0 || c.AuthBytes < 0 || c.Bytes+c.AuthBytes+relayBytes == 0 {
 			return invalid("link block %s: no key bits", c.BlockID)
 		}
 		if c.AuthBytes > 0 && (len(c.AuthSealed) != sealedLen(c.AuthBytes) || len(c.AuthWrapped) != wrappedLen) {

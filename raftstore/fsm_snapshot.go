@@ -147,6 +147,11 @@ func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
 	if err := st.importLinks(s.Links); err != nil {
 		return nil, err
 	}
+	for _, ls := range st.links {
+		if (ls.relay != nil || ls.lastRelay != 0) && s.Version < 4 {
+			return nil, fmt.Errorf("raftstore: snapshot version %d with relay key", s.Version)
+		}
+	}
 	st.importPlugins(s.Plugins)
 	if len(s.Restored) > 0 && s.Version < 3 {
 		return nil, fmt.Errorf("raftstore: snapshot version %d with a restored list", s.Version)

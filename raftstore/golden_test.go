@@ -68,6 +68,10 @@ func goldenBodies() map[string]any {
 		"cluster_version_v2": &clusterVersionCmd{At: at, Version: 2},
 		"import_v2":          &importCmd{At: at, Conn: goldenConn.ID(), Block: "b2"},
 		"reconcile_v3":       &reconcileCmd{At: at, Peer: "B", Conns: []PoolPosition{{Conn: goldenConn, Carve: 64, End: 128}}},
+		"add_block_v4": &addRelayBlockCmd{addBlockCmd: addBlockCmd{At: at, ConnID: goldenConn.ID(), BlockID: "b3", LinkPeer: "B",
+			AuthBytes: 8, AuthWrapped: goldenBytes(wrappedLen, 6), AuthSealed: goldenBytes(sealedLen(8), 7)},
+			RelayBytes: 32, RelayWrapped: goldenBytes(wrappedLen, 8), RelaySealed: goldenBytes(sealedLen(32), 9)},
+		"relay_v4": &relayCmd{At: at, Peer: "B", Block: "r1", From: 0, To: 16},
 	}
 }
 
@@ -170,6 +174,11 @@ func goldenState(t *testing.T, version uint8) *fsm {
 		apply(cmdReconcile, b["reconcile_v3"]) // a no-op: the site was not restored
 		f.st.restored = []string{"C"}          // as Restore leaves it
 	}
+	if version >= 4 {
+		apply(cmdClusterVersion, &clusterVersionCmd{At: b["import_v2"].(*importCmd).At, Version: 4})
+		apply(cmdAddBlock, b["add_block_v4"])
+		apply(cmdRelay, b["relay_v4"])
+	}
 	return f
 }
 
@@ -202,7 +211,7 @@ func TestGoldenSnapshots(t *testing.T) {
 			if err != nil || st.IssuedKeys != 2 || st.AddedBlocks != 1 {
 				t.Fatalf("restored connection %+v, %v", st, err)
 			}
-			if want := map[uint8]string{1: "", 2: "b2", 3: "b2"}[v]; st.PendingImport != want {
+			if want := map[uint8]string{1: "", 2: "b2", 3: "b2", 4: "b2"}[v]; st.PendingImport != want {
 				t.Fatalf("pending import %q, want %q", st.PendingImport, want)
 			}
 			snap, err := f.Snapshot()

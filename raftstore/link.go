@@ -28,6 +28,8 @@ type linkState struct {
 	stream    uint64 // pad stream bytes
 	padsFrom  uint64
 	chunks    []*blockRec // start in bits of the pad stream
+	lastRelay int         // relay bytes the last block added (relay.go)
+	relay     *relayState // nil until a block brings relay material
 }
 
 func (st *fsmState) link(peer string) *linkState {
@@ -40,8 +42,12 @@ func (st *fsmState) link(peer string) *linkState {
 }
 
 func (ls *linkState) export() LinkState {
-	return LinkState{Peer: ls.peer, LastBlock: ls.last, PrevBlock: ls.prev, PadOffset: ls.padOffset,
+	s := LinkState{Peer: ls.peer, LastBlock: ls.last, PrevBlock: ls.prev, PadOffset: ls.padOffset,
 		StreamBytes: ls.stream, PadsFrom: ls.padsFrom}
+	if ls.relay != nil {
+		s.RelayBytes, s.RelayUsed = ls.relay.stream, ls.relay.used
+	}
+	return s
 }
 
 type dropCmd struct {
@@ -67,7 +73,7 @@ func (st *fsmState) linkAdd(c *addBlockCmd) {
 		ls.stream += uint64(c.AuthBytes)
 	}
 	ls.prev, ls.last = ls.last, c.BlockID
-	ls.lastConn, ls.lastPool, ls.lastAuth = c.ConnID, c.Bytes, c.AuthBytes
+	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = c.ConnID, c.Bytes, c.AuthBytes, 0
 }
 
 func (st *fsmState) dropLast(c *dropCmd) result {
@@ -94,6 +100,10 @@ func (st *fsmState) dropLast(c *dropCmd) result {
 			return invalid("drop: pad material of block %s was released", c.BlockID)
 		}
 	}
+	if err := ls.dropRelayCheck(c.BlockID); err != nil {
+		return result{err: err}
+	}
+	ls.dropRelay()
 	if cs != nil {
 		n := len(cs.blocks)
 		b := cs.blocks[n-1]
@@ -180,7 +190,9 @@ func (s *Store) LinkState(ctx context.Context, peer string) (LinkState, error) {
 	if err := s.readCheck(ctx); err != nil {
 		return LinkState{}, err
 	}
-	return s.fsm.linkState(peer), nil
+	ls := s.fsm.linkState(peer)
+	ls.RelayEnabled = s.fsm.clusterVersion() >= 4 && s.cfg.MaxVersion >= 4
+	return ls, nil
 }
 
 // ReservePads moves the link's pad offset forward to upTo (never back), in
@@ -237,13 +249,17 @@ type snapLink struct {
 	Stream    uint64      `json:"stream"`
 	PadsFrom  uint64      `json:"pads_from"`
 	Chunks    []snapBlock `json:"chunks"`
+	// Cluster version 4 (relay.go).
+	LastRelay int        `json:"last_relay,omitempty"`
+	Relay     *snapRelay `json:"relay,omitempty"`
 }
 
 func (st *fsmState) exportLinks() []snapLink {
 	out := make([]snapLink, 0, len(st.links))
 	for _, ls := range st.links {
 		sl := snapLink{Peer: ls.peer, Last: ls.last, Prev: ls.prev, LastConn: ls.lastConn, LastPool: ls.lastPool,
-			LastAuth: ls.lastAuth, PadOffset: ls.padOffset, Stream: ls.stream, PadsFrom: ls.padsFrom}
+			LastAuth: ls.lastAuth, PadOffset: ls.padOffset, Stream: ls.stream, PadsFrom: ls.padsFrom,
+			LastRelay: ls.lastRelay, Relay: ls.relay.export()}
 		for _, b := range ls.chunks {
 			sl.Chunks = append(sl.Chunks, snapBlock{ID: b.id, Start: b.start, Bytes: b.bytes, Wrapped: b.wrapped, Sealed: b.sealed})
 		}
@@ -256,7 +272,12 @@ func (st *fsmState) exportLinks() []snapLink {
 func (st *fsmState) importLinks(links []snapLink) error {
 	for _, sl := range links {
 		ls := &linkState{peer: sl.Peer, last: sl.Last, prev: sl.Prev, lastConn: sl.LastConn, lastPool: sl.LastPool,
-			lastAuth: sl.LastAuth, padOffset: sl.PadOffset, stream: sl.Stream, padsFrom: sl.PadsFrom}
+			lastAuth: sl.LastAuth, padOffset: sl.PadOffset, stream: sl.Stream, padsFrom: sl.PadsFrom, lastRelay: sl.LastRelay}
+		rs, err := importRelay(sl.Relay)
+		if err != nil {
+			return err
+		}
+		ls.relay = rs
 		for _, b := range sl.Chunks {
 			if len(b.Sealed) != sealedLen(b.Bytes) {
 				return fmt.Errorf("raftstore: snapshot pad chunk %s malformed", b.ID)

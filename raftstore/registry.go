@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 )
 
 // The command registry (docs/RAFT-FORMAT.md "Registry"): one entry per
@@ -16,8 +17,10 @@ import (
 // every registry entry whose version is at most MaxVersion. Cluster version
 // 1 is the log and snapshot format before the registry existed; version 2
 // adds cluster_version and import; version 3 adds reconcile and the
-// snapshot's restored list (a site seeded from a backup, backup.go).
-const MaxVersion uint8 = 3
+// snapshot's restored list (a site seeded from a backup, backup.go);
+// version 4 adds relay key (relay.go): add_block version 4 with relay
+// material, the relay command and the snapshot's links[].relay.
+const MaxVersion uint8 = 4
 
 // cmdEntry describes one command version.
 type cmdEntry struct {
@@ -64,6 +67,8 @@ var registry = newRegistry(
 	raising(jsonCmd(cmdClusterVersion, 2, "cluster_version", (*fsmState).raiseVersion, func(c *clusterVersionCmd) int64 { return c.At })),
 	jsonCmd(cmdImport, 2, "import", (*fsmState).importMark, func(c *importCmd) int64 { return c.At }),
 	jsonCmd(cmdReconcile, 3, "reconcile", (*fsmState).reconcile, func(c *reconcileCmd) int64 { return c.At }),
+	jsonCmd(cmdAddBlock, 4, "add_block", (*fsmState).addRelayBlock, func(c *addRelayBlockCmd) int64 { return c.At }),
+	jsonCmd(cmdRelay, 4, "relay", (*fsmState).relay, func(c *relayCmd) int64 { return c.At }),
 )
 
 func raising(e *cmdEntry) *cmdEntry { e.raise = true; return e }
@@ -112,9 +117,27 @@ func (r *cmdRegistry) latest(t cmdType, maxV uint8) *cmdEntry {
 	return nil
 }
 
-// encodeCmd encodes body as the newest version of t this binary knows.
+// forBody returns the newest entry of t known up to maxV whose body has
+// body's type: a command keeps its older encoding for bodies that fit it
+// (add_block without relay material stays version 1).
+func (r *cmdRegistry) forBody(t cmdType, body any, maxV uint8) *cmdEntry {
+	bt := reflect.TypeOf(body)
+	if bt != nil && bt.Kind() == reflect.Pointer {
+		bt = bt.Elem()
+	}
+	for v := maxV; v > 0; v-- {
+		e := r.byKey[cmdKey{t, v}]
+		if e != nil && (e.newBody == nil || reflect.TypeOf(e.newBody()).Elem() == bt) {
+			return e
+		}
+	}
+	return nil
+}
+
+// encodeCmd encodes body as the newest version of t this binary knows for
+// body's type.
 func encodeCmd(t cmdType, body any) ([]byte, error) {
-	e := registry.latest(t, MaxVersion)
+	e := registry.forBody(t, body, MaxVersion)
 	if e == nil || e.newBody == nil {
 		return nil, fmt.Errorf("raftstore: encode: no JSON entry for command %d", byte(t))
 	}

@@ -515,7 +515,7 @@ func (s *Store) submit(ctx context.Context, t cmdType, body any) result {
 	if err := s.fsm.brokenErr(); err != nil {
 		return result{err: err}
 	}
-	e := registry.latest(t, MaxVersion)
+	e := registry.forBody(t, body, MaxVersion)
 	if e == nil {
 		return result{err: fmt.Errorf("%w: command %d unknown", ErrInvalid, byte(t))}
 	}
@@ -582,11 +582,11 @@ func (s *Store) DeleteConnection(ctx context.Context, master, slave string) erro
 // AddBlock seals the block (fresh data key wrapped by the KEK) and appends
 // it to the connection's pool. b.Bits is not retained.
 func (s *Store) AddBlock(ctx context.Context, b Block) error {
-	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits)+len(b.AuthBits) == 0 {
+	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits)+len(b.AuthBits)+len(b.RelayBits) == 0 {
 		return fmt.Errorf("%w: block needs a connection ID, a block ID and bits", ErrInvalid)
 	}
-	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0) {
-		return fmt.Errorf("%w: pad bits only go with a link peer", ErrInvalid)
+	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0 || len(b.RelayBits) > 0) {
+		return fmt.Errorf("%w: pad and relay bits only go with a link peer", ErrInvalid)
 	}
 	if s.raft.State() != raft.Leader {
 		return s.leaderErr()
@@ -604,7 +604,14 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 			return err
 		}
 	}
-	return s.submit(ctx, cmdAddBlock, cmd).err
+	if len(b.RelayBits) == 0 {
+		return s.submit(ctx, cmdAddBlock, cmd).err
+	}
+	rc := addRelayBlockCmd{addBlockCmd: cmd, RelayBytes: len(b.RelayBits)}
+	if rc.RelayWrapped, rc.RelaySealed, err = sealBlock(s.kek, relayAADID(b.LinkPeer), b.BlockID, b.RelayBits); err != nil {
+		return err
+	}
+	return s.submit(ctx, cmdAddBlock, rc).err
 }
 
 // IssueKeys carves len(r.KeyIDs) keys of r.Size bits off the pool head in
