@@ -42,6 +42,11 @@ type DemoOptions struct {
 	// Link joins the sites by a QKD link over a simulated fiber (nil: no
 	// link). RunDemo turns it on unless --no-link.
 	Link *harness.LinkSpec
+	// Driver is the link driver: sim (default: the link section's
+	// simulated fiber), devstream (an in-process device emulator streams
+	// Alice's and Bob's detections to the two sites) or etsi014 (two
+	// in-process emulated ETSI 014 key-delivery devices, one per site).
+	Driver string
 	// ExtraArgs are appended to every `qkdkms serve`.
 	ExtraArgs []string
 	// Listeners are bound listeners for some of the ports above, handed
@@ -66,6 +71,7 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
 	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
 	link := linkFlags(fs, "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
+	fs.StringVar(&o.Driver, "driver", "sim", "QKD link driver: sim (simulated fiber), devstream (device emulator streaming to both sites) or etsi014 (two emulated key-delivery devices)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
 		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
@@ -123,6 +129,33 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 		if _, err := os.Stat(filepath.Join(abs, "manifest.json")); err != nil {
 			return fmt.Errorf("no step plugins in %s (run `make plugins`, or pass --plugin-dir or --native): %w", abs, err)
 		}
+	}
+	switch o.Driver {
+	case "", "sim":
+	case "devstream", "etsi014":
+		if o.Link == nil {
+			return fmt.Errorf("--driver %s needs the QKD link (drop --no-link)", o.Driver)
+		}
+		sender, receiver := o.Sender, o.Receiver
+		if sender == "" {
+			sender = harness.DefaultSender
+		}
+		if receiver == "" {
+			receiver = harness.DefaultReceiver
+		}
+		devs, err := harness.StartDevices(harness.DeviceOptions{Driver: o.Driver, Dir: filepath.Join(o.Dir, "devices"),
+			Sites: [2]string{sender, receiver}})
+		if err != nil {
+			return err
+		}
+		defer devs.Close()
+		o.Link.Links = devs.Links
+		if o.Link.BlockBits == 0 {
+			o.Link.BlockBits = 40_000 // a block every second or two from the devices
+		}
+		fmt.Fprintf(stdout, "qkdkms demo: link driver %s: %s plays Alice, %s Bob; devices in %s\n", o.Driver, devs.Alice, devs.Bob, filepath.Join(o.Dir, "devices"))
+	default:
+		return fmt.Errorf("unknown --driver %q (sim, devstream or etsi014)", o.Driver)
 	}
 	c, err := harness.New(harness.Options{
 		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sender: o.Sender, Receiver: o.Receiver,
@@ -209,6 +242,8 @@ type linkView struct {
 	up                               bool
 	ok, aborted, qber, rate, eve     float64
 	committed, padsLeft, mismatching float64
+	driver                           string
+	driverOK                         bool
 }
 
 type nodeView struct {
@@ -299,6 +334,8 @@ func (d *demoScreen) collect(ctx context.Context, site *harness.Site) siteView {
 						lv.padsLeft = val
 					case "qkdkms_link_plugin_mismatch":
 						lv.mismatching = val
+					case "qkdkms_link_driver_ok":
+						lv.driver, lv.driverOK = labels["driver"], val == 1
 					}
 				}
 			}
@@ -361,6 +398,13 @@ func (d *demoScreen) draw(ctx context.Context) {
 			}
 			if lv.mismatching == 1 {
 				note += "  PLUGIN MISMATCH (see `qkdkms link status`)"
+			}
+			if lv.driver != "" {
+				health := "ok"
+				if !lv.driverOK {
+					health = "DEVICE NOT OK (see `qkdkms link status`)"
+				}
+				state += ", driver " + lv.driver + " " + health
 			}
 			fmt.Fprintf(&b, "  QKD link to %s (%s, %s): %3.0f sessions ok, %3.0f aborted, QBER %5.2f%%, %7.0f bit/s, %8.0f bits committed%s\n",
 				peer, lv.role, state, lv.ok, lv.aborted, 100*lv.qber, lv.rate, lv.committed, note)

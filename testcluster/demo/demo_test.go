@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,5 +132,85 @@ func TestDemoRunsTwice(t *testing.T) {
 				t.Errorf("run %d: %v", run, err)
 			}
 		}
+	}
+}
+
+// TestDemoDrivers: `qkdkms demo --driver devstream|etsi014` starts the
+// devices in process, points the two sites at them, and the status screen
+// shows the link's driver, healthy, with sessions committed.
+func TestDemoDrivers(t *testing.T) {
+	binary := proctest.Binary(t)
+	for _, driver := range []string{"devstream", "etsi014"} {
+		t.Run(driver, func(t *testing.T) {
+			var lns []*net.TCPListener
+			reserve := func(n int) int {
+				run, err := harness.ReserveRun(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lns = append(lns, run...)
+				return run[0].Addr().(*net.TCPAddr).Port
+			}
+			sp, rp := reserve(3), reserve(3)
+			seed := reserve(1)
+			t.Cleanup(func() {
+				for _, l := range lns {
+					l.Close()
+				}
+			})
+			opts := DemoOptions{Binary: binary, Dir: t.TempDir(), SenderPort: sp, ReceiverPort: rp, Listeners: lns,
+				SenderSeedPort: seed, ReceiverSeedPort: reserve(1),
+				Refresh: 200 * time.Millisecond, Plain: true, Link: &harness.LinkSpec{Native: true}, Driver: driver}
+			out := &syncBuffer{}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- Demo(ctx, opts, out) }()
+			ended := false
+			t.Cleanup(func() {
+				if !ended {
+					cancel()
+					<-done
+					t.Logf("output:\n%s", out.String())
+				}
+			})
+			testenv.WaitFor(t, "leaders on the status screen", func() bool {
+				return strings.Contains(out.String(), "site sender_app     leader sender_app-") &&
+					strings.Contains(out.String(), "site receiver_app   leader receiver_app-")
+			})
+			// The link runs sessions once a connection gives them a pool.
+			body := `{"source_KME_ID":"sender_app","target_KME_ID":"receiver_app","master_SAE_ID":"ghi","slave_SAE_ID":"jkl",` +
+				`"key_size":256,"max_keys_count":100000,"max_key_per_request":1,"max_SAE_ID_count":0}`
+			testenv.WaitFor(t, "register_connection through the seed API", func() bool {
+				resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/register_connection", seed), "application/json", strings.NewReader(body))
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			})
+			want := "driver " + driver + " ok): "
+			testenv.WaitFor(t, "the status screen to show "+want+" with a session committed", func() bool {
+				select {
+				case err := <-done:
+					ended = true
+					t.Fatalf("demo ended early: %v\n%s", err, out.String())
+				default:
+				}
+				for _, line := range strings.Split(out.String(), "\n") {
+					if strings.Contains(line, want) && !strings.Contains(line, ":   0 sessions ok") {
+						return true
+					}
+				}
+				return false
+			})
+			cancel()
+			ended = true
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if s := out.String(); !strings.Contains(s, "link driver "+driver+": receiver_app plays Alice") {
+				t.Fatalf("output lacks the driver line:\n%s", s)
+			}
+		})
 	}
 }

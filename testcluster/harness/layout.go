@@ -94,6 +94,18 @@ type LinkSpec struct {
 	Native    bool    // step code natively instead of WASM
 	FiberKm   float64 // simulated fiber length (0 = node default, 25 km)
 	BlockBits int     // sifted bits per session (0 = node default)
+	// Links are each site's links[] entries (node/CONFIG.md, "Link
+	// drivers"), by the site's KME ID: the driver per peer and its
+	// options. A site without an entry uses the simulator.
+	Links map[string][]PeerLink
+}
+
+// PeerLink is one entry of a node's links[]: the driver of the link to
+// Peer and its options (JSON, as the node sees them).
+type PeerLink struct {
+	Peer    string          `json:"peer"`
+	Driver  string          `json:"driver"`
+	Options json.RawMessage `json:"options,omitempty"`
 }
 
 // Layout is what Generate wrote.
@@ -150,6 +162,7 @@ type configFile struct {
 	Raft       raftTiming          `json:"raft"`
 	Log        logConfig           `json:"log"`
 	Link       *linkConfig         `json:"link,omitempty"`
+	Links      []PeerLink          `json:"links,omitempty"`
 }
 
 type linkConfig struct {
@@ -314,6 +327,9 @@ func Generate(o LayoutOptions) (*Layout, error) {
 				},
 				Log:  logConfig{Level: o.LogLevel},
 				Link: lc,
+			}
+			if o.Link != nil {
+				cf.Links = o.Link.Links[site.KMEID]
 			}
 			b, err := json.MarshalIndent(cf, "", "  ")
 			if err != nil {

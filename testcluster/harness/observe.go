@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -302,4 +303,49 @@ func (c *Cluster) NodeOf(addr string) string {
 		}
 	}
 	return ""
+}
+
+// LinkStatus is the part of a node's GET /admin/v1/link answer (node/link
+// Status) the experiments read.
+type LinkStatus struct {
+	Peer         string `json:"peer"`
+	Role         string `json:"role"`
+	Sessions     int64  `json:"sessions"`
+	Aborted      int64  `json:"aborted"`
+	LastError    string `json:"last_error,omitempty"`
+	AuthPadsUsed uint64 `json:"auth_pad_bytes_used"`
+	Driver       struct {
+		Driver string `json:"driver"`
+		OK     bool   `json:"ok"`
+	} `json:"driver"`
+}
+
+// LinkStatuses asks node id (answered by its site's leader) for its QKD
+// links' status.
+func (c *Cluster) LinkStatuses(ctx context.Context, id string) ([]LinkStatus, error) {
+	n := c.Layout.Node(id)
+	if n == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	h, err := c.HTTPClient(OperatorName(n.KMEID))
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.Addr()+"/admin/v1/link", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("harness: link status of %s: HTTP %d", id, resp.StatusCode)
+	}
+	var out []LinkStatus
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("harness: link status of %s: %w", id, err)
+	}
+	return out, nil
 }
