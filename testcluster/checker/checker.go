@@ -100,6 +100,9 @@ type Report struct {
 	AtRestKeys        int    `json:"at_rest_keys_scanned"`
 	FSMDigestMismatch int    `json:"fsm_digest_mismatch"`
 	FSMDigest         string `json:"fsm_digest,omitempty"`
+	// Link, for runs whose keys come from the QKD link: sessions committed
+	// and aborted, pads used twice, pools identical after healing.
+	Link *LinkReport `json:"link,omitempty"`
 
 	Latency map[string]LatencyStats `json:"latency"`
 	// Recovery is, per fault, the time from the fault to the end of the
@@ -124,7 +127,7 @@ type KindCounts struct {
 func (r *Report) OK() bool {
 	return r.DoubleIssued == 0 && r.DuplicateKeyBytes == 0 && r.NotFetchable == 0 &&
 		r.DecNeverIssued == 0 && r.SecondFetch == 0 && r.ByteMismatch == 0 && r.ExcessBurned == 0 &&
-		r.AtRestHits == 0 && r.FSMDigestMismatch == 0
+		r.AtRestHits == 0 && r.FSMDigestMismatch == 0 && r.Link.OK()
 }
 
 // Check runs the checker over a history.
@@ -380,6 +383,18 @@ func (r *Report) Markdown(title string) string {
 	}
 	if r.FSMDigest != "" {
 		row("FSM digests after healing", r.FSMDigest)
+	}
+	if l := r.Link; l != nil {
+		sites := make([]string, 0, len(l.Committed))
+		for s := range l.Committed {
+			sites = append(sites, s)
+		}
+		sort.Strings(sites)
+		for _, s := range sites {
+			row("link sessions committed / aborted at "+s+" (leaders)", fmt.Sprintf("%d / %d (%d)", l.Committed[s], l.Aborted[s], l.Leaders[s]))
+		}
+		row("link ("+l.Driver+"): pads used twice", l.PadReuse)
+		row("link: pools differ after healing", fmt.Sprintf("%d %v", l.PoolsDiffer, l.Pools))
 	}
 	for _, p := range []string{PhaseBefore, PhaseDuring, PhaseAfter} {
 		if l, ok := r.Latency[p]; ok {

@@ -127,6 +127,28 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 	if sc.Tune != nil {
 		sc.Tune(&copts)
 	}
+	if sc.Rate > 0 {
+		o.Rate = sc.Rate
+	}
+	var devs *harness.Devices
+	if sc.Driver != "" {
+		sender, receiver := copts.Sender, copts.Receiver
+		if sender == "" {
+			sender, receiver = harness.DefaultSender, harness.DefaultReceiver
+		}
+		var err error
+		devs, err = harness.StartDevices(harness.DeviceOptions{Driver: sc.Driver, Dir: filepath.Join(dir, "devices"),
+			Sites: [2]string{sender, receiver}, StallTimeout: 2 * time.Second, DeviceTimeout: 2 * time.Second, Logger: o.Logger})
+		if err != nil {
+			return err
+		}
+		defer devs.Close()
+		bits := 40_000
+		if sc.Driver == "sim" {
+			bits = 200_000 // fewer sifted bits leave no key after the finite-key bound
+		}
+		copts.Link = &harness.LinkSpec{Native: true, FiberKm: 1, BlockBits: bits, Links: devs.Links}
+	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	c, err := harness.Start(sctx, copts)
 	cancel()
@@ -142,8 +164,18 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 		KeySize: o.KeyBits, MaxKeysCount: keys * 2, MaxKeyPerRequest: max(o.Number, 1)}); err != nil {
 		return fmt.Errorf("register connection: %w", err)
 	}
-	if err := c.FillPool(setup, c.Sender(), master, slave, keys, o.KeyBits, 500); err != nil {
-		return fmt.Errorf("fill pool: %w", err)
+	if devs == nil {
+		if err := c.FillPool(setup, c.Sender(), master, slave, keys, o.KeyBits, 500); err != nil {
+			return fmt.Errorf("fill pool: %w", err)
+		}
+	} else {
+		// The link alone fills the pools: wait for the workload's keys.
+		fctx, fcancel := context.WithTimeout(ctx, 3*time.Minute)
+		err := waitPools(fctx, c, master, slave, func(a, b float64) bool { return a >= float64(keys) && b >= float64(keys) })
+		fcancel()
+		if err != nil {
+			return fmt.Errorf("the link did not fill the pools with %d keys: %w", keys, err)
+		}
 	}
 	burned0 := c.Burned(setup, c.Sender())
 	mc, err := workload.Client(c, master, c.Sender())
@@ -156,13 +188,14 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 	}
 	h := history.New()
 	w := workload.New(h, workload.Options{Master: mc, Slave: scl, Rate: o.Rate, Number: o.Number, Duration: o.Duration, NodeOf: c.NodeOf, KeepKeys: true})
-	env := &faults.Env{C: c, H: h, Site: c.Sender()}
+	env := &faults.Env{C: c, H: h, Site: c.Sender(), Devices: devs}
 	if sc.Slave {
 		env.Site = c.Receiver()
 	}
 
 	// Pool sampler and progress ticks until the drain ends.
 	var pool []report.PoolSample
+	var links []checker.LinkSample
 	var poolMu sync.Mutex
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var swg sync.WaitGroup
@@ -178,6 +211,13 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 					poolMu.Lock()
 					pool = append(pool, report.PoolSample{At: time.Now(), Site: site, Stored: v})
 					poolMu.Unlock()
+				}
+				if devs != nil {
+					if s, ok := linkSample(sampleCtx, c, site); ok {
+						poolMu.Lock()
+						links = append(links, s)
+						poolMu.Unlock()
+					}
 				}
 			}
 			select {
@@ -222,6 +262,16 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 	}
 	res.Report = checker.Check(h, checker.Config{FetchWindow: o.FetchWindow})
 	res.Pool = pool
+	if devs != nil {
+		// Pools identical at both sites after healing: the same blocks
+		// added and the same bits left, read while neither changes.
+		var states []checker.PoolState
+		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+		perr := waitPools(pctx, c, master, slave, nil, &states)
+		pcancel()
+		res.Report.Link = checker.CheckLink(sc.Driver, links, states, perr == nil)
+		res.Report.Violations = append(res.Report.Violations, res.Report.Link.Violations...)
+	}
 	// FSM digests of every node, then the at-rest scan of every data
 	// directory and log.
 	switch ds, bad, err := c.DigestsAgree(ctx, 15*time.Second); {
@@ -260,6 +310,57 @@ func wrapIf(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// linkSample reads the link status at site's leader.
+func linkSample(ctx context.Context, c *harness.Cluster, site string) (checker.LinkSample, bool) {
+	l, err := c.Leader(ctx, site)
+	if err != nil {
+		return checker.LinkSample{}, false
+	}
+	st, err := c.LinkStatuses(ctx, l)
+	if err != nil || len(st) != 1 {
+		return checker.LinkSample{}, false
+	}
+	return checker.LinkSample{At: time.Now(), Site: site, Leader: l, Sessions: st[0].Sessions, Aborted: st[0].Aborted, PadEnd: st[0].AuthPadsUsed}, true
+}
+
+// waitPools reads master→slave's pool (blocks added, stored bits) at both
+// sites' leaders until cond holds of the sender's and receiver's stored
+// keys, or, with cond nil, until both sites hold the same blocks and bits
+// in a reading where the sender's did not change across the receiver's;
+// *out (if given) gets the last reading.
+func waitPools(ctx context.Context, c *harness.Cluster, master, slave string, cond func(a, b float64) bool, out ...*[]checker.PoolState) error {
+	read := func(site string) (checker.PoolState, float64, bool) {
+		l, err := c.Leader(ctx, site)
+		if err != nil {
+			return checker.PoolState{}, 0, false
+		}
+		m, err := c.Metrics(ctx, l)
+		if err != nil {
+			return checker.PoolState{}, 0, false
+		}
+		lb := `{master="` + master + `",slave="` + slave + `"}`
+		b, ok1 := m["qkdkms_blocks_added_total"+lb]
+		bits, ok2 := m["qkdkms_pool_stored_bits"+lb]
+		return checker.PoolState{Site: site, Blocks: b, Bits: bits}, m["qkdkms_pool_stored_keys"+lb], ok1 && ok2
+	}
+	for {
+		a, ka, okA := read(c.Sender())
+		b, kb, okB := read(c.Receiver())
+		a2, _, okA2 := read(c.Sender())
+		if okA && okB && okA2 {
+			for _, o := range out {
+				*o = []checker.PoolState{a, b}
+			}
+			if cond != nil && cond(ka, kb) || cond == nil && a.Blocks == b.Blocks && a.Bits == b.Bits && a == a2 {
+				return nil
+			}
+		}
+		if !faults.Sleep(ctx, 300*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
 }
 
 // poolLevel reads qkdkms_pool_stored_keys of master→slave at site's leader.

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"time"
 
+	"qkdkms/quantum/etsi014"
 	"qkdkms/testcluster/harness"
 	"qkdkms/testcluster/history"
 )
@@ -25,6 +26,8 @@ type Env struct {
 	// Site is the site the fault targets (the master site unless the
 	// scenario says otherwise).
 	Site string
+	// Devices are the QKD link's devices (scenarios with a Driver).
+	Devices *harness.Devices
 }
 
 // Scenario is a named fault run during a workload. Fault runs alongside the
@@ -39,6 +42,13 @@ type Scenario struct {
 	// directories of that size (root only).
 	Netns  bool
 	DiskMB int
+	// Driver, when set, joins the sites by a QKD link with this driver
+	// (sim, devstream, etsi014; harness.StartDevices) and the pools fill
+	// from the link alone instead of by admin import; the checker then
+	// also checks the link (checker.CheckLink).
+	Driver string
+	// Rate overrides the workload's enc_keys per second (0: the run's).
+	Rate float64
 	// Tune adjusts the cluster options (Raft snapshot settings, ...).
 	Tune  func(*harness.Options)
 	Fault func(ctx context.Context, e *Env) error
@@ -224,6 +234,78 @@ var Scenarios = map[string]Scenario{
 			return nil
 		},
 	},
+}
+
+// Link scenarios: keys come from the QKD link (Driver), at 5 enc_keys/s.
+func init() {
+	for _, sc := range []Scenario{
+		{
+			Name: "link-leader-kill", Driver: "sim", Rate: 5,
+			Description: "keys from the QKD link (sim, 1 km): SIGKILL the leader of the site that plays Alice during sessions, restart it 1 s later; 3 s on, the same at the site that plays Bob",
+			Fault: func(ctx context.Context, e *Env) error {
+				for _, site := range []string{e.Devices.Alice, e.Devices.Bob} {
+					if !Sleep(ctx, 2*time.Second) {
+						return nil
+					}
+					se := *e
+					se.Site = site
+					if err := killRestart(ctx, &se, "", time.Second); err != nil {
+						return fmt.Errorf("fault: %w", err)
+					}
+				}
+				return nil
+			},
+		},
+		{
+			Name: "link-session-cut", Driver: "sim", Rate: 5, Netns: true,
+			Description: "keys from the QKD link (sim, 1 km): cut every connection between the two sites (the link between their leaders and the relays) for 5 s mid-session, then heal",
+			Fault: func(ctx context.Context, e *Env) error {
+				Sleep(ctx, 3*time.Second)
+				e.H.Mark(history.EventFault, "cut link mid-session")
+				if err := e.C.CutLink(); err != nil {
+					return err
+				}
+				Sleep(context.WithoutCancel(ctx), 5*time.Second)
+				err := e.C.Heal()
+				e.H.Mark(history.EventHeal, "heal link")
+				return err
+			},
+		},
+		{
+			Name: "stream-stall", Driver: "devstream", Rate: 5,
+			Description: "keys from device streams (devstream emulator, a frame per 0.2 s; stall_timeout 2 s): Bob's stream stalls for 5 s (the emulator's writes to every Bob client block), then flows again",
+			Fault: func(ctx context.Context, e *Env) error {
+				Sleep(ctx, 3*time.Second)
+				e.H.Mark(history.EventFault, "stall Bob's device stream")
+				if err := e.Devices.PauseStream("bob"); err != nil {
+					return err
+				}
+				Sleep(context.WithoutCancel(ctx), 5*time.Second)
+				err := e.Devices.ResumeStream("bob")
+				e.H.Mark(history.EventHeal, "Bob's stream flows")
+				return err
+			},
+		},
+		{
+			Name: "device-loss", Driver: "etsi014", Rate: 5,
+			Description: "keys from ETSI 014 key-delivery devices (two emulated devices, call timeout 2 s): the Alice site's device hangs for 4 s (calls time out), then answers 503 for 4 s, then recovers",
+			Fault: func(ctx context.Context, e *Env) error {
+				Sleep(ctx, 3*time.Second)
+				dev := e.Devices.ETSI.A
+				e.H.Mark(history.EventFault, "Alice's key-delivery device hangs")
+				dev.SetFault(etsi014.Fault{Kind: etsi014.FaultDelay, Delay: time.Minute})
+				Sleep(context.WithoutCancel(ctx), 4*time.Second)
+				e.H.Mark(history.EventFault, "Alice's key-delivery device answers 503")
+				dev.SetFault(etsi014.Fault{Kind: etsi014.FaultUnavailable})
+				Sleep(context.WithoutCancel(ctx), 4*time.Second)
+				dev.SetFault(etsi014.Fault{})
+				e.H.Mark(history.EventHeal, "Alice's key-delivery device back")
+				return nil
+			},
+		},
+	} {
+		Scenarios[sc.Name] = sc
+	}
 }
 
 // Names lists the scenarios in a stable order.
