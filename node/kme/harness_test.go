@@ -2,6 +2,7 @@ package kme
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -10,42 +11,39 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/raft"
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
 	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
+	"qkdkms/raftstore/storetest"
 )
 
-// The harness: two (or more) sites of N nodes each, in process. Each node
-// is a raftstore.Store on raft's in-memory transport (with its bolt log
-// store on disk), a KME, and an httptest TLS server with real certificates
-// from etsi/pki serving the ETSI API and the internal endpoints.
+// The harness: two (or more) sites of N nodes each, in process. Each site
+// is an in-memory Raft cluster from raftstore/storetest (bolt log stores on
+// disk, node logs to t.Log); this file adds, per node, a KME and an
+// httptest TLS server with real certificates from etsi/pki serving the
+// ETSI API and the internal endpoints, and the inter-site cut.
 
 type tnode struct {
 	name  string
 	site  *tsite
-	trans *raft.InmemTransport
 	store *raftstore.Store
 	kme   *KME
 	tsite *timingSite
 	srv   *httptest.Server
-	h     atomic.Pointer[http.Handler]
 	dead  atomic.Bool
 }
 
 type tsite struct {
 	id    string
+	c     *storetest.Cluster
 	nodes []*tnode
 	// cut makes this site's servers drop every peer (inter-site) call;
 	// cutOnly, when set, limits that to paths with this prefix.
@@ -58,8 +56,7 @@ type world struct {
 	ca    *pki.CA
 	pool  *x509.CertPool
 	sites map[string]*tsite
-	urls  sync.Map // raft address → https base URL
-	log   *slog.Logger
+	urls  map[string]string // Raft address (node name) → https base URL; fixed before any KME starts
 }
 
 type worldOpts struct {
@@ -72,35 +69,62 @@ type worldOpts struct {
 	raftDefaults bool
 }
 
-type tbWriter struct{ tb testing.TB }
-
-func (w tbWriter) Write(p []byte) (int, error) {
-	w.tb.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 	tb.Helper()
 	ca, err := pki.Init(tb.TempDir())
 	if err != nil {
 		tb.Fatal(err)
 	}
-	w := &world{tb: tb, ca: ca, pool: ca.Pool(), sites: map[string]*tsite{}}
+	w := &world{tb: tb, ca: ca, pool: ca.Pool(), sites: map[string]*tsite{}, urls: map[string]string{}}
+	raftOpts := []storetest.Option{storetest.NoLeaderWait(), storetest.WithConfig(func(_ int, c *raftstore.Config) {
+		c.NoSync = opts.noSync
+		c.HeartbeatTimeout, c.ElectionTimeout = testenv.Scaled(200*time.Millisecond), testenv.Scaled(200*time.Millisecond)
+		c.LeaderLeaseTimeout = testenv.Scaled(100 * time.Millisecond)
+		if opts.raftDefaults {
+			c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = 0, 0, 0
+		}
+		c.RaftLogLevel = "error" // raft's connection errors after kills are noise here
+	})}
 	if opts.quiet {
-		w.log = slog.New(slog.DiscardHandler)
-	} else {
-		w.log = slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		raftOpts = append(raftOpts, storetest.Quiet())
 	}
+	// The sites' stores, and each node's server, not started yet: every
+	// KME is given the URLs of the other sites' nodes.
 	for _, id := range siteIDs {
-		w.sites[id] = &tsite{id: id}
+		s := &tsite{id: id, c: storetest.MakeCluster(tb, opts.nodes, append(raftOpts, storetest.WithIDPrefix(id+"-n"))...)}
+		w.sites[id] = s
+		for i, name := range s.c.IDs {
+			n := &tnode{name: name, site: s, store: s.c.Stores[i], srv: httptest.NewUnstartedServer(nil)}
+			tb.Cleanup(n.kill)
+			w.urls[name] = "https://" + n.srv.Listener.Addr().String()
+			s.nodes = append(s.nodes, n)
+		}
 	}
-	// Servers first, so every site knows its peers' URLs.
-	for _, id := range siteIDs {
-		s := w.sites[id]
-		for i := 0; i < opts.nodes; i++ {
-			n := &tnode{name: fmt.Sprintf("%s-n%d", id, i), site: s}
-			_, n.trans = raft.NewInmemTransport("")
-			leaf, err := ca.IssueNode(n.name, id, nil)
+	for _, s := range w.sites {
+		peers := map[string][]string{}
+		for pid, ps := range w.sites {
+			for _, n := range ps.nodes {
+				if pid != s.id {
+					peers[pid] = append(peers[pid], w.urls[n.name])
+				}
+			}
+		}
+		for _, n := range s.nodes {
+			var site raftstore.Site = n.store
+			hc := w.client(n.name, s.id)
+			if opts.timing {
+				n.tsite = &timingSite{Site: n.store}
+				site, hc.Transport = n.tsite, timingRT{hc.Transport, n.tsite}
+			}
+			n.kme = New(Config{
+				KMEID:       s.id,
+				Site:        site,
+				Peers:       peers,
+				HTTPClient:  hc,
+				ResolveAddr: func(a string) string { return cmp.Or(w.urls[a], a) },
+				Logger:      s.c.Logger().With("node", n.name),
+			})
+			leaf, err := ca.IssueNode(n.name, s.id, nil)
 			if err != nil {
 				tb.Fatal(err)
 			}
@@ -108,97 +132,14 @@ func newWorld(tb testing.TB, opts worldOpts, siteIDs ...string) *world {
 			if err != nil {
 				tb.Fatal(err)
 			}
-			n.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-				h := n.h.Load()
-				if h == nil {
-					http.Error(rw, "starting", http.StatusServiceUnavailable)
-					return
-				}
-				(*h).ServeHTTP(rw, r)
-			}))
+			n.srv.Config.Handler = n.handler()
 			n.srv.TLS = pki.ServerConfig(cert, w.pool)
 			n.srv.TLS.ClientAuth = tls.VerifyClientCertIfGiven
 			n.srv.StartTLS()
-			w.urls.Store(string(n.trans.LocalAddr()), n.srv.URL)
-			s.nodes = append(s.nodes, n)
-			tb.Cleanup(n.kill)
-		}
-		for _, a := range s.nodes {
-			for _, b := range s.nodes {
-				if a != b {
-					a.trans.Connect(b.trans.LocalAddr(), b.trans)
-				}
-			}
-		}
-	}
-	for _, id := range siteIDs {
-		s := w.sites[id]
-		kek := make([]byte, raftstore.KEKSize)
-		rand.Read(kek)
-		var servers []raft.Server
-		for _, n := range s.nodes {
-			servers = append(servers, raft.Server{ID: raft.ServerID(n.name), Address: n.trans.LocalAddr(), Suffrage: raft.Voter})
-		}
-		peers := map[string][]string{}
-		for pid, ps := range w.sites {
-			if pid == id {
-				continue
-			}
-			for _, n := range ps.nodes {
-				peers[pid] = append(peers[pid], n.srv.URL)
-			}
-		}
-		for _, n := range s.nodes {
-			hb, el, lease := testenv.Scaled(200*time.Millisecond), testenv.Scaled(200*time.Millisecond), testenv.Scaled(100*time.Millisecond)
-			if opts.raftDefaults {
-				hb, el, lease = 0, 0, 0
-			}
-			st, err := raftstore.Open(context.Background(), raftstore.Config{
-				NodeID:             n.name,
-				DataDir:            tb.TempDir(),
-				Transport:          n.trans,
-				KEK:                kek,
-				Bootstrap:          servers,
-				Logger:             slog.New(slog.DiscardHandler), // raft's connection errors after kills are noise here
-				NoSync:             opts.noSync,
-				HeartbeatTimeout:   hb,
-				ElectionTimeout:    el,
-				LeaderLeaseTimeout: lease,
-				CommitTimeout:      5 * time.Millisecond,
-				RaftLogLevel:       "error",
-			})
-			if err != nil {
-				tb.Fatal(err)
-			}
-			n.store = st
-			var site raftstore.Site = st
-			if opts.timing {
-				n.tsite = &timingSite{Site: st}
-				site = n.tsite
-			}
-			hc := w.client(n.name, id)
-			if n.tsite != nil {
-				hc.Transport = timingRT{hc.Transport, n.tsite}
-			}
-			n.kme = New(Config{
-				KMEID:      id,
-				Site:       site,
-				Peers:      peers,
-				HTTPClient: hc,
-				ResolveAddr: func(a string) string {
-					if u, ok := w.urls.Load(a); ok {
-						return u.(string)
-					}
-					return a
-				},
-				Logger: w.log.With("node", n.name),
-			})
-			h := n.handler()
-			n.h.Store(&h)
 		}
 	}
 	for _, s := range w.sites {
-		s.waitLeader(tb)
+		s.c.Leader(tb)
 	}
 	// The nodes' version reports raise each site to this binary's cluster
 	// version (docs/RAFT-FORMAT.md); imports need it.
@@ -279,19 +220,15 @@ func (w *world) sae(id string) *sae {
 	return &sae{id: id, c: w.httpClient(leaf)}
 }
 
+// kill crashes the node: its server closes, its store stops and is cut
+// off from the rest of the site.
 func (n *tnode) kill() {
 	if n.dead.Swap(true) {
 		return
 	}
 	n.srv.CloseClientConnections()
 	n.srv.Close()
-	for _, o := range n.site.nodes {
-		o.trans.Disconnect(n.trans.LocalAddr())
-	}
-	n.trans.DisconnectAll()
-	if n.store != nil {
-		n.store.Close()
-	}
+	n.site.c.Crash(n.name)
 	if n.kme != nil {
 		n.kme.Close()
 	}

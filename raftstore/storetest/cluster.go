@@ -32,6 +32,7 @@ type options struct {
 	level  slog.Level
 	silent bool
 	prefix string
+	noWait bool
 }
 
 // WithConfig lets the test adjust node i's Config before it opens.
@@ -49,6 +50,11 @@ func Quiet() Option { return func(o *options) { o.silent = true } }
 // in-memory address), so that several sites in one test have distinct
 // node names.
 func WithIDPrefix(prefix string) Option { return func(o *options) { o.prefix = prefix } }
+
+// NoLeaderWait makes MakeCluster return once the nodes are open, without
+// waiting for a leader: a test that starts several sites lets them elect
+// at the same time, then calls Leader.
+func NoLeaderWait() Option { return func(o *options) { o.noWait = true } }
 
 // Cluster is a site of in-memory nodes. Node i has ID "node<i>" (see
 // WithIDPrefix), which is also its Raft address. Stores[i]
@@ -86,7 +92,7 @@ func (w *tWriter) Write(p []byte) (int, error) {
 }
 
 // MakeCluster starts n nodes bootstrapped as one site and waits for a
-// leader. Nodes are shut down in t.Cleanup.
+// leader (see NoLeaderWait). Nodes are shut down in t.Cleanup.
 func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	o := options{level: slog.LevelWarn, prefix: "node"}
@@ -139,7 +145,9 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		c.logw.done = true
 		c.logw.mu.Unlock()
 	})
-	c.Leader(t)
+	if !o.noWait {
+		c.Leader(t)
+	}
 	return c
 }
 
