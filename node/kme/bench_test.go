@@ -1,6 +1,7 @@
 package kme
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"qkdkms/etsi"
+	"qkdkms/etsi/client"
 )
 
 // BenchmarkETSIRoundTrip: 32 concurrent master SAEs call enc_keys (1 key,
@@ -74,12 +78,12 @@ func benchRoundTrip(b *testing.B, pairs int, leaderOnly bool) {
 			}
 			for range quota {
 				t0 := time.Now()
-				enc, err := masters[i].enc(ctx, na, slaves[i].id, map[string]any{"number": 1, "size": 256})
+				enc, err := masters[i].on(na).EncKeys(ctx, slaves[i].id, etsi.KeyRequest{Number: 1, Size: 256})
 				if err == nil {
-					var dec container
-					dec, err = slaves[i].dec(ctx, nb, masters[i].id, enc.Keys[0].KeyID)
-					if err == nil && dec.Keys[0].Key != enc.Keys[0].Key {
-						err = fmt.Errorf("key %s differs", enc.Keys[0].KeyID)
+					var dec []client.Key
+					dec, err = slaves[i].on(nb).DecKeys(ctx, masters[i].id, enc[0].ID)
+					if err == nil && !bytes.Equal(dec[0].Bytes, enc[0].Bytes) {
+						err = fmt.Errorf("key %s differs", enc[0].ID)
 					}
 				}
 				if err != nil {

@@ -1,16 +1,12 @@
 package kme
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"fmt"
-	"io"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,6 +15,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/etsi/client"
 	"qkdkms/etsi/pki"
 	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
@@ -206,18 +203,47 @@ func (w *world) httpClient(leaf pki.Leaf) *http.Client {
 	return &http.Client{Transport: tr, Timeout: testenv.Scaled(30 * time.Second)}
 }
 
-// sae is an SAE client with its own certificate.
+// sae is an SAE with its own certificate and an etsi/client for each
+// node of every site.
 type sae struct {
 	id string
-	c  *http.Client
+	at map[*tnode]*client.Client
 }
 
 func (w *world) sae(id string) *sae {
+	w.tb.Helper()
 	leaf, err := w.ca.IssueSAE(id)
 	if err != nil {
 		w.tb.Fatal(err)
 	}
-	return &sae{id: id, c: w.httpClient(leaf)}
+	cert, err := leaf.TLS()
+	if err != nil {
+		w.tb.Fatal(err)
+	}
+	s := &sae{id: id, at: map[*tnode]*client.Client{}}
+	for _, site := range w.sites {
+		for _, n := range site.nodes {
+			c, err := client.New(n.srv.URL, pki.ClientConfig(cert, w.pool), client.Options{Timeout: testenv.Scaled(30 * time.Second)})
+			if err != nil {
+				w.tb.Fatal(err)
+			}
+			w.tb.Cleanup(c.Close)
+			s.at[n] = c
+		}
+	}
+	return s
+}
+
+// on is the SAE's client for node n.
+func (s *sae) on(n *tnode) *client.Client { return s.at[n] }
+
+// refusal is the KME's refusal err carries (zero when there is none).
+func refusal(err error) client.Error {
+	var e *client.Error
+	if errors.As(err, &e) {
+		return *e
+	}
+	return client.Error{}
 }
 
 // kill crashes the node: its server closes, its store stops and is cut
@@ -267,92 +293,6 @@ func (s *tsite) follower(i int) *tnode {
 		}
 	}
 	return nil
-}
-
-// ---------------------------------------------------------------- ETSI calls
-
-type keyObj struct {
-	KeyID string `json:"key_ID"`
-	Key   string `json:"key"`
-}
-
-type container struct {
-	Keys []keyObj `json:"keys"`
-}
-
-type apiErr struct {
-	status int
-	body   string
-}
-
-func (e *apiErr) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
-
-func (s *sae) do(ctx context.Context, method, url string, body any, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := s.c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return &apiErr{status: resp.StatusCode, body: string(data)}
-	}
-	return json.Unmarshal(data, out)
-}
-
-func (s *sae) enc(ctx context.Context, n *tnode, slave string, req map[string]any) (container, error) {
-	var c container
-	err := s.do(ctx, http.MethodPost, n.srv.URL+"/api/v1/keys/"+slave+"/enc_keys", req, &c)
-	return c, err
-}
-
-func (s *sae) dec(ctx context.Context, n *tnode, master string, ids ...string) (container, error) {
-	var c container
-	objs := make([]map[string]string, len(ids))
-	for i, id := range ids {
-		objs[i] = map[string]string{"key_ID": id}
-	}
-	err := s.do(ctx, http.MethodPost, n.srv.URL+"/api/v1/keys/"+master+"/dec_keys", map[string]any{"key_IDs": objs}, &c)
-	return c, err
-}
-
-func (s *sae) status(ctx context.Context, n *tnode, slave string) (etsi.Status, error) {
-	var st etsi.Status
-	err := s.do(ctx, http.MethodGet, n.srv.URL+"/api/v1/keys/"+slave+"/status", nil, &st)
-	return st, err
-}
-
-func statusOfErr(err error) int {
-	if e, ok := err.(*apiErr); ok {
-		return e.status
-	}
-	return 0
-}
-
-func decodeKey(tb testing.TB, k keyObj) []byte {
-	b, err := base64.StdEncoding.DecodeString(k.Key)
-	if err != nil {
-		tb.Fatalf("key %s: %v", k.KeyID, err)
-	}
-	return b
 }
 
 // ---------------------------------------------------------------- setup helpers

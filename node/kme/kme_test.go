@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"qkdkms/etsi"
+	"qkdkms/etsi/client"
 	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
 )
@@ -43,24 +44,24 @@ func newLedger(t *testing.T) *issuedLedger {
 	return &issuedLedger{t: t, ids: map[string]bool{}, bytes: map[string]string{}}
 }
 
-func (l *issuedLedger) add(c container) {
+func (l *issuedLedger) add(keys ...client.Key) {
 	l.t.Helper()
-	for _, k := range c.Keys {
-		if l.ids[k.KeyID] {
-			l.t.Fatalf("key ID %s issued twice", k.KeyID)
+	for _, k := range keys {
+		if l.ids[k.ID] {
+			l.t.Fatalf("key ID %s issued twice", k.ID)
 		}
-		l.ids[k.KeyID] = true
-		if prev, ok := l.bytes[k.Key]; ok {
-			l.t.Fatalf("key bytes of %s issued again as %s", prev, k.KeyID)
+		l.ids[k.ID] = true
+		if prev, ok := l.bytes[string(k.Bytes)]; ok {
+			l.t.Fatalf("key bytes of %s issued again as %s", prev, k.ID)
 		}
-		l.bytes[k.Key] = k.KeyID
+		l.bytes[string(k.Bytes)] = k.ID
 	}
 }
 
-func ids(c container) []string {
-	out := make([]string, len(c.Keys))
-	for i, k := range c.Keys {
-		out[i] = k.KeyID
+func ids(keys []client.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.ID
 	}
 	return out
 }
@@ -72,41 +73,41 @@ func roundTrip(t *testing.T, w *world, led *issuedLedger, master, slave, strange
 	t.Helper()
 	ctx := ctxT(t)
 	a, b := w.sites[src], w.sites[dst]
-	enc, err := master.enc(ctx, a.follower(0), slave.id, map[string]any{"number": number, "size": 256})
+	enc, err := master.on(a.follower(0)).EncKeys(ctx, slave.id, etsi.KeyRequest{Number: number, Size: 256})
 	if err != nil {
 		t.Fatalf("enc_keys at %s: %v", src, err)
 	}
-	if len(enc.Keys) != number {
-		t.Fatalf("got %d keys, want %d", len(enc.Keys), number)
+	if len(enc) != number {
+		t.Fatalf("got %d keys, want %d", len(enc), number)
 	}
-	led.add(enc)
-	for _, k := range enc.Keys {
-		if n := len(decodeKey(t, k)); n != 32 {
-			t.Fatalf("key %s has %d bytes", k.KeyID, n)
+	led.add(enc...)
+	for _, k := range enc {
+		if n := len(k.Bytes); n != 32 {
+			t.Fatalf("key %s has %d bytes", k.ID, n)
 		}
 	}
 	// A stranger (valid certificate, not named) is refused with the answer
 	// of an unknown key (etsi/API.md, dec_keys); keys stay.
-	_, err = stranger.dec(ctx, b.follower(0), master.id, ids(enc)...)
-	if statusOfErr(err) != http.StatusBadRequest {
+	_, err = stranger.on(b.follower(0)).DecKeys(ctx, master.id, ids(enc)...)
+	if refusal(err).StatusCode != http.StatusBadRequest {
 		t.Fatalf("stranger dec_keys: want 400, got %v", err)
 	}
 	// The slave's fetch at the master site is refused: keys live at B.
-	_, err = slave.dec(ctx, a.follower(0), master.id, ids(enc)...)
-	if statusOfErr(err) != http.StatusBadRequest {
+	_, err = slave.on(a.follower(0)).DecKeys(ctx, master.id, ids(enc)...)
+	if refusal(err).StatusCode != http.StatusBadRequest {
 		t.Fatalf("dec_keys at the master site: want 400, got %v", err)
 	}
-	dec, err := slave.dec(ctx, b.follower(1), master.id, ids(enc)...)
+	dec, err := slave.on(b.follower(1)).DecKeys(ctx, master.id, ids(enc)...)
 	if err != nil {
 		t.Fatalf("dec_keys at %s: %v", dst, err)
 	}
-	for i := range enc.Keys {
-		if dec.Keys[i].KeyID != enc.Keys[i].KeyID || dec.Keys[i].Key != enc.Keys[i].Key {
-			t.Fatalf("key %d differs between sites: %s vs %s", i, enc.Keys[i].KeyID, dec.Keys[i].KeyID)
+	for i := range enc {
+		if dec[i].ID != enc[i].ID || !bytes.Equal(dec[i].Bytes, enc[i].Bytes) {
+			t.Fatalf("key %d differs between sites: %s vs %s", i, enc[i].ID, dec[i].ID)
 		}
 	}
-	_, err = slave.dec(ctx, b.follower(0), master.id, ids(enc)...)
-	if statusOfErr(err) != http.StatusBadRequest || !strings.Contains(err.Error(), etsi.MsgKeysNotFound) {
+	_, err = slave.on(b.follower(0)).DecKeys(ctx, master.id, ids(enc)...)
+	if r := refusal(err); r.StatusCode != http.StatusBadRequest || r.Message != etsi.MsgKeysNotFound {
 		t.Fatalf("second dec_keys: want 400 %q, got %v", etsi.MsgKeysNotFound, err)
 	}
 }
@@ -122,7 +123,7 @@ func TestRoundTripAndLeaderLoss(t *testing.T) {
 	roundTrip(t, w, led, master, slave, stranger, siteA, siteB, 3)
 
 	// Status at the master site through a follower.
-	st, err := master.status(ctx, w.sites[siteA].follower(1), slave.id)
+	st, err := master.on(w.sites[siteA].follower(1)).Status(ctx, slave.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +168,8 @@ func TestBothDirections(t *testing.T) {
 		roundTrip(t, w, led, m2, s2, stranger, siteB, siteA, 2)
 	}
 	// The master of one direction is no master in the other.
-	_, err := m1.enc(ctx, w.sites[siteB].follower(0), s1.id, nil)
-	if statusOfErr(err) != http.StatusUnauthorized {
+	_, err := m1.on(w.sites[siteB].follower(0)).EncKeys(ctx, s1.id, etsi.KeyRequest{})
+	if refusal(err).StatusCode != http.StatusUnauthorized {
 		t.Fatalf("enc_keys at the slave site: want 401, got %v", err)
 	}
 }
@@ -185,11 +186,11 @@ func TestLinkCutBurns(t *testing.T) {
 	before := w.connStatus(ctx, siteA, master.id, slave.id)
 	w.sites[siteB].cut.Store(true)
 	start := time.Now()
-	_, err := master.enc(ctx, w.sites[siteA].follower(0), slave.id, map[string]any{"number": 4})
-	if statusOfErr(err) != http.StatusServiceUnavailable {
+	_, err := master.on(w.sites[siteA].follower(0)).EncKeys(ctx, slave.id, etsi.KeyRequest{Number: 4})
+	if refusal(err).StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("enc_keys with the link cut: want 503, got %v", err)
 	}
-	t.Logf("503 after %v: %v", time.Since(start), err)
+	t.Logf("503 after %v: %v %v", time.Since(start), err, refusal(err).Details)
 	after := w.connStatus(ctx, siteA, master.id, slave.id)
 	if after.BurnedKeys != before.BurnedKeys+4 || after.StoredKeys != before.StoredKeys-4 {
 		t.Fatalf("burn: before %+v, after %+v", before, after)
@@ -216,20 +217,20 @@ func TestMulticast(t *testing.T) {
 	w.register(ctx, siteA, w.connection(siteA, siteB, m.id, s2.id))
 	w.importBits(ctx, siteA, m.id, s1.id, 32*4)
 	// s3 has no connection with m: it cannot be named.
-	_, err := m.enc(ctx, w.sites[siteA].follower(0), s1.id, map[string]any{"additional_slave_SAE_IDs": []string{s3.id}})
-	if statusOfErr(err) != http.StatusBadRequest {
+	_, err := m.on(w.sites[siteA].follower(0)).EncKeys(ctx, s1.id, etsi.KeyRequest{AdditionalSlaveSAEIDs: []string{s3.id}})
+	if refusal(err).StatusCode != http.StatusBadRequest {
 		t.Fatalf("unconnected additional slave: want 400, got %v", err)
 	}
-	enc, err := m.enc(ctx, w.sites[siteA].follower(0), s1.id, map[string]any{"number": 2, "additional_slave_SAE_IDs": []string{s2.id}})
+	enc, err := m.on(w.sites[siteA].follower(0)).EncKeys(ctx, s1.id, etsi.KeyRequest{Number: 2, AdditionalSlaveSAEIDs: []string{s2.id}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, sl := range []*sae{s1, s2} {
-		dec, err := sl.dec(ctx, w.sites[siteB].follower(1), m.id, ids(enc)...)
+		dec, err := sl.on(w.sites[siteB].follower(1)).DecKeys(ctx, m.id, ids(enc)...)
 		if err != nil {
 			t.Fatalf("%s: %v", sl.id, err)
 		}
-		if dec.Keys[0].Key != enc.Keys[0].Key || dec.Keys[1].Key != enc.Keys[1].Key {
+		if !bytes.Equal(dec[0].Bytes, enc[0].Bytes) || !bytes.Equal(dec[1].Bytes, enc[1].Bytes) {
 			t.Fatalf("%s got other bytes", sl.id)
 		}
 		st := w.connStatus(ctx, siteB, m.id, s1.id)
@@ -241,8 +242,8 @@ func TestMulticast(t *testing.T) {
 			t.Fatalf("after %s: erased %d, want %d", sl.id, st.ErasedKeys, want)
 		}
 	}
-	_, err = s1.dec(ctx, w.sites[siteB].follower(0), m.id, ids(enc)...)
-	if statusOfErr(err) != http.StatusBadRequest {
+	_, err = s1.on(w.sites[siteB].follower(0)).DecKeys(ctx, m.id, ids(enc)...)
+	if refusal(err).StatusCode != http.StatusBadRequest {
 		t.Fatalf("fetch after erase: want 400, got %v", err)
 	}
 }
@@ -365,7 +366,11 @@ func TestBackendErrorsThroughFollowers(t *testing.T) {
 func TestInternalAuth(t *testing.T) {
 	w := newWorld(t, worldOpts{nodes: 1, noSync: true}, siteA, siteB)
 	a := w.sites[siteA].nodes[0]
-	saeC := w.sae("some-sae").c
+	saeLeaf, err := w.ca.IssueSAE("some-sae")
+	if err != nil {
+		t.Fatal(err)
+	}
+	saeC := w.httpClient(saeLeaf)
 	peerNode := w.client("kme-b-other", siteB)
 	sameSite := w.client("kme-a-other", siteA)
 	opLeaf, err := w.ca.IssueOperator("ops", siteA)
@@ -477,7 +482,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	}
 	type got struct {
 		pair int
-		key  keyObj
+		key  client.Key
 	}
 	var mu sync.Mutex
 	var received []got
@@ -502,13 +507,13 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 					continue
 				}
 				c, cancel := context.WithTimeout(ctx, testenv.Scaled(5*time.Second))
-				enc, err := masters[i].enc(c, n, slaves[i].id, map[string]any{"number": 2})
+				enc, err := masters[i].on(n).EncKeys(c, slaves[i].id, etsi.KeyRequest{Number: 2})
 				cancel()
 				mu.Lock()
 				if err != nil {
 					failures++
 				} else {
-					for _, k := range enc.Keys {
+					for _, k := range enc {
 						received = append(received, got{i, k})
 					}
 				}
@@ -533,13 +538,13 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	}
 	led := newLedger(t)
 	for _, g := range received {
-		led.add(container{Keys: []keyObj{g.key}})
-		dec, err := slaves[g.pair].dec(ctx, w.sites[siteB].follower(0), masters[g.pair].id, g.key.KeyID)
+		led.add(g.key)
+		dec, err := slaves[g.pair].on(w.sites[siteB].follower(0)).DecKeys(ctx, masters[g.pair].id, g.key.ID)
 		if err != nil {
-			t.Fatalf("slave cannot fetch %s the master received: %v", g.key.KeyID, err)
+			t.Fatalf("slave cannot fetch %s the master received: %v", g.key.ID, err)
 		}
-		if dec.Keys[0].Key != g.key.Key {
-			t.Fatalf("key %s differs between sites", g.key.KeyID)
+		if !bytes.Equal(dec[0].Bytes, g.key.Bytes) {
+			t.Fatalf("key %s differs between sites", g.key.ID)
 		}
 	}
 }
