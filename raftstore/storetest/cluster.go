@@ -120,7 +120,7 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		c.Trans = append(c.Trans, tr)
 		cfg := raftstore.Config{
 			NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: servers,
-			Logger:           c.log.With("node", c.IDs[i]),
+			Logger:           c.log, // the store adds its node ID
 			NoSync:           true,
 			HeartbeatTimeout: testenv.Scaled(100 * time.Millisecond), ElectionTimeout: testenv.Scaled(100 * time.Millisecond),
 			LeaderLeaseTimeout: testenv.Scaled(100 * time.Millisecond), CommitTimeout: 5 * time.Millisecond,
@@ -295,7 +295,6 @@ func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
 	cfg := c.cfgs[0]
 	cfg.NodeID, cfg.DataDir, cfg.Transport, cfg.Bootstrap = id, t.TempDir(), tr, nil
-	cfg.Logger = cfg.Logger.With("node", id)
 	c.mu.Lock()
 	c.IDs = append(c.IDs, id)
 	c.Trans = append(c.Trans, tr)
