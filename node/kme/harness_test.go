@@ -262,7 +262,7 @@ func (n *tnode) kill() {
 
 func (s *tsite) leader() *tnode {
 	for _, n := range s.nodes {
-		if !n.dead.Load() && n.store != nil && n.store.IsLeader() {
+		if !n.dead.Load() && n.store.IsLeader() {
 			return n
 		}
 	}
