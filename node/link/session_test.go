@@ -407,17 +407,22 @@ func (p *pair) sessionOffsets() []uint64 {
 // sessions' keys, perhaps still in flight).
 func TestPadsNeverReused(t *testing.T) {
 	cases := []struct {
-		name    string
-		pskPads int
+		name      string
+		pskPads   int
+		blockBits int
 	}{
-		{"plentiful PSK", 64 << 10},
-		{"PSK for one session", 2 * auth.PadSize},
+		{"plentiful PSK", 64 << 10, 0},
+		// Each block must bring a session's pads back (AuthReserveBytes,
+		// 64 bytes): a 30,000-bit block's final key was once only 22
+		// bytes, after which no session had pads (correctly: the link
+		// is out of authentication key). Larger blocks make that remote.
+		{"PSK for one session", 2 * auth.PadSize, 80_000},
 	}
 	const cuts = 3
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := connection("sae-1", siteB, 1<<20)
-			p := newPair(t, pairOpts{conns: []raftstore.Connection{c}, pskPads: tc.pskPads})
+			p := newPair(t, pairOpts{conns: []raftstore.Connection{c}, pskPads: tc.pskPads, blockBits: tc.blockBits})
 			p.start()
 			for i := 1; i <= cuts; i++ {
 				p.waitBlocks(c.ID(), i+1)

@@ -283,6 +283,11 @@ func (c *Client) call(ctx context.Context, op, path string, body any, m int) (et
 		return kc, c.transportError(ctx, cctx, op, err)
 	}
 	defer clear(data)
+	if cctx.Err() != nil {
+		// The deadline or a cancellation cut the answer short: whatever
+		// was read is not the device's fault.
+		return kc, c.transportError(ctx, cctx, op, context.Cause(cctx))
+	}
 	if resp.StatusCode/100 != 2 {
 		de := &DeviceError{Op: op, URL: c.base, Kind: ErrRefused, Status: resp.StatusCode}
 		var e etsi.Error

@@ -343,7 +343,9 @@ func (d *Device) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
-			return
+			// The client gave up: close the connection without an
+			// answer (returning would send an empty 200).
+			panic(http.ErrAbortHandler)
 		}
 		d.handler.ServeHTTP(w, r)
 	case FaultDrop, FaultMalformed, FaultShortKeys, FaultWrongIDs:
