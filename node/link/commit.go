@@ -155,13 +155,13 @@ func (l *Link) commit(ctx context.Context, ch channel, conn raftstore.Connection
 		if err := send(ctx, ch, msg{Type: "committed", BlockID: c.BlockID}); err != nil {
 			return err
 		}
-		if _, err := recv(ctx, ch, "committed"); err != nil {
+		if err := recvCommitted(ctx, ch, c.BlockID); err != nil {
 			// The master site may not have the block; the next connection's
 			// history check drops it here.
 			return fmt.Errorf("link: master site did not confirm block %s: %w", c.BlockID, err)
 		}
 	} else {
-		if _, err := recv(ctx, ch, "committed"); err != nil {
+		if err := recvCommitted(ctx, ch, c.BlockID); err != nil {
 			return fmt.Errorf("link: slave site did not commit block %s: %w", c.BlockID, err)
 		}
 		if err := l.cfg.Store.AddBlock(ctx, b); err != nil {
@@ -174,5 +174,18 @@ func (l *Link) commit(ctx context.Context, ch channel, conn raftstore.Connection
 	l.noteSession(res, c)
 	l.cfg.Logger.Info("block committed", "peer", l.cfg.PeerKME, "connection", conn.ID(), "block", c.BlockID,
 		"bits", 8*c.KeyBytes, "auth_bytes", c.Auth, "qber", res.QBERZ, "final_bits", res.FinalBits)
+	return nil
+}
+
+// recvCommitted waits for the peer's "committed" of block id (commits are
+// in order, so any other block is a protocol error).
+func recvCommitted(ctx context.Context, ch channel, id string) error {
+	m, err := recv(ctx, ch, "committed")
+	if err != nil {
+		return err
+	}
+	if m.BlockID != id {
+		return fmt.Errorf("%w: the peer confirmed block %s", session.ErrProtocol, m.BlockID)
+	}
 	return nil
 }
