@@ -172,6 +172,17 @@ func (s *testSite) boot(peers map[string][]string) {
 		s.start(id, s.lns[id], boot)
 	}
 	s.lns = nil
+	// A fresh site starts at cluster version 1 and raises it once every
+	// node has reported what it supports (docs/RAFT-FORMAT.md): commands
+	// of later versions (block import, ...) are refused until then.
+	testenv.WaitFor(s.t, "site "+s.kme+" at the newest cluster version", func() bool {
+		for _, n := range s.live() {
+			if n.Store().ClusterVersion() < n.Store().SupportedVersion() {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Config {

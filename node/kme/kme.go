@@ -212,7 +212,7 @@ type versionArgs struct {
 // reportEvery, well within the leader's 30 s report lifetime.
 const (
 	reportRetry   = 20 * time.Millisecond
-	reportBackoff = 2 * time.Second
+	reportBackoff = 500 * time.Millisecond // a fresh site enables new commands soon after its election
 	reportEvery   = 5 * time.Second
 )
 
