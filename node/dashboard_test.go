@@ -47,6 +47,8 @@ func TestDashboardMetricsExported(t *testing.T) {
 	defer cancel()
 	registerLinked(t, ctx, a, 20)
 	waitStored(t, a, b, "ghi", "jkl", 1)
+	// Keys issued and fetched, so the per-connection counters have series.
+	keysMatch(t, ctx, a, b, 1)
 
 	crt, key := a.pki.operator(t, "sender_app")
 	c := httpClient(a.pki.clientTLS(t, crt, key))
@@ -61,8 +63,13 @@ func TestDashboardMetricsExported(t *testing.T) {
 	exported := map[string]bool{}
 	for _, s := range []*testSite{a, b} {
 		crt, key := s.pki.operator(t, s.kme)
-		for name := range exposedNames(scrape(t, httpClient(s.pki.clientTLS(t, crt, key)), s.leader())) {
+		text := scrape(t, httpClient(s.pki.clientTLS(t, crt, key)), s.leader())
+		for name := range exposedNames(text) {
 			exported[name] = true
+		}
+		// The one key issued at the master site is counted there.
+		if s == a && !strings.Contains(text, `qkdkms_keys_issued_total{master="ghi",slave="jkl"} 1`+"\n") {
+			t.Errorf("%s: the issued-keys counter of ghi→jkl is not 1 after one key was issued", s.kme)
 		}
 	}
 	var missing []string

@@ -20,6 +20,7 @@ type metrics struct {
 	etsiSeconds  *prometheus.HistogramVec
 	forwarded    *prometheus.CounterVec
 	raftRefused  prometheus.Counter
+	keysIssued   *prometheus.CounterVec
 }
 
 func newMetrics(n *Node) *metrics {
@@ -41,7 +42,11 @@ func newMetrics(n *Node) *metrics {
 		Name: "qkdkms_raft_streams_refused_total",
 		Help: "Raft ALPN connections refused because the certificate is not of this site.",
 	})
-	m.reg.MustRegister(m.etsiRequests, m.etsiSeconds, m.forwarded, m.raftRefused,
+	m.keysIssued = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qkdkms_keys_issued_total",
+		Help: "Keys enc_keys issued on this node while it led the site, per connection (sum over the site's nodes for the site's issue rate).",
+	}, []string{"master", "slave"})
+	m.reg.MustRegister(m.etsiRequests, m.etsiSeconds, m.forwarded, m.raftRefused, m.keysIssued,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&storeCollector{n: n}, &linkCollector{n: n})
 	return m

@@ -30,6 +30,9 @@ func newServices(n *Node, peerClient *http.Client) *services {
 		Logger:     n.logger.With("component", "kme"),
 
 		MaxConnections: n.cfg.MaxConnections,
+		Issued: func(master, slave string, keys int) {
+			n.metrics.keysIssued.WithLabelValues(master, slave).Add(float64(keys))
+		},
 	})
 	s := &services{
 		kme:        k,

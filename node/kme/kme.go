@@ -82,6 +82,9 @@ type Config struct {
 	ResolveAddr func(raftAddr string) string
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// Issued, when set, is told how many keys enc_keys issued on this
+	// node (the leader) for a connection (metrics).
+	Issued func(master, slave string, n int)
 
 	// CallTimeout bounds a call whose context has no deadline (default 10s).
 	CallTimeout time.Duration
@@ -433,6 +436,9 @@ func (k *KME) localEncKeys(ctx context.Context, in encArgs) ([]etsi.Key, error) 
 	k.inflight[in.RequestID] = c
 	k.reqMu.Unlock()
 	c.keys, c.err = k.encKeysOnce(ctx, in)
+	if c.err == nil && k.cfg.Issued != nil {
+		k.cfg.Issued(in.MasterSAE, in.SlaveSAE, len(c.keys))
+	}
 	k.reqMu.Lock()
 	delete(k.inflight, in.RequestID)
 	k.reqMu.Unlock()
