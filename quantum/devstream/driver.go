@@ -240,14 +240,7 @@ func (t *Transmitter) Choices(frame uint64, indices []uint64) ([]quantum.PulseRe
 	if !ok {
 		return nil, fmt.Errorf("%w: frame %d", ErrUnknownPulse, frame)
 	}
-	out := make([]quantum.PulseRecord, len(indices))
-	for j, i := range indices {
-		if i >= f.Pulses {
-			return nil, fmt.Errorf("%w: frame %d index %d ≥ %d", ErrUnknownPulse, frame, i, f.Pulses)
-		}
-		out[j] = f.At(i)
-	}
-	return out, nil
+	return frameChoices(f, frame, indices)
 }
 
 // Release forgets a frame's choices.
@@ -372,3 +365,15 @@ var (
 	_ quantum.Transmitter = (*Transmitter)(nil)
 	_ quantum.Receiver    = (*Receiver)(nil)
 )
+
+// frameChoices is Alice's choices for indices of a frame she sent.
+func frameChoices(f *AliceFrame, frame uint64, indices []uint64) ([]quantum.PulseRecord, error) {
+	out := make([]quantum.PulseRecord, len(indices))
+	for j, i := range indices {
+		if i >= f.Pulses {
+			return nil, fmt.Errorf("%w: frame %d index %d ≥ %d", ErrUnknownPulse, frame, i, f.Pulses)
+		}
+		out[j] = f.At(i)
+	}
+	return out, nil
+}

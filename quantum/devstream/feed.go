@@ -322,14 +322,7 @@ func (s *sentFrames) choices(frame uint64, indices []uint64) ([]quantum.PulseRec
 	if !ok {
 		return nil, fmt.Errorf("%w: frame %d", ErrUnknownPulse, frame)
 	}
-	out := make([]quantum.PulseRecord, len(indices))
-	for j, i := range indices {
-		if i >= f.Pulses {
-			return nil, fmt.Errorf("%w: frame %d index %d ≥ %d", ErrUnknownPulse, frame, i, f.Pulses)
-		}
-		out[j] = f.At(i)
-	}
-	return out, nil
+	return frameChoices(f, frame, indices)
 }
 
 // bitSource hands out random bits to squash double clicks.
