@@ -217,10 +217,16 @@ func (s *Store) Pads(ctx context.Context, peer string, from, to uint64) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, to-from)
+	return s.openSegs(linkAADID(peer), segs, to-from)
+}
+
+// openSegs decrypts the sealed segments of a stream (pads, relay key) into
+// n plaintext bytes, in memory only.
+func (s *Store) openSegs(aadID string, segs []seg, n uint64) ([]byte, error) {
+	out := make([]byte, n)
 	pos := 0
 	for _, sg := range segs {
-		if err := openRange(s.kek, linkAADID(peer), sg.b, sg.off, sg.n, out[pos:pos+sg.n]); err != nil {
+		if err := openRange(s.kek, aadID, sg.b, sg.off, sg.n, out[pos:pos+sg.n]); err != nil {
 			clear(out)
 			return nil, err
 		}

@@ -285,16 +285,7 @@ func (s *Store) RelayKey(ctx context.Context, peer string, from, to uint64) ([]b
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, to-from)
-	pos := 0
-	for _, sg := range segs {
-		if err := openRange(s.kek, relayAADID(peer), sg.b, sg.off, sg.n, out[pos:pos+sg.n]); err != nil {
-			clear(out)
-			return nil, err
-		}
-		pos += sg.n
-	}
-	return out, nil
+	return s.openSegs(relayAADID(peer), segs, to-from)
 }
 
 // RelaySend commits the consumption of relay key u.From..u.To for sending
