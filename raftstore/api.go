@@ -89,6 +89,9 @@ type ConnectionStatus struct {
 	// PendingImport is the block whose import at both sites is half done
 	// (BeginImport without EndImport), "" when none.
 	PendingImport string `json:"pending_import,omitempty"`
+	// RelayPending is the relayed block on its way from this (source) site,
+	// started and not yet ended (RelayStart, RelayDone / RelayDiscard).
+	RelayPending string `json:"relay_pending,omitempty"`
 }
 
 // Block is final key material for one connection's pool, identical at both
@@ -104,9 +107,12 @@ type Block struct {
 	// (everything went to the pad stream).
 	LinkPeer string
 	AuthBits []byte
-	// RelayBits (plaintext, may be empty; only with LinkPeer) are appended
-	// to the link's relay stream, key reserved for one-time-pad relaying
-	// (relay.go); a block with relay bits needs cluster version 4.
+	// RelayBits (plaintext, may be empty; only with LinkPeer; even length)
+	// are appended to the link's relay streams, key reserved for
+	// one-time-pad relaying: the first half to direction 0, the second to
+	// direction 1 (RelayDir, relay.go). A block with relay bits needs
+	// cluster version 4. ConnectionID may be empty when Bits is (a link
+	// block of pad and relay material only).
 	RelayBits []byte
 }
 
@@ -121,8 +127,8 @@ type LinkState struct {
 	PadOffset   uint64 `json:"pad_offset"`   // opaque to the store; only moves forward
 	StreamBytes uint64 `json:"stream_bytes"` // pad material bytes ever added (minus dropped blocks)
 	PadsFrom    uint64 `json:"pads_from"`    // stream bytes below this were released (erased)
-	RelayBytes  uint64 `json:"relay_bytes"`  // relay material bytes ever added (minus dropped blocks)
-	RelayUsed   uint64 `json:"relay_used"`   // relay stream bytes below this are consumed (erased)
+	// Relay is the relay key per direction (RelayDir; relay.go).
+	Relay [2]RelayStream `json:"relay"`
 	// RelayEnabled: the site's cluster version accepts relay material.
 	RelayEnabled bool `json:"relay_enabled"`
 }

@@ -34,6 +34,7 @@ const (
 	cmdImport         cmdType = 14
 	cmdReconcile      cmdType = 15
 	cmdRelay          cmdType = 16
+	cmdRelayEnd       cmdType = 17
 )
 
 func (t cmdType) String() string {

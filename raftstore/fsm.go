@@ -57,8 +57,9 @@ type connState struct {
 	erased     int64
 	added      int64
 	burnedBits int64
-	holes      []hole // ranges behind carve skipped by relays, reserved for late ones
-	importing  string // block whose import at both sites is half done (cluster version 2)
+	holes      []hole        // ranges behind carve skipped by relays, reserved for late ones
+	importing  string        // block whose import at both sites is half done (cluster version 2)
+	pending    *pendingRelay // relay block on its way from this source site (cluster version 4)
 }
 
 // hole is a range of the pool stream before the carve position that no

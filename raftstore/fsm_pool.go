@@ -18,7 +18,10 @@ func (st *fsmState) addBlock(c *addBlockCmd) result { return st.addLinkBlock(c, 
 // relay material (added by the caller after it succeeds).
 func (st *fsmState) addLinkBlock(c *addBlockCmd, relayBytes int) result {
 	cs, ok := st.conns[c.ConnID]
-	if !ok {
+	switch {
+	case c.ConnID == "" && c.LinkPeer != "" && c.Bytes == 0:
+		// A link block that brings only pad or relay material.
+	case !ok:
 		return result{err: fmt.Errorf("%w: %s", ErrConnectionNotFound, c.ConnID)}
 	}
 	if c.BlockID == "" || len(c.BlockID) > 256 {
@@ -48,12 +51,7 @@ func (st *fsmState) addLinkBlock(c *addBlockCmd, relayBytes int) result {
 	if c.Bytes == 0 && (c.Sealed != nil || c.Wrapped != nil) {
 		return invalid("block %s: malformed ciphertext", c.BlockID)
 	}
-	for _, b := range cs.blocks {
-		if b.id == c.BlockID {
-			return result{err: fmt.Errorf("%w: %s", ErrBlockExists, c.BlockID)}
-		}
-	}
-	if slices.Contains(cs.recent, c.BlockID) {
+	if cs != nil && cs.holds(c.BlockID) {
 		return result{err: fmt.Errorf("%w: %s", ErrBlockExists, c.BlockID)}
 	}
 	if c.Bytes > 0 {
@@ -65,6 +63,17 @@ func (st *fsmState) addLinkBlock(c *addBlockCmd, relayBytes int) result {
 		st.linkAdd(c)
 	}
 	return result{}
+}
+
+// holds reports whether block id is in the pool or was dropped from it
+// (recently enough to be remembered): either way it may not be added.
+func (cs *connState) holds(id string) bool {
+	for _, b := range cs.blocks {
+		if b.id == id {
+			return true
+		}
+	}
+	return slices.Contains(cs.recent, id)
 }
 
 // covering returns the indexes [i, j) of blocks covering [off, off+bits).

@@ -36,6 +36,8 @@ type snapConn struct {
 	Recent     []string    `json:"recent"`
 	Holes      []snapHole  `json:"holes"`
 	Importing  string      `json:"importing,omitempty"` // cluster version 2
+	// RelayPending is the relay block on its way from here (version 4).
+	RelayPending *snapPending `json:"relay_pending,omitempty"`
 }
 
 type snapHole struct {
@@ -86,7 +88,8 @@ func (st *fsmState) export() *snapState {
 	s := &snapState{Version: int(st.clusterVersion()), Now: st.now}
 	for _, cs := range st.conns {
 		sc := snapConn{Conn: cs.conn, End: cs.end, Carve: cs.carve, Live: cs.live, Burned: cs.burned,
-			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent), Importing: cs.importing}
+			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent), Importing: cs.importing,
+			RelayPending: cs.pending.export()}
 		for _, h := range cs.holes {
 			sc.Holes = append(sc.Holes, snapHole{Start: h.start, End: h.end, At: h.at})
 		}
@@ -124,6 +127,13 @@ func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
 	for _, sc := range s.Conns {
 		cs := &connState{conn: sc.Conn, end: sc.End, carve: sc.Carve, live: sc.Live, burned: sc.Burned,
 			erased: sc.Erased, added: sc.Added, burnedBits: sc.BurnedBits, recent: sc.Recent, importing: sc.Importing}
+		var err error
+		if cs.pending, err = importPending(sc.RelayPending); err != nil {
+			return nil, err
+		}
+		if cs.pending != nil && s.Version < 4 {
+			return nil, fmt.Errorf("raftstore: snapshot version %d with a pending relay block", s.Version)
+		}
 		for _, h := range sc.Holes {
 			cs.holes = append(cs.holes, hole{start: h.Start, end: h.End, at: h.At})
 		}
@@ -148,7 +158,7 @@ func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
 		return nil, err
 	}
 	for _, ls := range st.links {
-		if (ls.relay != nil || ls.lastRelay != 0) && s.Version < 4 {
+		if (ls.relay != [2]*relayState{} || ls.lastRelay != [2]int{}) && s.Version < 4 {
 			return nil, fmt.Errorf("raftstore: snapshot version %d with relay key", s.Version)
 		}
 	}

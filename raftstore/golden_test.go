@@ -70,8 +70,10 @@ func goldenBodies() map[string]any {
 		"reconcile_v3":       &reconcileCmd{At: at, Peer: "B", Conns: []PoolPosition{{Conn: goldenConn, Carve: 64, End: 128}}},
 		"add_block_v4": &addRelayBlockCmd{addBlockCmd: addBlockCmd{At: at, ConnID: goldenConn.ID(), BlockID: "b3", LinkPeer: "B",
 			AuthBytes: 8, AuthWrapped: goldenBytes(wrappedLen, 6), AuthSealed: goldenBytes(sealedLen(8), 7)},
-			RelayBytes: 32, RelayWrapped: goldenBytes(wrappedLen, 8), RelaySealed: goldenBytes(sealedLen(32), 9)},
-		"relay_v4": &relayCmd{At: at, Peer: "B", Block: "r1", From: 0, To: 16},
+			Relay: [2]relayPart{{Bytes: 32, Wrapped: goldenBytes(wrappedLen, 8), Sealed: goldenBytes(sealedLen(32), 9)},
+				{Bytes: 32, Wrapped: goldenBytes(wrappedLen, 10), Sealed: goldenBytes(sealedLen(32), 11)}}},
+		"relay_v4":     &relayCmd{At: at, Op: "send", Peer: "B", Dir: 1, Block: "r1", From: 0, To: 16},
+		"relay_end_v4": &relayEndCmd{At: at, Op: "burn", Conn: goldenConn.ID(), Block: "r9"},
 	}
 }
 
@@ -178,6 +180,7 @@ func goldenState(t *testing.T, version uint8) *fsm {
 		apply(cmdClusterVersion, &clusterVersionCmd{At: b["import_v2"].(*importCmd).At, Version: 4})
 		apply(cmdAddBlock, b["add_block_v4"])
 		apply(cmdRelay, b["relay_v4"])
+		apply(cmdRelayEnd, b["relay_end_v4"])
 	}
 	return f
 }

@@ -27,9 +27,9 @@ type linkState struct {
 	padOffset uint64
 	stream    uint64 // pad stream bytes
 	padsFrom  uint64
-	chunks    []*blockRec // start in bits of the pad stream
-	lastRelay int         // relay bytes the last block added (relay.go)
-	relay     *relayState // nil until a block brings relay material
+	chunks    []*blockRec    // start in bits of the pad stream
+	lastRelay [2]int         // relay bytes the last block added per direction (relay.go)
+	relay     [2]*relayState // per direction, nil until a block brings relay material
 }
 
 func (st *fsmState) link(peer string) *linkState {
@@ -44,8 +44,10 @@ func (st *fsmState) link(peer string) *linkState {
 func (ls *linkState) export() LinkState {
 	s := LinkState{Peer: ls.peer, LastBlock: ls.last, PrevBlock: ls.prev, PadOffset: ls.padOffset,
 		StreamBytes: ls.stream, PadsFrom: ls.padsFrom}
-	if ls.relay != nil {
-		s.RelayBytes, s.RelayUsed = ls.relay.stream, ls.relay.used
+	for dir, rs := range ls.relay {
+		if rs != nil {
+			s.Relay[dir] = RelayStream{Stream: rs.stream, Used: rs.used}
+		}
 	}
 	return s
 }
@@ -73,7 +75,7 @@ func (st *fsmState) linkAdd(c *addBlockCmd) {
 		ls.stream += uint64(c.AuthBytes)
 	}
 	ls.prev, ls.last = ls.last, c.BlockID
-	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = c.ConnID, c.Bytes, c.AuthBytes, 0
+	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = c.ConnID, c.Bytes, c.AuthBytes, [2]int{}
 }
 
 func (st *fsmState) dropLast(c *dropCmd) result {
@@ -256,8 +258,8 @@ type snapLink struct {
 	PadsFrom  uint64      `json:"pads_from"`
 	Chunks    []snapBlock `json:"chunks"`
 	// Cluster version 4 (relay.go).
-	LastRelay int        `json:"last_relay,omitempty"`
-	Relay     *snapRelay `json:"relay,omitempty"`
+	LastRelay *[2]int     `json:"last_relay,omitempty"`
+	Relay     []snapRelay `json:"relay,omitempty"` // none or both directions
 }
 
 func (st *fsmState) exportLinks() []snapLink {
@@ -265,7 +267,11 @@ func (st *fsmState) exportLinks() []snapLink {
 	for _, ls := range st.links {
 		sl := snapLink{Peer: ls.peer, Last: ls.last, Prev: ls.prev, LastConn: ls.lastConn, LastPool: ls.lastPool,
 			LastAuth: ls.lastAuth, PadOffset: ls.padOffset, Stream: ls.stream, PadsFrom: ls.padsFrom,
-			LastRelay: ls.lastRelay, Relay: ls.relay.export()}
+			Relay: ls.exportRelay()}
+		if ls.lastRelay != [2]int{} {
+			lr := ls.lastRelay
+			sl.LastRelay = &lr
+		}
 		for _, b := range ls.chunks {
 			sl.Chunks = append(sl.Chunks, snapBlock{ID: b.id, Start: b.start, Bytes: b.bytes, Wrapped: b.wrapped, Sealed: b.sealed})
 		}
@@ -278,7 +284,10 @@ func (st *fsmState) exportLinks() []snapLink {
 func (st *fsmState) importLinks(links []snapLink) error {
 	for _, sl := range links {
 		ls := &linkState{peer: sl.Peer, last: sl.Last, prev: sl.Prev, lastConn: sl.LastConn, lastPool: sl.LastPool,
-			lastAuth: sl.LastAuth, padOffset: sl.PadOffset, stream: sl.Stream, padsFrom: sl.PadsFrom, lastRelay: sl.LastRelay}
+			lastAuth: sl.LastAuth, padOffset: sl.PadOffset, stream: sl.Stream, padsFrom: sl.PadsFrom}
+		if sl.LastRelay != nil {
+			ls.lastRelay = *sl.LastRelay
+		}
 		rs, err := importRelay(sl.Relay)
 		if err != nil {
 			return err

@@ -69,6 +69,7 @@ var registry = newRegistry(
 	jsonCmd(cmdReconcile, 3, "reconcile", (*fsmState).reconcile, func(c *reconcileCmd) int64 { return c.At }),
 	jsonCmd(cmdAddBlock, 4, "add_block", (*fsmState).addRelayBlock, func(c *addRelayBlockCmd) int64 { return c.At }),
 	jsonCmd(cmdRelay, 4, "relay", (*fsmState).relay, func(c *relayCmd) int64 { return c.At }),
+	jsonCmd(cmdRelayEnd, 4, "relay_end", (*fsmState).relayEnd, func(c *relayEndCmd) int64 { return c.At }),
 )
 
 func raising(e *cmdEntry) *cmdEntry { e.raise = true; return e }

@@ -582,8 +582,8 @@ func (s *Store) DeleteConnection(ctx context.Context, master, slave string) erro
 // AddBlock seals the block (fresh data key wrapped by the KEK) and appends
 // it to the connection's pool. b.Bits is not retained.
 func (s *Store) AddBlock(ctx context.Context, b Block) error {
-	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits)+len(b.AuthBits)+len(b.RelayBits) == 0 {
-		return fmt.Errorf("%w: block needs a connection ID, a block ID and bits", ErrInvalid)
+	if (b.ConnectionID == "" && (b.LinkPeer == "" || len(b.Bits) > 0)) || b.BlockID == "" || len(b.Bits)+len(b.AuthBits)+len(b.RelayBits) == 0 {
+		return fmt.Errorf("%w: block needs a connection ID (unless a link block without pool bits), a block ID and bits", ErrInvalid)
 	}
 	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0 || len(b.RelayBits) > 0) {
 		return fmt.Errorf("%w: pad and relay bits only go with a link peer", ErrInvalid)
@@ -607,9 +607,17 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 	if len(b.RelayBits) == 0 {
 		return s.submit(ctx, cmdAddBlock, cmd).err
 	}
-	rc := addRelayBlockCmd{addBlockCmd: cmd, RelayBytes: len(b.RelayBits)}
-	if rc.RelayWrapped, rc.RelaySealed, err = sealBlock(s.kek, relayAADID(b.LinkPeer), b.BlockID, b.RelayBits); err != nil {
-		return err
+	if len(b.RelayBits)%2 != 0 {
+		return fmt.Errorf("%w: relay bits split in two halves: %d bytes", ErrInvalid, len(b.RelayBits))
+	}
+	rc := addRelayBlockCmd{addBlockCmd: cmd}
+	half := len(b.RelayBits) / 2
+	for dir := range rc.Relay {
+		p := &rc.Relay[dir]
+		p.Bytes = half
+		if p.Wrapped, p.Sealed, err = sealBlock(s.kek, relayAADID(b.LinkPeer, uint8(dir)), b.BlockID, b.RelayBits[dir*half:(dir+1)*half]); err != nil {
+			return err
+		}
 	}
 	return s.submit(ctx, cmdAddBlock, rc).err
 }
