@@ -66,7 +66,18 @@ func (c *AdminClient) Remove(ctx context.Context, id string) (ServersResponse, e
 	return out, err
 }
 
+// maxAdminAnswer bounds an admin answer read by do.
+const maxAdminAnswer = 1 << 20
+
 func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doUpTo(ctx, maxAdminAnswer, method, path, in, out)
+}
+
+// doUpTo sends in (JSON, when not nil) to each address in turn until one
+// answers, and decodes an answer of up to limit bytes into out. An address
+// that cannot be reached or read is passed over; the first answer other
+// than 200 is the error.
+func (c *AdminClient) doUpTo(ctx context.Context, limit int64, method, path string, in, out any) error {
 	if len(c.Addrs) == 0 {
 		return errors.New("node: admin client has no addresses")
 	}
@@ -97,7 +108,7 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 			}
 			continue
 		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 		resp.Body.Close()
 		if err != nil {
 			lastErr = fmt.Errorf("node: admin %s at %s: read: %w", path, addr, err)

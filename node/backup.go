@@ -12,10 +12,7 @@ package node
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 
@@ -113,70 +110,22 @@ func (n *Node) isOperator(r *http.Request) bool {
 // Backup takes a sealed backup of the site through its leader.
 func (c *AdminClient) Backup(ctx context.Context) (BackupResponse, error) {
 	var out BackupResponse
-	err := c.doLarge(ctx, http.MethodGet, "/admin/v1/backup", nil, &out)
+	err := c.doUpTo(ctx, maxBackupAnswer, http.MethodGet, "/admin/v1/backup", nil, &out)
 	return out, err
 }
 
 // Positions returns the site's pool positions and pending peers.
 func (c *AdminClient) Positions(ctx context.Context) (PositionsResponse, error) {
 	var out PositionsResponse
-	err := c.doLarge(ctx, http.MethodGet, "/admin/v1/positions", nil, &out)
+	err := c.doUpTo(ctx, maxBackupAnswer, http.MethodGet, "/admin/v1/positions", nil, &out)
 	return out, err
 }
 
 // Reconcile ends a restored site's wait for peer with the peer's positions.
 func (c *AdminClient) Reconcile(ctx context.Context, peer string, peerPositions PositionsResponse) (PositionsResponse, error) {
 	var out PositionsResponse
-	err := c.doLarge(ctx, http.MethodPost, "/admin/v1/reconcile", ReconcileRequest{Peer: peer, Positions: peerPositions}, &out)
+	err := c.doUpTo(ctx, maxBackupAnswer, http.MethodPost, "/admin/v1/reconcile", ReconcileRequest{Peer: peer, Positions: peerPositions}, &out)
 	return out, err
-}
-
-// doLarge is do for answers up to maxBackupAnswer bytes.
-func (c *AdminClient) doLarge(ctx context.Context, method, path string, in, out any) error {
-	var body []byte
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("node: encode admin request: %w", err)
-		}
-		body = b
-	}
-	if len(c.Addrs) == 0 {
-		return errors.New("node: admin client has no addresses")
-	}
-	var lastErr error
-	for _, addr := range c.Addrs {
-		req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, bytes.NewReader(body))
-		if err != nil {
-			return fmt.Errorf("node: admin request: %w", err)
-		}
-		if in != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		forward.SetDeadline(ctx, req.Header)
-		resp, err := c.HTTP.Do(req)
-		if err != nil {
-			lastErr = fmt.Errorf("node: admin %s %s at %s: %w", method, path, addr, err)
-			if ctx.Err() != nil {
-				return lastErr
-			}
-			continue
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, maxBackupAnswer))
-		resp.Body.Close()
-		if err != nil {
-			lastErr = fmt.Errorf("node: admin %s at %s: read: %w", path, addr, err)
-			continue
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%w: %s at %s: %w", ErrAdmin, path, addr, forward.DecodeError(resp.StatusCode, b))
-		}
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("node: admin %s at %s: decode: %w", path, addr, err)
-		}
-		return nil
-	}
-	return lastErr
 }
 
 // RestoreOptions seeds one node of a new site from a backup file.
