@@ -165,6 +165,7 @@ func (n *Node) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, DigestResponse{NodeID: n.cfg.NodeID, Index: index, Digest: digest})
 	})
 	n.linkAdminRoutes(mux)
+	n.networkAdminRoutes(mux)
 	n.discoveryAdminRoutes(mux)
 	n.backupAdminRoutes(mux)
 	return n.requireAdmin(mux)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
@@ -155,6 +156,19 @@ func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
 	if !k.site.IsLeader() {
 		k.writeLeaderHint(w)
 		writeError(w, codeNotLeader, "not the leader", 0)
+		return
+	}
+	if f := k.cfg.PeerOps[strings.TrimPrefix(op, peerOpPrefix)]; f != nil && strings.HasPrefix(op, peerOpPrefix) {
+		var in peerOpArgs
+		var res json.RawMessage
+		if err = decode(r, &in); err == nil {
+			err = k.localPeerOp(ctx, f, in, &res)
+		}
+		if err != nil {
+			writeError(w, codeOf(err), err.Error(), 0)
+			return
+		}
+		writeJSON(w, res)
 		return
 	}
 	switch op {
@@ -313,8 +327,20 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 			out = res
 		}
 	default:
-		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
-		return
+		f := k.cfg.PeerOps[op]
+		if f == nil {
+			writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
+			return
+		}
+		var in peerOpArgs
+		if err = decode(r, &in.Body); err == nil {
+			in.From = from
+			var res json.RawMessage
+			err = k.run(ctx, peerOpPrefix+op, in, &res, func(ctx context.Context) error {
+				return k.localPeerOp(ctx, f, in, &res)
+			})
+			out = res
+		}
 	}
 	k.writeLeaderHint(w)
 	if err != nil {
@@ -322,6 +348,38 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, out)
+}
+
+// peerOpPrefix names a PeerOp on the forward endpoint.
+const peerOpPrefix = "peerop_"
+
+// peerOpArgs is a PeerOp call forwarded to the leader.
+type peerOpArgs struct {
+	From string          `json:"from"`
+	Body json.RawMessage `json:"body"`
+}
+
+func (k *KME) localPeerOp(ctx context.Context, f PeerOp, in peerOpArgs, res *json.RawMessage) error {
+	out, err := f(ctx, in.From, in.Body)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	*res = b
+	return nil
+}
+
+// CallPeer calls op on peer site kmeID (its leader, following hints and
+// retrying transport failures within ctx) and decodes the answer into out.
+func (k *KME) CallPeer(ctx context.Context, kmeID, op string, in, out any) error {
+	p := k.peers[kmeID]
+	if p == nil {
+		return fmt.Errorf("%w: %s is not a peer of %s", etsi.ErrBadRequest, kmeID, k.id)
+	}
+	return p.call(ctx, op, in, out)
 }
 
 func (k *KME) writeLeaderHint(w http.ResponseWriter) {

@@ -50,6 +50,7 @@ package kme
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -100,7 +101,17 @@ type Config struct {
 	// DefaultMaxConnections): registering another one, from an SAE or a
 	// peer site, is refused with forward.ErrConnectionLimit.
 	MaxConnections int
+	// PeerOps are peer-site calls another package serves (the trusted-node
+	// relay, node/network): POST /internal/v1/peer/{op} from a configured
+	// peer runs PeerOps[op] on this site's leader (forwarded like every
+	// peer call). CallPeer makes such calls.
+	PeerOps map[string]PeerOp
 }
+
+// PeerOp serves a peer site's call on the leader: from is the calling
+// site's KME ID (from its verified certificate), body the JSON request;
+// the result is answered as JSON, an error as the internal error body.
+type PeerOp func(ctx context.Context, from string, body json.RawMessage) (any, error)
 
 // DefaultMaxConnections is MaxConnections when unset.
 const DefaultMaxConnections = 64

@@ -1,0 +1,118 @@
+package node
+
+import (
+	"context"
+	"net/http"
+	"sync"
+
+	"qkdkms/node/kme"
+	"qkdkms/node/network"
+	"qkdkms/raftstore"
+)
+
+// relayNet runs the trusted-node relay (node/network, docs/ARCHITECTURE.md
+// "Trusted-node relay"): its peer calls are served on every node (they run
+// on the leader) and its duty runs while this node leads.
+type relayNet struct {
+	relay  *network.Relay
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// newRelayNet builds the relay of node n; call reaches peer sites (set
+// once the KME exists).
+func newRelayNet(n *Node, call network.Caller) *relayNet {
+	return &relayNet{relay: network.New(network.Config{
+		Local: n.cfg.KMEID,
+		Sites: sortedKeys(n.cfg.Peers),
+		Links: func() []network.LinkInfo {
+			var out []network.LinkInfo
+			for _, st := range n.links.statuses() {
+				out = append(out, network.LinkInfo{Peer: st.Peer, Up: st.Connected, QBER: st.LastQBER})
+			}
+			return out
+		},
+		Store:  n.store,
+		Call:   call,
+		Logger: n.logger.With("component", "relay"),
+	})}
+}
+
+// peerOps are the relay's peer calls for the KME's internal endpoint.
+func (rn *relayNet) peerOps() map[string]kme.PeerOp {
+	out := map[string]kme.PeerOp{}
+	for name, f := range rn.relay.Ops() {
+		out[name] = kme.PeerOp(f)
+	}
+	return out
+}
+
+// start follows leadership: the duty runs while this node leads.
+func (rn *relayNet) start(store *raftstore.Store) {
+	ctx, cancel := context.WithCancel(context.Background())
+	rn.mu.Lock()
+	rn.cancel = cancel
+	rn.mu.Unlock()
+	changes := store.LeaderChanges(ctx)
+	rn.wg.Add(1)
+	go func() {
+		defer rn.wg.Done()
+		var run *leaderRun
+		defer func() { run.halt() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case leader, ok := <-changes:
+				if !ok {
+					return
+				}
+				run.halt()
+				run = nil
+				if leader {
+					dctx, cancel := context.WithCancel(ctx)
+					lr := &leaderRun{cancel: cancel}
+					run = lr
+					lr.wg.Add(1)
+					go func() {
+						defer lr.wg.Done()
+						rn.relay.Run(dctx)
+					}()
+				}
+			}
+		}
+	}()
+}
+
+func (rn *relayNet) stop() {
+	rn.mu.Lock()
+	cancel := rn.cancel
+	rn.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	rn.wg.Wait()
+}
+
+// networkAdminRoutes serves GET /admin/v1/network: the relay's view of the
+// network from the site's leader (network.Status).
+func (n *Node) networkAdminRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /admin/v1/network", func(w http.ResponseWriter, r *http.Request) {
+		n.leaderDo(w, r, nil, func(ctx context.Context) (any, error) {
+			if !n.store.IsLeader() {
+				return nil, raftstore.ErrNotLeader
+			}
+			return n.services.relay.relay.Status(), nil
+		})
+	})
+}
+
+// Network returns the site's view of the QKD network (the leader's):
+// every site's links, the routes to sites without a direct link, and the
+// relay counts.
+func (c *AdminClient) Network(ctx context.Context) (network.Status, error) {
+	var out network.Status
+	err := c.do(ctx, http.MethodGet, "/admin/v1/network", nil, &out)
+	return out, err
+}
