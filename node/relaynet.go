@@ -3,11 +3,14 @@ package node
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 
 	"qkdkms/node/kme"
 	"qkdkms/node/network"
 	"qkdkms/raftstore"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // relayNet runs the trusted-node relay (node/network, docs/ARCHITECTURE.md
@@ -23,6 +26,7 @@ type relayNet struct {
 // newRelayNet builds the relay of node n; call reaches peer sites (set
 // once the KME exists).
 func newRelayNet(n *Node, call network.Caller) *relayNet {
+	n.metrics.reg.MustRegister(&relayCollector{n: n})
 	return &relayNet{relay: network.New(network.Config{
 		Local: n.cfg.KMEID,
 		Sites: sortedKeys(n.cfg.Peers),
@@ -115,4 +119,35 @@ func (c *AdminClient) Network(ctx context.Context) (network.Status, error) {
 	var out network.Status
 	err := c.do(ctx, http.MethodGet, "/admin/v1/network", nil, &out)
 	return out, err
+}
+
+var (
+	descRelayBlocks = prometheus.NewDesc("qkdkms_relay_blocks_total",
+		"Relayed blocks handled by this node while it led the site: delivered or burned (as the source), forwarded (as an intermediate site), received (as the destination).",
+		[]string{"outcome"}, nil)
+	descRelayRoute = prometheus.NewDesc("qkdkms_relay_route_width_bytes",
+		"Relay key on the narrowest hop of the route the leader would take to a site without a direct link (absent: no route), by destination and route.",
+		[]string{"destination", "route"}, nil)
+)
+
+// relayCollector exports the relay's counts and routes (leader only).
+type relayCollector struct{ n *Node }
+
+func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRelayBlocks
+	ch <- descRelayRoute
+}
+
+func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.services == nil || c.n.store == nil || !c.n.store.IsLeader() {
+		return
+	}
+	st := c.n.services.relay.relay.Status()
+	for outcome, v := range map[string]int64{"delivered": st.Stats.Delivered, "burned": st.Stats.Burned,
+		"forwarded": st.Stats.Forwarded, "received": st.Stats.Received} {
+		ch <- prometheus.MustNewConstMetric(descRelayBlocks, prometheus.CounterValue, float64(v), outcome)
+	}
+	for dst, rt := range st.Routes {
+		ch <- prometheus.MustNewConstMetric(descRelayRoute, prometheus.GaugeValue, float64(rt.Width), dst, strings.Join(rt.Path, ">"))
+	}
 }
