@@ -107,13 +107,14 @@ type Block struct {
 	// (everything went to the pad stream).
 	LinkPeer string
 	AuthBits []byte
-	// RelayBits (plaintext, may be empty; only with LinkPeer; even length)
-	// are appended to the link's relay streams, key reserved for
-	// one-time-pad relaying: the first half to direction 0, the second to
-	// direction 1 (RelayDir, relay.go). A block with relay bits needs
-	// cluster version 4. ConnectionID may be empty when Bits is (a link
-	// block of pad and relay material only).
-	RelayBits []byte
+	// RelayBits (plaintext, may be empty; only with LinkPeer) are appended
+	// to the link's relay streams, key reserved for one-time-pad relaying:
+	// the first RelaySplit bytes to direction 0, the rest to direction 1
+	// (RelayDir, relay.go). A block with relay bits needs cluster version
+	// 4. ConnectionID may be empty when Bits is (a link block of pad and
+	// relay material only).
+	RelayBits  []byte
+	RelaySplit int
 }
 
 // LinkState is a QKD link's replicated bookkeeping at this site (per peer

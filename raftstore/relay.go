@@ -10,11 +10,11 @@ import (
 // Relay key (docs/ARCHITECTURE.md "Trusted-node relay"): besides pool bits
 // and pad material, a link block may bring relay material, kept per peer
 // KME as two ordered streams, one per direction, reserved for one-time-pad
-// relaying. A block's relay material is split in half: the first half is
-// the stream sent by the site whose KME ID sorts first (direction 0, see
-// RelayDir), the second half the other direction. Only the sending site of
-// a direction chooses offsets in it, so the two ends of a link never race
-// for the same bytes.
+// relaying. A block's relay material is split in two parts (the link
+// decides where, Block.RelaySplit): the first goes to the stream sent by
+// the site whose KME ID sorts first (direction 0, see RelayDir), the second
+// to the other direction. Only the sending site of a direction chooses
+// offsets in it, so the two ends of a link never race for the same bytes.
 //
 // Relay key is consumed by ordered byte ranges named by a relay block ID
 // (relay command): a range starts at or after everything consumed before
@@ -82,7 +82,8 @@ func (ls *linkState) relayState(dir uint8) *relayState {
 	return ls.relay[dir]
 }
 
-// relayPart is one direction's half of a block's relay material, sealed.
+// relayPart is one direction's part of a block's relay material, sealed
+// (all zero when the block brings none for that direction).
 type relayPart struct {
 	Bytes   int    `json:"bytes"`
 	Wrapped []byte `json:"wrapped"`
@@ -142,16 +143,25 @@ type pendingRelay struct {
 func (st *fsmState) addRelayBlock(c *addRelayBlockCmd) result {
 	total := 0
 	for _, p := range c.Relay {
-		if c.LinkPeer == "" || p.Bytes <= 0 || len(p.Sealed) != sealedLen(p.Bytes) || len(p.Wrapped) != wrappedLen {
+		switch {
+		case p.Bytes == 0 && p.Sealed == nil && p.Wrapped == nil:
+			continue // nothing for this direction
+		case c.LinkPeer == "" || p.Bytes < 0 || len(p.Sealed) != sealedLen(p.Bytes) || len(p.Wrapped) != wrappedLen:
 			return invalid("link block %s: malformed relay material", c.BlockID)
 		}
 		total += p.Bytes
+	}
+	if total == 0 {
+		return invalid("link block %s: add_block version 4 without relay material", c.BlockID)
 	}
 	if r := st.addLinkBlock(&c.addBlockCmd, total); r.err != nil {
 		return r
 	}
 	ls := st.link(c.LinkPeer)
 	for dir, p := range c.Relay {
+		if p.Bytes == 0 {
+			continue
+		}
 		rs := ls.relayState(uint8(dir))
 		rs.chunks = append(rs.chunks, &blockRec{id: c.BlockID, start: int64(rs.stream) * 8, bytes: p.Bytes,
 			wrapped: p.Wrapped, sealed: p.Sealed})

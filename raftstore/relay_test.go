@@ -23,10 +23,11 @@ func TestRelayKey(t *testing.T) {
 	if err := s.RegisterConnection(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
-	r1, r2 := rnd(200), rnd(120) // 100 and 60 bytes per direction
+	r1, r2, r3 := rnd(200), rnd(120), rnd(10) // 100 and 60 bytes per direction, then 10 for direction 1
 	for _, b := range []Block{
-		{ConnectionID: conn.ID(), BlockID: "blk1", Bits: rnd(32), LinkPeer: "KB", AuthBits: rnd(16), RelayBits: r1},
-		{ConnectionID: conn.ID(), BlockID: "blk2", LinkPeer: "KB", RelayBits: r2},
+		{ConnectionID: conn.ID(), BlockID: "blk1", Bits: rnd(32), LinkPeer: "KB", AuthBits: rnd(16), RelayBits: r1, RelaySplit: 100},
+		{ConnectionID: conn.ID(), BlockID: "blk2", LinkPeer: "KB", RelayBits: r2, RelaySplit: 60},
+		{ConnectionID: conn.ID(), BlockID: "blk3", LinkPeer: "KB", RelayBits: r3, RelaySplit: 0}, // direction 1 only
 	} {
 		if err := s.AddBlock(ctx, b); err != nil {
 			t.Fatalf("add %s: %v", b.BlockID, err)
@@ -35,12 +36,12 @@ func TestRelayKey(t *testing.T) {
 	if err := s.AddBlock(ctx, Block{ConnectionID: conn.ID(), BlockID: "x", Bits: rnd(8), RelayBits: rnd(8)}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("relay bits without a link peer: %v", err)
 	}
-	if err := s.AddBlock(ctx, Block{BlockID: "odd", LinkPeer: "KB", RelayBits: rnd(7)}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("relay bits of odd length: %v", err)
+	if err := s.AddBlock(ctx, Block{BlockID: "split", LinkPeer: "KB", RelayBits: rnd(7), RelaySplit: 8}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("relay split beyond the bits: %v", err)
 	}
-	// Direction 0 is the first half of each block's relay material,
-	// direction 1 the second half.
-	streams := [2][]byte{append(bytes.Clone(r1[:100]), r2[:60]...), append(bytes.Clone(r1[100:]), r2[60:]...)}
+	// Direction 0 is the first RelaySplit bytes of each block's relay
+	// material, direction 1 the rest.
+	streams := [2][]byte{append(bytes.Clone(r1[:100]), r2[:60]...), append(append(bytes.Clone(r1[100:]), r2[60:]...), r3...)}
 	for dir, stream := range streams {
 		got, err := s.RelayKey(ctx, "KB", uint8(dir), 90, 120)
 		if err != nil || !bytes.Equal(got, stream[90:120]) {
@@ -73,6 +74,7 @@ func TestRelayKey(t *testing.T) {
 		{"below burned range", "send", RelayUse{"KB", 0, "r4", 80, 100}, ErrInvalid},
 		{"rest of the stream", "send", RelayUse{"KB", 0, "r4", 90, 160}, nil},
 		{"the other direction is its own stream", "send", RelayUse{"KB", 1, "r6", 0, 40}, nil},
+		{"direction 1 holds the third block", "send", RelayUse{"KB", 1, "r8", 160, 171}, ErrInsufficientKeys},
 		{"received is not sent", "receive", RelayUse{"KB", 1, "r6", 0, 40}, ErrInvalid},
 		{"receive", "receive", RelayUse{"KB", 1, "r7", 40, 60}, nil},
 		{"receive retry", "receive", RelayUse{"KB", 1, "r7", 40, 60}, nil},
@@ -150,7 +152,7 @@ func TestRelayDropUnused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, n := range []int{80, 60} {
-		b := Block{ConnectionID: conn.ID(), BlockID: []string{"b1", "b2"}[i], Bits: rnd(16), LinkPeer: "KB", RelayBits: rnd(n)}
+		b := Block{ConnectionID: conn.ID(), BlockID: []string{"b1", "b2"}[i], Bits: rnd(16), LinkPeer: "KB", RelayBits: rnd(n), RelaySplit: n / 2}
 		if err := s.AddBlock(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -168,6 +170,16 @@ func TestRelayDropUnused(t *testing.T) {
 	if err := s.RelaySend(ctx, RelayUse{"KB", 0, "r2", 40, 41}); !errors.Is(err, ErrInsufficientKeys) {
 		t.Fatalf("relay key of the dropped block: %v", err)
 	}
+	// A block with relay material for one direction only drops too.
+	if err := s.AddBlock(ctx, Block{ConnectionID: conn.ID(), BlockID: "b3", LinkPeer: "KB", RelayBits: rnd(20), RelaySplit: 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropLastBlock(ctx, "KB", "b3"); err != nil {
+		t.Fatalf("drop a block with relay key for one direction: %v", err)
+	}
+	if ls, _ := s.LinkState(ctx, "KB"); ls.Relay[0] != (RelayStream{Stream: 40, Used: 40}) || ls.Relay[1] != (RelayStream{Stream: 40}) {
+		t.Fatalf("after dropping b3: %+v", ls.Relay)
+	}
 }
 
 // TestRelaySourceAndDestination: a relayed block's life at its source
@@ -183,7 +195,7 @@ func TestRelaySourceAndDestination(t *testing.T) {
 	if err := s.RegisterConnection(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddBlock(ctx, Block{BlockID: "relay-only", LinkPeer: "KB", RelayBits: rnd(400)}); err != nil {
+	if err := s.AddBlock(ctx, Block{BlockID: "relay-only", LinkPeer: "KB", RelayBits: rnd(400), RelaySplit: 200}); err != nil {
 		t.Fatalf("a link block of relay material only: %v", err)
 	}
 	pool := func() ConnectionStatus {

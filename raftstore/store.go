@@ -607,15 +607,17 @@ func (s *Store) AddBlock(ctx context.Context, b Block) error {
 	if len(b.RelayBits) == 0 {
 		return s.submit(ctx, cmdAddBlock, cmd).err
 	}
-	if len(b.RelayBits)%2 != 0 {
-		return fmt.Errorf("%w: relay bits split in two halves: %d bytes", ErrInvalid, len(b.RelayBits))
+	if b.RelaySplit < 0 || b.RelaySplit > len(b.RelayBits) {
+		return fmt.Errorf("%w: relay split %d of %d bytes", ErrInvalid, b.RelaySplit, len(b.RelayBits))
 	}
 	rc := addRelayBlockCmd{addBlockCmd: cmd}
-	half := len(b.RelayBits) / 2
-	for dir := range rc.Relay {
+	for dir, part := range [][]byte{b.RelayBits[:b.RelaySplit], b.RelayBits[b.RelaySplit:]} {
+		if len(part) == 0 {
+			continue
+		}
 		p := &rc.Relay[dir]
-		p.Bytes = half
-		if p.Wrapped, p.Sealed, err = sealBlock(s.kek, relayAADID(b.LinkPeer, uint8(dir)), b.BlockID, b.RelayBits[dir*half:(dir+1)*half]); err != nil {
+		p.Bytes = len(part)
+		if p.Wrapped, p.Sealed, err = sealBlock(s.kek, relayAADID(b.LinkPeer, uint8(dir)), b.BlockID, part); err != nil {
 			return err
 		}
 	}

@@ -123,7 +123,7 @@ func (n *testNet) relayKey(a, b string, bytesPerDir int) {
 	_, _ = rand.Read(bits)
 	id := uuid.NewString()
 	for _, e := range [][2]string{{a, b}, {b, a}} {
-		if err := n.sites[e[0]].store.AddBlock(context.Background(), raftstore.Block{BlockID: id, LinkPeer: e[1], RelayBits: bytes.Clone(bits)}); err != nil {
+		if err := n.sites[e[0]].store.AddBlock(context.Background(), raftstore.Block{BlockID: id, LinkPeer: e[1], RelayBits: bytes.Clone(bits), RelaySplit: bytesPerDir}); err != nil {
 			n.t.Fatal(err)
 		}
 	}
