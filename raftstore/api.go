@@ -92,6 +92,9 @@ type ConnectionStatus struct {
 	// RelayPending is the relayed block on its way from this (source) site,
 	// started and not yet ended (RelayStart, RelayDone / RelayDiscard).
 	RelayPending string `json:"relay_pending,omitempty"`
+	// Relay counts the relayed blocks this source site ended: done (their
+	// bits and the relay key their hops used) and burned.
+	Relay RelayCounts `json:"relay"`
 }
 
 // Block is final key material for one connection's pool, identical at both

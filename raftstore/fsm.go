@@ -60,6 +60,7 @@ type connState struct {
 	holes      []hole        // ranges behind carve skipped by relays, reserved for late ones
 	importing  string        // block whose import at both sites is half done (cluster version 2)
 	pending    *pendingRelay // relay block on its way from this source site (cluster version 4)
+	relay      RelayCounts   // relayed blocks this source site ended (cluster version 4)
 }
 
 // hole is a range of the pool stream before the carve position that no

@@ -77,7 +77,8 @@ func (cs *connState) status() ConnectionStatus {
 	bits := cs.end - cs.carve
 	return ConnectionStatus{Connection: cs.conn, StoredBits: bits, StoredKeys: bits / int64(cs.conn.KeySize),
 		IssuedKeys: cs.live, BurnedKeys: cs.burned, ErasedKeys: cs.erased, AddedBlocks: cs.added,
-		PendingImport: cs.importing, RelayPending: cs.pending.blockID()}
+		PendingImport: cs.importing, RelayPending: cs.pending.blockID(),
+		Relay: cs.relay}
 }
 
 // importMark records or clears the connection's half-done block import.

@@ -38,6 +38,7 @@ type snapConn struct {
 	Importing  string      `json:"importing,omitempty"` // cluster version 2
 	// RelayPending is the relay block on its way from here (version 4).
 	RelayPending *snapPending `json:"relay_pending,omitempty"`
+	Relay        *RelayCounts `json:"relay,omitempty"`
 }
 
 type snapHole struct {
@@ -90,6 +91,10 @@ func (st *fsmState) export() *snapState {
 		sc := snapConn{Conn: cs.conn, End: cs.end, Carve: cs.carve, Live: cs.live, Burned: cs.burned,
 			Erased: cs.erased, Added: cs.added, BurnedBits: cs.burnedBits, Recent: slices.Clone(cs.recent), Importing: cs.importing,
 			RelayPending: cs.pending.export()}
+		if cs.relay != (RelayCounts{}) {
+			rc := cs.relay
+			sc.Relay = &rc
+		}
 		for _, h := range cs.holes {
 			sc.Holes = append(sc.Holes, snapHole{Start: h.start, End: h.end, At: h.at})
 		}
@@ -131,7 +136,10 @@ func importState(s *snapState, maxVersion uint8) (*fsmState, error) {
 		if cs.pending, err = importPending(sc.RelayPending); err != nil {
 			return nil, err
 		}
-		if cs.pending != nil && s.Version < 4 {
+		if sc.Relay != nil {
+			cs.relay = *sc.Relay
+		}
+		if (cs.pending != nil || sc.Relay != nil) && s.Version < 4 {
 			return nil, fmt.Errorf("raftstore: snapshot version %d with a pending relay block", s.Version)
 		}
 		for _, h := range sc.Holes {

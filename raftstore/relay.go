@@ -130,6 +130,19 @@ type relayEndCmd struct {
 	Op    string `json:"op"`
 	Conn  string `json:"conn"`
 	Block string `json:"block"`
+	// HopBytes is the relay key the block's hops used (done at the
+	// source; counted in ConnectionStatus.Relay).
+	HopBytes int64 `json:"hop_bytes,omitempty"`
+}
+
+// RelayCounts are a source connection's relayed blocks: done (with their
+// bits and the relay key their hops used, (bytes+32)·hops each) and burned
+// (ConnectionStatus.Relay).
+type RelayCounts struct {
+	Done     int64 `json:"done"`
+	DoneBits int64 `json:"done_bits"`
+	HopBytes int64 `json:"hop_bytes"`
+	Burned   int64 `json:"burned"`
 }
 
 // pendingRelay is a source connection's relay block on its way.
@@ -355,8 +368,12 @@ func (st *fsmState) relayEnd(c *relayEndCmd) result {
 	cs.pending = nil
 	if c.Op == "burn" {
 		cs.forget(c.Block)
+		cs.relay.Burned++
 		return result{}
 	}
+	cs.relay.Done++
+	cs.relay.DoneBits += 8 * int64(p.bytes)
+	cs.relay.HopBytes += c.HopBytes
 	cs.blocks = append(cs.blocks, &blockRec{id: p.block, start: cs.end, bytes: p.bytes, wrapped: p.wrapped, sealed: p.sealed})
 	cs.end += int64(p.bytes) * 8
 	cs.added++
@@ -530,9 +547,11 @@ func (s *Store) RelayBurn(ctx context.Context, u RelayUse) error {
 }
 
 // RelayDone moves connection connID's pending relay block into its pool
-// (at the source, once the destination committed it). Idempotent.
-func (s *Store) RelayDone(ctx context.Context, connID, block string) error {
-	return s.submit(ctx, cmdRelayEnd, relayEndCmd{At: s.now(), Op: "done", Conn: connID, Block: block}).err
+// (at the source, once the destination committed it); hopBytes is the
+// relay key its hops used (counted in ConnectionStatus.Relay).
+// Idempotent.
+func (s *Store) RelayDone(ctx context.Context, connID, block string, hopBytes int64) error {
+	return s.submit(ctx, cmdRelayEnd, relayEndCmd{At: s.now(), Op: "done", Conn: connID, Block: block, HopBytes: hopBytes}).err
 }
 
 // RelayDiscard burns relay block block of connection connID: at the source

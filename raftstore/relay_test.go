@@ -224,11 +224,11 @@ func TestRelaySourceAndDestination(t *testing.T) {
 	s = openSingle(t, dir, kek, io.Discard, nil)
 	testenv.WaitFor(t, "the state replayed", func() bool { _, d := s.fsm.digest(); return d == want })
 	for range 2 { // done is idempotent
-		if err := s.RelayDone(ctx, conn.ID(), "x1"); err != nil {
+		if err := s.RelayDone(ctx, conn.ID(), "x1", 80); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if st := pool(); st.RelayPending != "" || st.StoredBits != 64 {
+	if st := pool(); st.RelayPending != "" || st.StoredBits != 64 || st.Relay != (RelayCounts{Done: 1, DoneBits: 64, HopBytes: 80}) {
 		t.Fatalf("after x1 done: %+v", st)
 	}
 	// x2 burned at the source: never in the pool, its ID never again.
@@ -241,11 +241,14 @@ func TestRelaySourceAndDestination(t *testing.T) {
 	if err := s.RelayStart(ctx, RelayUse{"KB", 0, "x2b", 80, 120}, conn.ID(), rnd(8)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RelayDone(ctx, conn.ID(), "x2"); !errors.Is(err, ErrInvalid) {
+	if err := s.RelayDone(ctx, conn.ID(), "x2", 80); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("done after burn: %v", err)
 	}
 	if err := s.RelayDiscard(ctx, conn.ID(), "x2b"); err != nil {
 		t.Fatal(err)
+	}
+	if st := pool(); st.Relay.Burned != 2 || st.Relay.Done != 1 {
+		t.Fatalf("after two burns: %+v", st.Relay)
 	}
 	// Destination (this site as the receiving end of direction 1): y1
 	// delivered then burned while unused; y2 burned before it arrives.

@@ -37,7 +37,7 @@ type Store interface {
 	RelaySend(ctx context.Context, u raftstore.RelayUse) error
 	RelayReceive(ctx context.Context, u raftstore.RelayUse) error
 	RelayDeliver(ctx context.Context, u raftstore.RelayUse, connID string, bits []byte) error
-	RelayDone(ctx context.Context, connID, block string) error
+	RelayDone(ctx context.Context, connID, block string, hopBytes int64) error
 	RelayDiscard(ctx context.Context, connID, block string) error
 	RelayOutcome(ctx context.Context, peer string, dir uint8, block string) (raftstore.RelayOutcome, bool, error)
 }
@@ -501,7 +501,7 @@ func (r *Relay) fill(ctx context.Context, c raftstore.ConnectionStatus) bool {
 		r.burn(ctx, c, block, "not delivered")
 		return false
 	}
-	if err := r.cfg.Store.RelayDone(ctx, c.ID(), block); err != nil {
+	if err := r.cfg.Store.RelayDone(ctx, c.ID(), block, int64(keyBytes(n))*int64(len(rt.Path)-1)); err != nil {
 		// Still pending in the log: the next leader (or the next round)
 		// burns it at both ends.
 		r.log.Warn("relayed block delivered but not added here", "connection", c.ID(), "block", block, "err", err)

@@ -217,12 +217,16 @@ func TestRelayLine(t *testing.T) {
 	n.usedOnce("A", "B")
 	n.usedOnce("B", "C")
 	st := n.sites["A"].relay.Status()
-	delivered := uint64(st.Stats.DeliveredBits / 8)
+	rc := n.pool("A", c).Relay
+	if rc.Burned != 0 || rc.DoneBits != n.pool("A", c).StoredBits || rc.Done != st.Stats.Delivered {
+		t.Fatalf("relay counts %+v, stats %+v", rc, st.Stats)
+	}
+	var used uint64
 	for _, l := range [][2]string{{"A", "B"}, {"B", "C"}} {
-		used := n.sites[l[0]].store.RelayStreams(l[1])[raftstore.RelayDir(l[0], l[1])].Used
-		if want := delivered + uint64(st.Stats.Delivered)*tagKeyBytes; used != want {
-			t.Fatalf("relay key used on %s→%s: %d bytes, want %d (blocks %d)", l[0], l[1], used, want, st.Stats.Delivered)
-		}
+		used += n.sites[l[0]].store.RelayStreams(l[1])[raftstore.RelayDir(l[0], l[1])].Used
+	}
+	if want := uint64(rc.DoneBits/8) + uint64(rc.Done)*tagKeyBytes; used != 2*want || int64(used) != rc.HopBytes {
+		t.Fatalf("relay key used on the two hops: %d bytes, want 2×%d = the counted %d", used, want, rc.HopBytes)
 	}
 	if rt := st.Routes["C"]; len(rt.Path) != 3 || rt.Path[1] != "B" {
 		t.Fatalf("route to C: %+v", rt)
