@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"qkdkms/node/kme"
 	"qkdkms/node/network"
@@ -107,7 +108,7 @@ func (n *Node) networkAdminRoutes(mux *http.ServeMux) {
 			if !n.store.IsLeader() {
 				return nil, raftstore.ErrNotLeader
 			}
-			return n.services.relay.relay.Status(), nil
+			return n.services.relay.relay.Status(ctx), nil
 		})
 	})
 }
@@ -142,7 +143,9 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.n.services == nil || c.n.store == nil || !c.n.store.IsLeader() {
 		return
 	}
-	st := c.n.services.relay.relay.Status()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st := c.n.services.relay.relay.Status(ctx)
 	for outcome, v := range map[string]int64{"delivered": st.Stats.Delivered, "burned": st.Stats.Burned,
 		"forwarded": st.Stats.Forwarded, "received": st.Stats.Received} {
 		ch <- prometheus.MustNewConstMetric(descRelayBlocks, prometheus.CounterValue, float64(v), outcome)

@@ -160,9 +160,9 @@ func (r *Relay) LocalReport() SiteReport {
 	rep := SiteReport{KME: r.cfg.Local, Links: []LinkReport{}}
 	for _, l := range r.cfg.Links() {
 		st := r.cfg.Store.RelayStreams(l.Peer)
+		out, in := st[raftstore.RelayDir(r.cfg.Local, l.Peer)], st[raftstore.RelayDir(l.Peer, r.cfg.Local)]
 		rep.Links = append(rep.Links, LinkReport{Peer: l.Peer, Up: l.Up, QBER: l.QBER,
-			Out: st[raftstore.RelayDir(r.cfg.Local, l.Peer)].Available(),
-			In:  st[raftstore.RelayDir(l.Peer, r.cfg.Local)].Available()})
+			Out: out.Available(), In: in.Available(), OutUsed: out.Used, InUsed: in.Used})
 	}
 	return rep
 }
@@ -558,6 +558,18 @@ type Status struct {
 	Routes  map[string]Route `json:"routes"`
 	Avoided []string         `json:"avoided,omitempty"`
 	Stats   Stats            `json:"stats"`
+	// Connections are this site's relayed connections (source here, no
+	// direct link to the target): the counts the log keeps for them.
+	Connections []ConnRelay `json:"connections,omitempty"`
+}
+
+// ConnRelay is a relayed connection's counts at its source site.
+type ConnRelay struct {
+	Master  string                `json:"master"`
+	Slave   string                `json:"slave"`
+	Target  string                `json:"target"`
+	Pending string                `json:"pending,omitempty"`
+	Relay   raftstore.RelayCounts `json:"relay"`
 }
 
 // SiteStatus is a site's last report and its age.
@@ -568,8 +580,16 @@ type SiteStatus struct {
 
 // Status reports the sites' links, the routes to every site without a
 // direct link, and the counts.
-func (r *Relay) Status() Status {
+func (r *Relay) Status(ctx context.Context) Status {
 	st := Status{KME: r.cfg.Local, Routes: map[string]Route{}}
+	if conns, err := r.cfg.Store.Connections(ctx); err == nil {
+		for _, c := range conns {
+			if c.SourceKME == r.cfg.Local && !r.direct(c.TargetKME) {
+				st.Connections = append(st.Connections, ConnRelay{Master: c.MasterSAE, Slave: c.SlaveSAE, Target: c.TargetKME,
+					Pending: c.RelayPending, Relay: c.Relay})
+			}
+		}
+	}
 	for _, site := range r.cfg.Sites {
 		if !r.direct(site) {
 			if rt, ok := r.route(site); ok {

@@ -216,7 +216,7 @@ func TestRelayLine(t *testing.T) {
 	}
 	n.usedOnce("A", "B")
 	n.usedOnce("B", "C")
-	st := n.sites["A"].relay.Status()
+	st := n.sites["A"].relay.Status(context.Background())
 	rc := n.pool("A", c).Relay
 	if rc.Burned != 0 || rc.DoneBits != n.pool("A", c).StoredBits || rc.Done != st.Stats.Delivered {
 		t.Fatalf("relay counts %+v, stats %+v", rc, st.Stats)
@@ -279,7 +279,7 @@ func TestRelayTamperedHop(t *testing.T) {
 		}
 	}
 	n.run("A")
-	testenv.WaitFor(t, "a burned block", func() bool { return n.sites["A"].relay.Status().Stats.Burned > 0 })
+	testenv.WaitFor(t, "a burned block", func() bool { return n.sites["A"].relay.Status(context.Background()).Stats.Burned > 0 })
 	if a, cc := n.pool("A", c), n.pool("C", c); a.StoredBits != 0 || cc.StoredBits != 0 {
 		t.Fatalf("a tampered block entered a pool: %d bits at A, %d at C", a.StoredBits, cc.StoredBits)
 	}

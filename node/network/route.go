@@ -21,6 +21,10 @@ type LinkReport struct {
 	Out  uint64  `json:"relay_out_bytes"`
 	In   uint64  `json:"relay_in_bytes"`
 	QBER float64 `json:"qber"`
+	// OutUsed and InUsed are the relay key bytes consumed so far in each
+	// direction at this end (for the network checker).
+	OutUsed uint64 `json:"relay_out_used"`
+	InUsed  uint64 `json:"relay_in_used"`
 }
 
 // SiteReport is what a site advertises: its links.
