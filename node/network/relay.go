@@ -91,7 +91,12 @@ type Relay struct {
 	onward   map[string]*Hop      // block → the hop this leader passed on (retries resend it)
 	inflight map[string]*flight   // block → a hop being handled
 	stats    Stats
+	lat      []float64 // seconds of the last blocks completed here (ring)
+	latNext  int
 }
+
+// latWindow is how many block latencies the percentiles cover.
+const latWindow = 512
 
 type report struct {
 	SiteReport
@@ -111,7 +116,10 @@ type Stats struct {
 	Burned        int64   `json:"burned"`         // blocks this source site burned (outcome not delivered)
 	Forwarded     int64   `json:"forwarded"`      // hops passed on as an intermediate site
 	Received      int64   `json:"received"`       // blocks delivered here as the destination
-	LastSeconds   float64 `json:"last_seconds"`   // wall time of the last completed block at this source
+	// P50Seconds and P99Seconds are the wall time of the last (up to 512)
+	// blocks this source completed, from start to done.
+	P50Seconds float64 `json:"p50_seconds"`
+	P99Seconds float64 `json:"p99_seconds"`
 }
 
 // New builds a Relay.
@@ -510,7 +518,12 @@ func (r *Relay) fill(ctx context.Context, c raftstore.ConnectionStatus) bool {
 	r.mu.Lock()
 	r.stats.Delivered++
 	r.stats.DeliveredBits += int64(8 * n)
-	r.stats.LastSeconds = time.Since(start).Seconds()
+	if len(r.lat) < latWindow {
+		r.lat = append(r.lat, time.Since(start).Seconds())
+	} else {
+		r.lat[r.latNext] = time.Since(start).Seconds()
+		r.latNext = (r.latNext + 1) % latWindow
+	}
 	r.mu.Unlock()
 	r.log.Info("relayed block committed", "connection", c.ID(), "block", block, "bits", 8*n, "route", rt.Path,
 		"seconds", time.Since(start).Seconds())
@@ -616,5 +629,11 @@ func (r *Relay) Status(ctx context.Context) Status {
 	}
 	slices.Sort(st.Avoided)
 	st.Stats = r.stats
+	if len(r.lat) > 0 {
+		lat := slices.Clone(r.lat)
+		slices.Sort(lat)
+		st.Stats.P50Seconds = lat[len(lat)/2]
+		st.Stats.P99Seconds = lat[min(len(lat)-1, len(lat)*99/100)]
+	}
 	return st
 }

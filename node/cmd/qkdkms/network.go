@@ -66,6 +66,15 @@ func printNetwork(w io.Writer, st network.Status) {
 		fmt.Fprintf(w, "avoided after a failed hop: %s\n", strings.Join(st.Avoided, ", "))
 	}
 	s := st.Stats
-	fmt.Fprintf(w, "relayed from here: %d blocks (%d bits), %d burned; passed on: %d; delivered here: %d\n",
-		s.Delivered, s.DeliveredBits, s.Burned, s.Forwarded, s.Received)
+	fmt.Fprintf(w, "relayed from here (this leader): %d blocks (%d bits), %d burned, block time p50 %.0f ms, p99 %.0f ms; passed on: %d; delivered here: %d\n",
+		s.Delivered, s.DeliveredBits, s.Burned, 1000*s.P50Seconds, 1000*s.P99Seconds, s.Forwarded, s.Received)
+	if len(st.Connections) > 0 {
+		fmt.Fprintln(w, "\nrelayed connections (from the log):")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "MASTER\tSLAVE\tTARGET\tBLOCKS\tBITS\tBURNED\tPENDING")
+		for _, c := range st.Connections {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", c.Master, c.Slave, c.Target, c.Relay.Done, c.Relay.DoneBits, c.Relay.Burned, c.Pending)
+		}
+		_ = tw.Flush()
+	}
 }
