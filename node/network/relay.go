@@ -111,11 +111,11 @@ type flight struct {
 
 // Stats counts relayed blocks at this node (since it started).
 type Stats struct {
-	Delivered     int64   `json:"delivered"`      // blocks this source site completed
-	DeliveredBits int64   `json:"delivered_bits"` // their bits
-	Burned        int64   `json:"burned"`         // blocks this source site burned (outcome not delivered)
-	Forwarded     int64   `json:"forwarded"`      // hops passed on as an intermediate site
-	Received      int64   `json:"received"`       // blocks delivered here as the destination
+	Delivered     int64 `json:"delivered"`      // blocks this source site completed
+	DeliveredBits int64 `json:"delivered_bits"` // their bits
+	Burned        int64 `json:"burned"`         // blocks this source site burned (outcome not delivered)
+	Forwarded     int64 `json:"forwarded"`      // hops passed on as an intermediate site
+	Received      int64 `json:"received"`       // blocks delivered here as the destination
 	// P50Seconds and P99Seconds are the wall time of the last (up to 512)
 	// blocks this source completed, from start to done.
 	P50Seconds float64 `json:"p50_seconds"`
