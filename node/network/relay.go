@@ -274,6 +274,9 @@ func (r *Relay) hop(ctx context.Context, from string, h Hop) (HopAnswer, error) 
 	if !r.direct(next) {
 		return fail("no QKD link to %s", next)
 	}
+	if err := r.onwardKey(ctx, next, keyBytes(len(bits))); err != nil {
+		return fail("onward to %s: %v", next, err)
+	}
 	if err := r.cfg.Store.RelayReceive(ctx, u); err != nil {
 		return fail("receive: %v", err)
 	}
@@ -294,6 +297,30 @@ func (r *Relay) hop(ctx context.Context, from string, h Hop) (HopAnswer, error) 
 	r.stats.Forwarded++
 	r.mu.Unlock()
 	return r.pass(ctx, on), nil
+}
+
+// onwardKey waits, up to half a hop's time, until the relay key to next
+// holds need bytes: the link to next makes relay key as it goes, and the
+// source chose the block's size from its own first hop.
+func (r *Relay) onwardKey(ctx context.Context, next string, need uint64) error {
+	dir := raftstore.RelayDir(r.cfg.Local, next)
+	wait := time.NewTimer(r.cfg.HopTimeout / 2)
+	defer wait.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := r.cfg.Store.RelayStreams(next)[dir]
+		if st.Available() >= need {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wait.C:
+			return fmt.Errorf("%w: %d bytes of relay key to %s left, %d needed", raftstore.ErrInsufficientKeys, st.Available(), next, need)
+		case <-tick.C:
+		}
+	}
 }
 
 // allocate picks the next relay key range to send h to its next site,
@@ -470,10 +497,17 @@ func (r *Relay) fill(ctx context.Context, c raftstore.ConnectionStatus) bool {
 		return r.burn(ctx, c, c.RelayPending, "left on its way by an earlier leader")
 	}
 	rt, ok := r.route(c.TargetKME)
-	if !ok || rt.Width <= tagKeyBytes {
+	if !ok {
 		return false
 	}
-	n := int(min(uint64(maxBlockBytes), rt.Width-tagKeyBytes))
+	// The block takes what the first hop holds now (the later hops' reports
+	// are up to a poll old: an intermediate site waits a little for its
+	// onward relay key instead, onwardKey).
+	first := r.cfg.Store.RelayStreams(rt.Path[1])[raftstore.RelayDir(r.cfg.Local, rt.Path[1])].Available()
+	if first <= tagKeyBytes {
+		return false
+	}
+	n := int(min(uint64(maxBlockBytes), first-tagKeyBytes))
 	if need := needBytes(c); need < n {
 		n = need
 	}
