@@ -296,7 +296,10 @@ func (s *testSite) follower() *Node {
 }
 
 // waitDigests waits until every live node applied the same index and has
-// the same digest, and returns it.
+// the same digest, and returns it. Nothing may keep writing to the site
+// meanwhile (a link whose pool has room, say): the nodes are read one after
+// the other, and under a steady stream of entries no poll sees them at one
+// index.
 func (s *testSite) waitDigests() string {
 	s.t.Helper()
 	var last []string
