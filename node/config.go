@@ -151,11 +151,36 @@ type LinkConfig struct {
 	Eve float64 `json:"eve"`
 }
 
-// PeerLink is one peer site's QKD link driver.
+// PeerLink is one peer site's QKD link driver and its relay pool.
 type PeerLink struct {
-	Peer    string          `json:"peer"`              // a KME ID of Peers
-	Driver  string          `json:"driver"`            // a registered driver: sim, devstream, etsi014
+	Peer string `json:"peer"` // a KME ID of Peers
+	// Driver is a registered driver (sim, devstream, etsi014), or "none":
+	// the peer is reachable for classical messages but there is no QKD
+	// link to it (keys to its SAEs come by relay).
+	Driver  string          `json:"driver"`
 	Options json.RawMessage `json:"options,omitempty"` // the driver's options (node/CONFIG.md)
+	// RelayPoolBytes is the relay key the link keeps per direction for
+	// one-time-pad relaying (0: none; node/CONFIG.md, "Relay pool").
+	RelayPoolBytes int `json:"relay_pool_bytes,omitempty"`
+	// RelayShare is the fraction of each session's final key (beside the
+	// pad top-up) that goes to the relay pool while it is below
+	// RelayPoolBytes; nil means DefaultRelayShare.
+	RelayShare *float64 `json:"relay_share,omitempty"`
+}
+
+// DriverNone is the links[].driver of a peer without a QKD link.
+const DriverNone = "none"
+
+// DefaultRelayShare is links[].relay_share when relay_pool_bytes is set.
+const DefaultRelayShare = 0.5
+
+// Share is the link's relay share: relay_share, or DefaultRelayShare when
+// unset.
+func (l PeerLink) Share() float64 {
+	if l.RelayShare == nil {
+		return DefaultRelayShare
+	}
+	return *l.RelayShare
 }
 
 // LinkFor is the driver choice for a peer: its entry in Links, or the
@@ -382,6 +407,12 @@ func (c Config) Validate() error {
 		}
 		for _, peer := range sortedKeys(c.Peers) {
 			pl := c.LinkFor(peer)
+			if pl.Driver == DriverNone {
+				if len(pl.Options) > 0 && string(pl.Options) != "null" {
+					add("links[%s]: driver %q takes no options", peer, DriverNone)
+				}
+				continue
+			}
 			d, err := quantum.Open(pl.Driver, pl.Options)
 			if err != nil {
 				add("links[%s]: %v", peer, err)
@@ -397,10 +428,18 @@ func (c Config) Validate() error {
 			add("links[%d].peer: %q is not a site in peers", i, l.Peer)
 		case seen[l.Peer]:
 			add("links[%d].peer: %q has a second entry", i, l.Peer)
-		case c.Link.PSKFile == "":
+		case c.Link.PSKFile == "" && l.Driver != DriverNone:
 			add("links[%d]: set but link.psk_file is not (no link runs)", i)
 		}
 		seen[l.Peer] = true
+		switch {
+		case l.Driver == DriverNone && (l.RelayPoolBytes != 0 || l.RelayShare != nil):
+			add("links[%d]: relay_pool_bytes and relay_share need a QKD link; driver %q has none", i, DriverNone)
+		case l.RelayPoolBytes < 0:
+			add("links[%d].relay_pool_bytes: %d is negative (0 means no relay key)", i, l.RelayPoolBytes)
+		case l.RelayShare != nil && !(*l.RelayShare >= 0 && *l.RelayShare <= 1):
+			add("links[%d].relay_share: %v outside [0, 1]", i, *l.RelayShare)
+		}
 	}
 	for i, id := range c.Metrics.ScrapeIdentities {
 		if err := checkScrapeIdentity(id); err != nil {
