@@ -26,10 +26,12 @@ func (l *Link) dialLeader(ctx context.Context) (*peerConn, error) {
 		}
 		w := newWire(conn)
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		version, err := l.helloAsAlice(hctx, w)
+		hello, err := l.helloAsAlice(hctx, w)
 		cancel()
 		if err == nil {
-			return newPeerConn(ctx, w, version), nil
+			p := newPeerConn(ctx, w, hello.Version)
+			p.peerRelay = hello.RelayOK
+			return p, nil
 		}
 		_ = w.Close()
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
@@ -37,14 +39,14 @@ func (l *Link) dialLeader(ctx context.Context) (*peerConn, error) {
 	return nil, fmt.Errorf("link: no leader reachable at %s: %w", l.cfg.PeerKME, errors.Join(errs...))
 }
 
-// helloAsAlice greets the peer node and returns the link protocol version
-// it speaks.
-func (l *Link) helloAsAlice(ctx context.Context, w *wire) (int, error) {
-	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
-		return 0, err
+// helloAsAlice greets the peer node and returns its hello: the link
+// protocol version it speaks and whether its store takes relay material.
+func (l *Link) helloAsAlice(ctx context.Context, w *wire) (msg, error) {
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion,
+		RelayOK: l.relayAccepted(ctx)}); err != nil {
+		return msg{}, err
 	}
-	m, err := recv(ctx, w, "hello")
-	return m.Version, err
+	return recv(ctx, w, "hello")
 }
 
 // driveConnection runs sessions over one connection until it fails.
@@ -75,7 +77,7 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	l.mu.Unlock()
 	l.cfg.Logger.Info("link up", "peer", l.cfg.PeerKME, "role", "alice")
 	for ctx.Err() == nil {
-		conn, ok, err := l.pick(ctx, p)
+		plan, ok, err := l.pick(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -91,7 +93,7 @@ func (l *Link) driveConnection(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := l.aliceSession(ctx, p, src, conn); err != nil {
+		if err := l.aliceSession(ctx, p, src, plan); err != nil {
 			if w.closed() {
 				// The connection is gone: perhaps a failed commit closed it,
 				// which is then the cause to report.
@@ -131,24 +133,46 @@ func (l *Link) ping(ctx context.Context, w *wire) error {
 	return err
 }
 
-// pick chooses the connection whose pool a session fills (scheduler).
-func (l *Link) pick(ctx context.Context, p *peerConn) (raftstore.ConnectionStatus, bool, error) {
+// plan is what the next session fills: a connection's pool (and the relay
+// pool by its share), or the relay pool alone.
+type plan struct {
+	conn      raftstore.ConnectionStatus
+	relayOnly bool
+}
+
+// pick chooses the connection whose pool a session fills (scheduler), or a
+// relay-only session when no connection needs key and the relay pool is
+// below target (relay.go).
+func (l *Link) pick(ctx context.Context, p *peerConn) (plan, bool, error) {
 	// Whether the block in flight is still committing is decided before
 	// the store is read: a commit that ends in between is then counted
 	// twice (a smaller block), never not at all (an overfilled pool).
 	f := p.unfinished()
 	conns, err := l.cfg.Store.Connections(ctx)
 	if err != nil {
-		return raftstore.ConnectionStatus{}, false, err
+		return plan{}, false, err
 	}
 	f.count(conns)
-	c, ok := l.sched.next(conns, l.cfg.LocalKME, l.cfg.PeerKME)
-	return c, ok, nil
+	if c, ok := l.sched.next(conns, l.cfg.LocalKME, l.cfg.PeerKME); ok {
+		return plan{conn: c}, true, nil
+	}
+	if l.cfg.RelayPoolBytes <= 0 || !p.relay() {
+		return plan{}, false, nil
+	}
+	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
+	if err != nil {
+		return plan{}, false, err
+	}
+	if l.relayNeed(p, st, f.countRelay(l.relayLevels(p.peerUsed))) > 0 {
+		return plan{relayOnly: true}, true, nil
+	}
+	return plan{}, false, nil
 }
 
 // aliceSession runs one session as the initiator: BB84 on src's frames,
 // or a key-delivery session when src is nil.
-func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source, conn raftstore.ConnectionStatus) error {
+func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source, pl plan) error {
+	conn := pl.conn
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.SessionTimeout)
 	defer cancel()
 	ch := auth.NewChannel(p.w, l.hash)
@@ -167,7 +191,7 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	// every commit either completes at both sites or ends the connection.
 	sync := !p.overlap() || !p.synced
 	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel, Sync: sync, Keys: src == nil,
-		LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
+		RelayOnly: pl.relayOnly, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
 	if err := send(ctx, ch, start); err != nil {
 		return err
 	}
@@ -177,6 +201,14 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 			l.noteMismatch(sel, ready.Plugins)
 		}
 		return err
+	}
+	if p.version >= relayProtocol {
+		p.peerRelay, p.peerUsed = ready.RelayOK, ready.RelayUsed
+	}
+	if pl.relayOnly && !p.relay() {
+		// Cannot happen unless the peer's store refused relay material
+		// since its hello; the next connection's hello says so.
+		return fmt.Errorf("link: %s no longer takes relay material", l.cfg.PeerKME)
 	}
 	switch {
 	case src == nil: // no plugins run
@@ -201,7 +233,9 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	}
 	var res session.Result
 	if src == nil {
-		res, err = l.drawKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice), conn)
+		f := p.unfinished()
+		want := needBytes(conn) + l.relayNeed(p, st, f.countRelay(l.relayLevels(p.peerUsed)))
+		res, err = l.drawKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice), want)
 	} else {
 		res, err = l.runBB84(ctx, ch, src, runner)
 	}
@@ -210,9 +244,12 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	}
 	defer clear(res.Key)
 	// The split is part of the authenticated transcript: a changed split
-	// would make the sites store different blocks.
-	authBytes, blockBytes := l.split(len(res.Key), st, needBytes(conn))
-	c := msg{Type: "commit", BlockID: blockID(res.BlockID), KeyBytes: blockBytes, Auth: authBytes}
+	// would make the sites store different blocks. The relay pool counts
+	// the block in flight (decided before the store is read, as in pick).
+	f := p.unfinished()
+	levels := f.countRelay(l.relayLevels(p.peerUsed))
+	sp := l.split(len(res.Key), st, needBytes(conn), l.relayNeed(p, st, levels), pl.relayOnly)
+	c := msg{Type: "commit", BlockID: blockID(res.BlockID), KeyBytes: sp.pool, Auth: sp.auth, Relay: sp.relay}
 	if err := send(ctx, ch, c); err != nil {
 		return err
 	}

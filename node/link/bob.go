@@ -60,7 +60,8 @@ func (l *Link) Serve(conn net.Conn) {
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
 	defer stop()
-	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion}); err != nil {
+	if err := send(ctx, w, msg{Type: "hello", From: l.cfg.LocalKME, To: l.cfg.PeerKME, Version: protocolVersion,
+		RelayOK: l.relayAccepted(ctx)}); err != nil {
 		return
 	}
 	var sink quantum.Sink // nil for a key-delivery device
@@ -99,6 +100,13 @@ func (l *Link) Serve(conn net.Conn) {
 
 var errLinkGone = errors.New("link: connection closed")
 
+// relayAccepted reports, for a hello, whether this site's store takes
+// relay material.
+func (l *Link) relayAccepted(ctx context.Context) bool {
+	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
+	return err == nil && l.relayHere(st)
+}
+
 // bobSession answers one session (or a ping): BB84 on rx, or a
 // key-delivery session when rx is nil.
 func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver) error {
@@ -128,8 +136,12 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 		return refuse(fmt.Sprintf("the link drivers differ: %s runs %s, which %s", l.cfg.LocalKME, l.cfg.Driver.Health().Driver,
 			map[bool]string{true: "delivers keys", false: "gives pulse records"}[rx == nil]), nil)
 	}
-	conn, err := l.connection(ctx, start.Master, start.Slave)
-	if err != nil {
+	var conn raftstore.ConnectionStatus // none for a relay-only session
+	if start.RelayOnly {
+		if p.version < relayProtocol {
+			return refuse(fmt.Sprintf("a relay-only session under link protocol %d", p.version), nil)
+		}
+	} else if conn, err = l.connection(ctx, start.Master, start.Slave); err != nil {
 		return refuse(err.Error(), nil)
 	}
 	var sel host.Selection
@@ -148,7 +160,12 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 			return refuse(err.Error(), nil)
 		}
 	}
-	if err := send(ctx, ch, msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}); err != nil {
+	ready := msg{Type: "ready", Plugins: sel, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
+	relayHere := p.version >= relayProtocol && l.relayHere(st)
+	if relayHere {
+		ready.RelayOK, ready.RelayUsed = true, l.relayUsed()
+	}
+	if err := send(ctx, ch, ready); err != nil {
 		return err
 	}
 	ab, ba, err := l.pads(ctx, p, st, start.PadOffset)
@@ -176,6 +193,12 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 	}
 	if c.BlockID != blockID(res.BlockID) {
 		return fmt.Errorf("%w: commit names block %s, session made %s", session.ErrProtocol, c.BlockID, blockID(res.BlockID))
+	}
+	if c.Relay > 0 && !relayHere {
+		return fmt.Errorf("%w: commit of %d relay bytes, which this site's store does not take", session.ErrProtocol, c.Relay)
+	}
+	if err := checkCommit(p, c, len(res.Key), start.RelayOnly); err != nil {
+		return err
 	}
 	return l.commitBlock(ctx, p, conn, res, c)
 }

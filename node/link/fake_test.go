@@ -92,6 +92,11 @@ type fakeLink struct {
 	padOffset  uint64
 	stream     []byte // every pad byte ever added (minus dropped blocks); below padsFrom is "erased"
 	padsFrom   uint64
+	// relay streams by direction (raftstore.RelayDir order): every relay byte ever
+	// added (minus dropped blocks), and the bytes consumed.
+	relay     [2][]byte
+	relayUsed [2]uint64
+	lastRelay int
 }
 
 // fakeStore implements Store in memory for one site.
@@ -111,6 +116,10 @@ type fakeStore struct {
 	drops    []string       // blocks DropLastBlock removed
 	overfull []string       // AddBlocks that left a pool above max_key_count
 	maxKeys  map[string]int // highest StoredKeys per connection
+	// noRelay: the store's cluster version takes no relay material
+	// (LinkState.RelayEnabled false, AddBlock with relay bits refused with
+	// raftstore.ErrNotEnabled); refuseRelay: only AddBlock refuses it.
+	noRelay, refuseRelay bool
 }
 
 // addFault runs before the call-th AddBlock (1-based, per store) is
@@ -188,19 +197,27 @@ func (s *fakeStore) AddBlock(ctx context.Context, b raftstore.Block) error {
 }
 
 func (s *fakeStore) addBlock(ctx context.Context, b raftstore.Block) error {
-	if b.ConnectionID == "" || b.BlockID == "" || len(b.Bits)+len(b.AuthBits) == 0 {
-		return fmt.Errorf("%w: block needs a connection ID, a block ID and bits", raftstore.ErrInvalid)
+	if (b.ConnectionID == "" && (b.LinkPeer == "" || len(b.Bits) > 0)) || b.BlockID == "" || len(b.Bits)+len(b.AuthBits)+len(b.RelayBits) == 0 {
+		return fmt.Errorf("%w: block needs a connection ID (or a link peer and no pool bits), a block ID and bits", raftstore.ErrInvalid)
 	}
-	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0) {
-		return fmt.Errorf("%w: pad bits only go with a link peer", raftstore.ErrInvalid)
+	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0 || len(b.RelayBits) > 0) {
+		return fmt.Errorf("%w: pad and relay bits only go with a link peer", raftstore.ErrInvalid)
+	}
+	if len(b.RelayBits)%2 != 0 {
+		return fmt.Errorf("%w: %d relay bytes (not even)", raftstore.ErrInvalid, len(b.RelayBits))
 	}
 	// The store copies what it keeps: the link erases the block afterwards.
 	b.Bits = bytes.Clone(b.Bits)
 	b.AuthBits = bytes.Clone(b.AuthBits)
+	b.RelayBits = bytes.Clone(b.RelayBits)
 	s.mu.Lock()
 	s.adds++
 	call, fault := s.adds, s.fault
+	refuse := s.noRelay || s.refuseRelay
 	s.mu.Unlock()
+	if refuse && len(b.RelayBits) > 0 {
+		return fmt.Errorf("%w: relay material needs cluster version 4", raftstore.ErrNotEnabled)
+	}
 	if fault != nil {
 		if err := fault(ctx, call, b); err != nil {
 			return err
@@ -212,8 +229,11 @@ func (s *fakeStore) addBlock(ctx context.Context, b raftstore.Block) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.conns[b.ConnectionID]
-	if !ok {
+	if !ok && b.ConnectionID != "" {
 		return fmt.Errorf("%w: %s", raftstore.ErrConnectionNotFound, b.ConnectionID)
+	}
+	if !ok {
+		c = &fakeConn{} // a relay-only block: no pool
 	}
 	if b.LinkPeer != "" {
 		if ls := s.links[b.LinkPeer]; ls != nil && (ls.last == b.BlockID || ls.prev == b.BlockID) {
@@ -238,8 +258,11 @@ func (s *fakeStore) addBlock(ctx context.Context, b raftstore.Block) error {
 	if b.LinkPeer != "" {
 		ls := s.link(b.LinkPeer)
 		ls.stream = append(ls.stream, b.AuthBits...)
+		half := len(b.RelayBits) / 2
+		ls.relay[0] = append(ls.relay[0], b.RelayBits[:half]...)
+		ls.relay[1] = append(ls.relay[1], b.RelayBits[half:]...)
 		ls.prev, ls.last = ls.last, b.BlockID
-		ls.lastConn, ls.lastPool, ls.lastAuth = b.ConnectionID, len(b.Bits), len(b.AuthBits)
+		ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = b.ConnectionID, len(b.Bits), len(b.AuthBits), len(b.RelayBits)
 	}
 	return nil
 }
@@ -249,10 +272,39 @@ func (s *fakeStore) LinkState(_ context.Context, peer string) (raftstore.LinkSta
 	defer s.mu.Unlock()
 	ls, ok := s.links[peer]
 	if !ok {
-		return raftstore.LinkState{Peer: peer}, nil
+		return raftstore.LinkState{Peer: peer, RelayEnabled: !s.noRelay}, nil
 	}
 	return raftstore.LinkState{Peer: peer, LastBlock: ls.last, PrevBlock: ls.prev, PadOffset: ls.padOffset,
-		StreamBytes: uint64(len(ls.stream)), PadsFrom: ls.padsFrom}, nil
+		StreamBytes: uint64(len(ls.stream)), PadsFrom: ls.padsFrom, RelayEnabled: !s.noRelay}, nil
+}
+
+func (s *fakeStore) RelayStreams(peer string) [2]raftstore.RelayStream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out [2]raftstore.RelayStream
+	if ls, ok := s.links[peer]; ok {
+		for i := range out {
+			out[i] = raftstore.RelayStream{Stream: uint64(len(ls.relay[i])), Used: ls.relayUsed[i]}
+		}
+	}
+	return out
+}
+
+// consumeRelay marks n more bytes of the relay stream in direction dir
+// consumed (a relay sent or delivered).
+func (s *fakeStore) consumeRelay(peer string, dir uint8, n uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ls := s.link(peer)
+	ls.relayUsed[dir] = min(ls.relayUsed[dir]+n, uint64(len(ls.relay[dir])))
+}
+
+// relayBytes returns copies of the relay streams.
+func (s *fakeStore) relayBytes(peer string) [2][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ls := s.link(peer)
+	return [2][]byte{bytes.Clone(ls.relay[0]), bytes.Clone(ls.relay[1])}
 }
 
 func (s *fakeStore) ReservePads(_ context.Context, peer string, upTo uint64) error {
@@ -308,6 +360,15 @@ func (s *fakeStore) DropLastBlock(_ context.Context, peer, blockID string) error
 	if ls.lastAuth > 0 && ls.padsFrom > uint64(len(ls.stream)-ls.lastAuth) {
 		return fmt.Errorf("%w: drop: pad material of block %s was released", raftstore.ErrInvalid, blockID)
 	}
+	half := ls.lastRelay / 2
+	for i := range ls.relay {
+		if half > 0 && ls.relayUsed[i] > uint64(len(ls.relay[i])-half) {
+			return fmt.Errorf("%w: drop: relay material of block %s was used", raftstore.ErrInvalid, blockID)
+		}
+	}
+	for i := range ls.relay {
+		ls.relay[i] = ls.relay[i][:len(ls.relay[i])-half]
+	}
 	if c != nil {
 		c.blocks = c.blocks[:len(c.blocks)-1]
 		c.st.StoredBits -= 8 * int64(ls.lastPool)
@@ -315,7 +376,7 @@ func (s *fakeStore) DropLastBlock(_ context.Context, peer, blockID string) error
 	}
 	ls.stream = ls.stream[:len(ls.stream)-ls.lastAuth]
 	ls.last, ls.prev = ls.prev, ""
-	ls.lastConn, ls.lastPool, ls.lastAuth = "", 0, 0
+	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = "", 0, 0, 0
 	s.drops = append(s.drops, blockID)
 	return nil
 }
@@ -358,6 +419,10 @@ type linkMsg struct {
 	PadOffset uint64 `json:"pad_offset"`
 	BlockID   string `json:"block_id"`
 	KeyBytes  int    `json:"key_bytes"`
+	Auth      int    `json:"auth"`
+	Relay     int    `json:"relay"`
+	RelayOnly bool   `json:"relay_only"`
+	RelayOK   bool   `json:"relay_ok"`
 }
 
 // wireLog is what the taps of both ends of every connection saw, in the
@@ -398,16 +463,16 @@ func (l *wireLog) messages() []tapped {
 }
 
 // tapConn parses the frames one end writes (kind byte, 4-byte big-endian
-// length, payload) and logs them. With hideVersion it rewrites the hello's
-// "version":2 to "version":0 (same length), which the peer reads as a
-// peer that sent no version: protocol 1.
+// length, payload) and logs them. With oldVersion it rewrites the hello's
+// "version":3 to "version":N (same length): N 0 is a peer that sent no
+// version (protocol 1), 2 one that speaks protocol 2.
 type tapConn struct {
 	net.Conn
-	log         *wireLog
-	id          int
-	site        string
-	hideVersion bool
-	rewrote     *bool // set when the hello was rewritten
+	log        *wireLog
+	id         int
+	site       string
+	oldVersion byte  // '0' … '2'; 0: no rewrite
+	rewrote    *bool // set when the hello was rewritten
 
 	mu   sync.Mutex
 	hdr  []byte
@@ -446,10 +511,10 @@ func (c *tapConn) scan(p []byte) []byte {
 			continue
 		}
 		n := min(int(c.left), len(p)-i)
-		if chunk := p[i : i+n]; c.hideVersion && c.kind == kindClassical && !*c.rewrote && bytes.Contains(chunk, []byte(`"type":"hello"`)) {
-			if j := bytes.Index(chunk, []byte(`"version":2}`)); j >= 0 {
+		if chunk := p[i : i+n]; c.oldVersion != 0 && c.kind == kindClassical && !*c.rewrote && bytes.Contains(chunk, []byte(`"type":"hello"`)) {
+			if j := bytes.Index(chunk, []byte(`"version":3`)); j >= 0 {
 				out = bytes.Clone(p)
-				out[i+j+len(`"version":`)] = '0'
+				out[i+j+len(`"version":`)] = c.oldVersion
 				*c.rewrote = true
 			}
 		}
@@ -477,6 +542,10 @@ type pairOpts struct {
 	pskPads   int  // pad bytes of the PSK after the hash key (default 64 KiB)
 	blockBits int  // default 30_000
 	protocol1 bool // rewrite both hellos: both sites fall back to protocol 1
+	protocol2 bool // rewrite both hellos: both sites speak protocol 2 (no relay)
+	// relayPool and relayShare configure both sites' relay pool.
+	relayPool  int
+	relayShare float64
 }
 
 // pair is two sites' links joined by net.Pipe: A (Alice) dials, B serves.
@@ -535,6 +604,7 @@ func newPair(t *testing.T, o pairOpts) *pair {
 			// Small blocks keep sessions fast (also under -race); a weaker
 			// ε_sec than the default lets the finite-key bound leave key.
 			BlockBits: o.blockBits, EpsSec: 1e-3, Idle: 20 * time.Millisecond,
+			RelayPoolBytes: o.relayPool, RelayShare: o.relayShare,
 			SessionTimeout: testenv.Scaled(time.Minute),
 			Dial:           p.dial, Logger: logger.With("site", local),
 		})
@@ -583,8 +653,15 @@ func (p *pair) dial(ctx context.Context, addr string) (net.Conn, error) {
 	id := p.dials
 	ra, rb := new(bool), new(bool)
 	p.rewrote = append(p.rewrote, ra, rb)
-	ta := &tapConn{Conn: ca, log: p.wire, id: id, site: siteA, hideVersion: p.opts.protocol1, rewrote: ra}
-	tb := &tapConn{Conn: cb, log: p.wire, id: id, site: siteB, hideVersion: p.opts.protocol1, rewrote: rb}
+	var old byte
+	switch {
+	case p.opts.protocol1:
+		old = '0'
+	case p.opts.protocol2:
+		old = '2'
+	}
+	ta := &tapConn{Conn: ca, log: p.wire, id: id, site: siteA, oldVersion: old, rewrote: ra}
+	tb := &tapConn{Conn: cb, log: p.wire, id: id, site: siteB, oldVersion: old, rewrote: rb}
 	p.current = ta
 	p.mu.Unlock()
 	p.wg.Add(1)

@@ -10,7 +10,6 @@ import (
 
 	"qkdkms/quantum"
 	"qkdkms/quantum/session"
-	"qkdkms/raftstore"
 )
 
 // Key-delivery sessions (a quantum.KeyDevice at both sites, e.g. ETSI GS
@@ -37,18 +36,20 @@ func keyTag(key []byte) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// keyBytes is how much key Alice draws for conn: a block, or what the pool
-// and the pad stream can still take, in whole device keys.
-func (l *Link) keyBytes(dev quantum.KeyDevice, conn raftstore.ConnectionStatus) int {
+// keyBytes is how much key Alice draws when the pools (the connection's
+// and the relay pool) can still take want bytes: a block, or that and
+// the pad top-up, in whole device keys.
+func (l *Link) keyBytes(dev quantum.KeyDevice, want int) int {
 	unit := max(1, dev.KeyBytes())
-	n := min(l.cfg.BlockBits/8, needBytes(conn)+l.cfg.AuthReserveBytes)
+	n := min(l.cfg.BlockBits/8, want+l.cfg.AuthReserveBytes)
 	return max(unit, n/unit*unit)
 }
 
-// drawKeys is Alice's side of a key-delivery session.
-func (l *Link) drawKeys(ctx context.Context, ch channel, dev quantum.KeyDevice, conn raftstore.ConnectionStatus) (session.Result, error) {
+// drawKeys is Alice's side of a key-delivery session; want is what the
+// pools can take (keyBytes).
+func (l *Link) drawKeys(ctx context.Context, ch channel, dev quantum.KeyDevice, want int) (session.Result, error) {
 	var res session.Result
-	ids, key, err := dev.Draw(ctx, l.keyBytes(dev, conn))
+	ids, key, err := dev.Draw(ctx, l.keyBytes(dev, want))
 	if err != nil {
 		_ = send(ctx, ch, msg{Type: "refuse", Reason: "the key-delivery device at " + l.cfg.LocalKME + " failed"})
 		return res, fmt.Errorf("%w: draw from this site's device: %w", session.ErrAbort, err)

@@ -19,8 +19,9 @@
 //
 // Files: link.go (the duty, its configuration and status), wire.go (the
 // framed connection), negotiate.go (messages, plugin agreement, history
-// check), pads.go (authentication pads), alice.go and bob.go (the two
-// session roles), commit.go (storing a block at both sites).
+// check), pads.go (authentication pads), relay.go (the relay pool's
+// share of the key), alice.go and bob.go (the two session roles),
+// commit.go (storing a block at both sites).
 package link
 
 import (
@@ -33,6 +34,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"qkdkms/plugins/host"
@@ -67,6 +69,9 @@ type Store interface {
 	Pads(ctx context.Context, peer string, from, to uint64) ([]byte, error)
 	ReleasePads(ctx context.Context, peer string, below uint64) error
 	DropLastBlock(ctx context.Context, peer, blockID string) error
+	// RelayStreams is the link's relay key per direction (relay.go), from
+	// this site's committed state.
+	RelayStreams(peer string) [2]raftstore.RelayStream
 }
 
 // Plugins supplies the runner for a proposed plugin selection.
@@ -99,6 +104,13 @@ type Config struct {
 	// authentication pad stream while it holds less than AuthTargetBytes.
 	AuthReserveBytes int
 	AuthTargetBytes  int
+	// RelayPoolBytes is the relay key the link keeps per direction (0: the
+	// link makes none); RelayShare, in [0, 1], is the fraction of a
+	// connection's session key (after the pad top-up) that goes to relay
+	// while the relay pool is below target. Alice's values decide
+	// (relay.go; node/CONFIG.md, "Relay pool").
+	RelayPoolBytes int
+	RelayShare     float64
 	// Idle is how long Alice waits when no pool needs keys.
 	Idle           time.Duration
 	SessionTimeout time.Duration
@@ -144,6 +156,9 @@ type Link struct {
 	serveMu  sync.Mutex // one responder session at a time
 	aliceRun sync.Mutex
 	sched    scheduler // Alice's; used under aliceRun
+	// relayOff is set when this site's store refused relay material
+	// (raftstore.ErrNotEnabled) and cleared when leadership starts anew.
+	relayOff atomic.Bool
 }
 
 type sample struct {
@@ -171,6 +186,14 @@ type Status struct {
 	PluginMismatch string         `json:"plugin_mismatch,omitempty"`
 	Plugins        string         `json:"plugins,omitempty"`
 	LastSession    time.Time      `json:"last_session"`
+	// The relay pool (node/CONFIG.md, "Relay pool"): the target per
+	// direction, the relay key available at this site for sending to the
+	// peer (out) and for receiving from it (in), and the relay key this
+	// leader's link committed, both directions together.
+	RelayTarget    int   `json:"relay_target_bytes"`
+	RelayOut       int64 `json:"relay_out_bytes"`
+	RelayIn        int64 `json:"relay_in_bytes"`
+	RelayCommitted int64 `json:"relay_committed_bytes"`
 	// StepSeconds is this site's wall time per post-processing step
 	// (sift, estimate, reconcile, verify, amplify) in the last committed
 	// BB84 session.
@@ -191,12 +214,16 @@ func New(cfg Config) (*Link, error) {
 	default:
 		return nil, fmt.Errorf("link: driver %T is neither a photon driver nor a key-delivery device", cfg.Driver)
 	}
+	if cfg.RelayPoolBytes < 0 || !(cfg.RelayShare >= 0 && cfg.RelayShare <= 1) {
+		return nil, fmt.Errorf("link: relay pool of %d bytes with share %v (need ≥ 0 bytes and a share in [0, 1])", cfg.RelayPoolBytes, cfg.RelayShare)
+	}
 	h, err := auth.NewHash(cfg.PSK[:auth.HashKeySize])
 	if err != nil {
 		return nil, err
 	}
 	l := &Link{cfg: cfg, alice: cfg.LocalKME < cfg.PeerKME, hash: h}
 	l.status.Peer = cfg.PeerKME
+	l.status.RelayTarget = max(0, cfg.RelayPoolBytes)
 	l.status.Role = "bob"
 	if l.alice {
 		l.status.Role = "alice"
@@ -209,6 +236,7 @@ func (l *Link) Alice() bool { return l.alice }
 
 // Status returns a snapshot of the link's figures.
 func (l *Link) Status() Status {
+	levels := l.relayLevels(nil)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.status
@@ -216,6 +244,8 @@ func (l *Link) Status() Status {
 		s.Eve = e.Eve()
 	}
 	s.Driver = l.cfg.Driver.Health()
+	out := raftstore.RelayDir(l.cfg.LocalKME, l.cfg.PeerKME)
+	s.RelayOut, s.RelayIn = levels[out], levels[1-out]
 	cut := time.Now().Add(-time.Minute)
 	var bits int
 	first := time.Now()
@@ -259,6 +289,7 @@ func (l *Link) Run(ctx context.Context) {
 	l.mu.Lock()
 	l.leader = ctx
 	l.mu.Unlock()
+	l.relayOff.Store(false)
 	defer func() {
 		l.mu.Lock()
 		l.leader = nil
@@ -325,7 +356,8 @@ func (l *Link) noteSession(res session.Result, c msg) {
 	l.status.LastQBER = res.QBERX
 	l.status.LastFinalBits = res.FinalBits
 	l.status.CommittedBits += int64(8 * c.KeyBytes)
-	l.status.DiscardedBits += int64(res.FinalBits - 8*(c.KeyBytes+c.Auth))
+	l.status.RelayCommitted += int64(c.Relay)
+	l.status.DiscardedBits += int64(res.FinalBits - 8*(c.KeyBytes+c.Auth+c.Relay))
 	l.status.LastSession = time.Now()
 	l.status.LastError = ""
 	if len(res.Steps) > 0 {

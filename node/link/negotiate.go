@@ -16,8 +16,12 @@ import (
 // with the commit messages on their own queue, and compares the sites'
 // last blocks once per connection. A peer that sends no version speaks 1:
 // one session at a time, the commit on the classical channel, the history
-// compared at every session; this node falls back to it.
-const protocolVersion = 2
+// compared at every session; this node falls back to it. Version 3 adds
+// the relay pool (relay.go): hello and ready say whether the site's store
+// takes relay material, ready carries its relay levels, the commit
+// message its relay bytes, and a start may be relay-only (no connection).
+// Below 3 the commit message carries no relay bytes.
+const protocolVersion = 3
 
 // Link-level messages (JSON on the classical channel).
 type msg struct {
@@ -26,9 +30,15 @@ type msg struct {
 	From    string `json:"from,omitempty"`
 	To      string `json:"to,omitempty"`
 	Version int    `json:"version,omitempty"` // link protocol; absent (0) means 1
+	// hello / ready (protocol 3): this site's store takes relay material;
+	// ready: the relay key this site consumed per direction
+	// (raftstore.RelayDir order).
+	RelayOK   bool     `json:"relay_ok,omitempty"`
+	RelayUsed []uint64 `json:"relay_used,omitempty"`
 	// start / ready
-	Sync      bool           `json:"sync,omitempty"` // start: compare last blocks (protocol 2)
-	Keys      bool           `json:"keys,omitempty"` // start: a key-delivery session (keys.go)
+	Sync      bool           `json:"sync,omitempty"`       // start: compare last blocks (protocol 2)
+	Keys      bool           `json:"keys,omitempty"`       // start: a key-delivery session (keys.go)
+	RelayOnly bool           `json:"relay_only,omitempty"` // start: no connection, the key goes to relay (protocol 3)
 	Master    string         `json:"master,omitempty"`
 	Slave     string         `json:"slave,omitempty"`
 	Plugins   host.Selection `json:"plugins,omitempty"`
@@ -39,6 +49,7 @@ type msg struct {
 	BlockID  string `json:"block_id,omitempty"`
 	KeyBytes int    `json:"key_bytes,omitempty"`
 	Auth     int    `json:"auth,omitempty"`
+	Relay    int    `json:"relay,omitempty"` // relay bytes after Auth and KeyBytes (protocol 3; even)
 	Reason   string `json:"reason,omitempty"`
 	// keys / fetched (key-delivery sessions)
 	KeyIDs []string `json:"key_ids,omitempty"`

@@ -119,13 +119,30 @@ func (l *Link) padsLeft(st raftstore.LinkState) int64 {
 	return int64(len(l.cfg.PSK)-auth.HashKeySize) + int64(st.StreamBytes) - int64(st.PadOffset)
 }
 
-// split decides how much of a session's key tops up the pad stream and how
-// much goes to the pool: the pool gets at most what it can take; the auth
-// stream gets AuthReserveBytes while it holds less than AuthTargetBytes.
-func (l *Link) split(keyBytes int, st raftstore.LinkState, need int) (authBytes, blockBytes int) {
+// blockSplit is how a session's key divides: pad stream, pool, relay (in
+// that order in the key; the rest is discarded).
+type blockSplit struct{ auth, pool, relay int }
+
+// split decides how much of a session's key tops up the pad stream, how
+// much goes to the pool and how much to the relay pool (relay.go): the auth
+// stream gets AuthReserveBytes while it holds less than AuthTargetBytes;
+// of the rest, a relay-only session gives relay up to relayNeed, any other
+// session RelayShare of it (up to relayNeed) and the pool at most what it
+// can take (need), and what the pool cannot take goes to relay as well,
+// up to relayNeed. Relay bytes are even.
+func (l *Link) split(keyBytes int, st raftstore.LinkState, need, relayNeed int, relayOnly bool) blockSplit {
+	var s blockSplit
 	if l.padsLeft(st) < int64(l.cfg.AuthTargetBytes) {
-		authBytes = min(l.cfg.AuthReserveBytes, keyBytes)
+		s.auth = min(l.cfg.AuthReserveBytes, keyBytes)
 	}
-	blockBytes = min(keyBytes-authBytes, need)
-	return authBytes, blockBytes
+	rest := keyBytes - s.auth
+	relayNeed = evenDown(max(0, relayNeed))
+	if relayOnly {
+		s.relay = min(evenDown(rest), relayNeed)
+		return s
+	}
+	s.relay = min(evenDown(int(l.cfg.RelayShare*float64(rest))), relayNeed)
+	s.pool = min(rest-s.relay, need)
+	s.relay += min(evenDown(rest-s.relay-s.pool), relayNeed-s.relay)
+	return s
 }
