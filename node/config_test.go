@@ -81,6 +81,44 @@ func TestConfigValidate(t *testing.T) {
 			c.Links = []PeerLink{{Peer: "receiver_app"}, {Peer: "receiver_app"}}
 		}, "second entry"},
 		{"links without a link", func(c *Config) { c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim"}} }, "link.psk_file is not"},
+		{"links relay pool", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", RelayPoolBytes: 1 << 20, RelayShare: ptr(0.25)}}
+		}, ""},
+		{"links relay share 0 and 1", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Peers["third_app"] = []string{"127.0.0.1:9445"}
+			c.Links = []PeerLink{{Peer: "receiver_app", RelayPoolBytes: 1, RelayShare: ptr(0.0)}, {Peer: "third_app", RelayPoolBytes: 1, RelayShare: ptr(1.0)}}
+		}, ""},
+		{"links relay share above 1", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", RelayPoolBytes: 1 << 20, RelayShare: ptr(1.5)}}
+		}, "links[0].relay_share: 1.5 outside [0, 1]"},
+		{"links relay share negative", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", RelayShare: ptr(-0.1)}}
+		}, "links[0].relay_share: -0.1 outside [0, 1]"},
+		{"links relay pool negative", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "sim", RelayPoolBytes: -1}}
+		}, "links[0].relay_pool_bytes: -1 is negative"},
+		{"links driver none", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "none"}}
+		}, ""},
+		{"links driver none without a link", func(c *Config) { c.Links = []PeerLink{{Peer: "receiver_app", Driver: "none"}} }, ""},
+		{"links driver none with a relay pool", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "none", RelayPoolBytes: 1 << 20}}
+		}, `links[0]: relay_pool_bytes and relay_share need a QKD link; driver "none" has none`},
+		{"links driver none with a relay share", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "none", RelayShare: ptr(0.5)}}
+		}, `driver "none" has none`},
+		{"links driver none with options", func(c *Config) {
+			c.Link = LinkConfig{PSKFile: "psk", Native: true}
+			c.Links = []PeerLink{{Peer: "receiver_app", Driver: "none", Options: []byte(`{"fiber_km": 5}`)}}
+		}, `links[receiver_app]: driver "none" takes no options`},
 		{"seed on", func(c *Config) { c.SeedListen = "127.0.0.1:8000" }, ""},
 		{"seed same as listen", func(c *Config) { c.SeedListen = "127.0.0.1:8443" }, "seed_listen: same address"},
 		{"seed bad", func(c *Config) { c.SeedListen = "8000" }, "seed_listen:"},
@@ -157,5 +195,27 @@ func TestParseConfig(t *testing.T) {
 				t.Fatalf("err = %v, want ErrConfig containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestParseConfigRelay: relay_share defaults to DefaultRelayShare when
+// absent; an explicit 0 stays 0.
+func TestParseConfigRelay(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"peers":{"p":["h:1"],"q":["h:2"],"r":["h:3"]},"links":[
+		{"peer":"p","driver":"sim","relay_pool_bytes":4096},
+		{"peer":"q","driver":"sim","relay_pool_bytes":4096,"relay_share":0},
+		{"peer":"r","driver":"none"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for peer, want := range map[string]float64{"p": DefaultRelayShare, "q": 0} {
+		if pl := c.LinkFor(peer); pl.RelayPoolBytes != 4096 || pl.Share() != want {
+			t.Errorf("links[%s]: relay_pool_bytes %d, share %v; want 4096, %v", peer, pl.RelayPoolBytes, pl.Share(), want)
+		}
+	}
+	if pl := c.LinkFor("r"); pl.Driver != DriverNone || pl.RelayPoolBytes != 0 {
+		t.Errorf("links[r]: %+v", pl)
 	}
 }

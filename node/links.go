@@ -56,6 +56,9 @@ func newLinks(ctx context.Context, n *Node) (*links, error) {
 	ls.plug = &pluginSet{store: n.store, host: ls.host}
 	for _, peer := range sortedKeys(n.cfg.Peers) {
 		pl := n.cfg.LinkFor(peer)
+		if pl.Driver == DriverNone {
+			continue // no QKD link: keys to its SAEs come by relay
+		}
 		drv, err := quantum.Open(pl.Driver, pl.Options)
 		if err != nil {
 			ls.closeDrivers()
@@ -67,9 +70,10 @@ func newLinks(ctx context.Context, n *Node) (*links, error) {
 		l, err := link.New(link.Config{
 			LocalKME: n.cfg.KMEID, PeerKME: peer, PeerAddrs: n.cfg.Peers[peer],
 			Store: n.store, Plugins: ls.plug, Driver: drv, PSK: psk,
-			BlockBits: lc.BlockBits,
-			Dial:      dialer(n, dialCfg),
-			Logger:    n.logger.With("component", "link"),
+			BlockBits:      lc.BlockBits,
+			RelayPoolBytes: pl.RelayPoolBytes, RelayShare: pl.Share(),
+			Dial:   dialer(n, dialCfg),
+			Logger: n.logger.With("component", "link"),
 		})
 		if err != nil {
 			ls.closeDrivers()
@@ -195,7 +199,7 @@ func (ls *links) serve(c *tls.Conn) {
 	}
 	l := ls.byPeer[peer]
 	if l == nil {
-		ls.n.logger.Warn("refused link connection from a site that is not a configured peer", "peer", peer,
+		ls.n.logger.Warn("refused link connection from a site with no QKD link here (not a peer, or driver none)", "peer", peer,
 			"remote", c.RemoteAddr().String())
 		_ = c.Close()
 		return
