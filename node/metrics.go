@@ -211,13 +211,14 @@ var (
 	descLinkMismatch  = prometheus.NewDesc("qkdkms_link_plugin_mismatch", "1 while the two sites want different step plugins.", []string{"peer"}, nil)
 	descLinkStep      = prometheus.NewDesc("qkdkms_link_step_seconds", "Wall time of each post-processing step (plugin call and its messages) in the last committed session, at this site.", []string{"peer", "step"}, nil)
 	descLinkDriverOK  = prometheus.NewDesc("qkdkms_link_driver_ok", "1 while the link's driver reports its device usable, by driver.", []string{"peer", "driver"}, nil)
+	descRelayPool     = prometheus.NewDesc("qkdkms_relay_pool_bytes", "Relay key available at this site on the link to the peer, for relaying to it (out) or from it (in); node/CONFIG.md, \"Relay pool\".", []string{"peer", "direction"}, nil)
 )
 
 type linkCollector struct{ n *Node }
 
 func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLinkUp, descLinkSessions, descLinkQBER, descLinkRate, descLinkCommitted,
-		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch, descLinkDriverOK, descLinkStep} {
+		descLinkDiscarded, descLinkPads, descLinkEve, descLinkMismatch, descLinkDriverOK, descLinkStep, descRelayPool} {
 		ch <- d
 	}
 }
@@ -244,6 +245,10 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLinkEve, prometheus.GaugeValue, s.Eve, s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkMismatch, prometheus.GaugeValue, b(s.PluginMismatch != ""), s.Peer)
 		ch <- prometheus.MustNewConstMetric(descLinkDriverOK, prometheus.GaugeValue, b(s.Driver.OK), s.Peer, s.Driver.Driver)
+		if s.RelayTarget > 0 || s.RelayOut > 0 || s.RelayIn > 0 {
+			ch <- prometheus.MustNewConstMetric(descRelayPool, prometheus.GaugeValue, float64(s.RelayOut), s.Peer, "out")
+			ch <- prometheus.MustNewConstMetric(descRelayPool, prometheus.GaugeValue, float64(s.RelayIn), s.Peer, "in")
+		}
 		for step, sec := range s.StepSeconds {
 			ch <- prometheus.MustNewConstMetric(descLinkStep, prometheus.GaugeValue, sec, s.Peer, step)
 		}

@@ -188,6 +188,12 @@ func printLinks(w io.Writer, ls []link.Status) {
 			s.Sessions, s.Aborted, 100*s.LastQBER, s.KeyRate, s.CommittedBits, s.Eve, note)
 	}
 	_ = tw.Flush()
+	// The relay pools (node/CONFIG.md, "Relay pool").
+	for _, s := range ls {
+		if s.RelayTarget > 0 || s.RelayOut > 0 || s.RelayIn > 0 {
+			fmt.Fprintf(w, "%s relay pool: out %d bytes, in %d bytes (target %d per direction)\n", s.Peer, s.RelayOut, s.RelayIn, s.RelayTarget)
+		}
+	}
 	// The drivers' own figures: stream position and lag, device address
 	// and reachability, model parameters.
 	for _, s := range ls {
