@@ -42,7 +42,7 @@ type inflight struct {
 	conn  string // connection ID
 	bytes int    // pool bytes the block adds
 	auth  int    // pad stream bytes the block adds
-	relay int    // relay bytes the block adds, both directions
+	relay [2]int // relay bytes the block adds per direction
 	done  chan struct{}
 	err   error // set before done is closed
 }
@@ -118,12 +118,11 @@ func (f *inflight) count(conns []raftstore.ConnectionStatus) {
 	}
 }
 
-// countRelay adds the block in flight's relay bytes to levels, half per
-// direction; nil-safe.
+// countRelay adds the block in flight's relay bytes to levels; nil-safe.
 func (f *inflight) countRelay(levels [2]int64) [2]int64 {
 	if f != nil {
-		levels[0] += int64(f.relay / 2)
-		levels[1] += int64(f.relay / 2)
+		levels[0] += int64(f.relay[0])
+		levels[1] += int64(f.relay[1])
 	}
 	return levels
 }
@@ -138,14 +137,15 @@ func blockConn(c raftstore.ConnectionStatus) string {
 }
 
 // checkCommit checks Alice's split of a key of keyLen bytes: non-negative
-// parts that fit the key, relay bytes even and only under relayProtocol,
+// parts that fit the key, relay bytes only under relayProtocol and split
+// within themselves,
 // and a relay-only session's block naming no pool bytes.
 func checkCommit(p *peerConn, c msg, keyLen int, relayOnly bool) error {
 	switch {
 	case c.Auth < 0 || c.KeyBytes < 0 || c.Relay < 0 || c.Auth+c.KeyBytes+c.Relay > keyLen:
 		return fmt.Errorf("%w: commit of %d+%d+%d bytes from a %d-byte key", session.ErrProtocol, c.Auth, c.KeyBytes, c.Relay, keyLen)
-	case c.Relay%2 != 0:
-		return fmt.Errorf("%w: commit of %d relay bytes (not even)", session.ErrProtocol, c.Relay)
+	case c.RelaySplit < 0 || c.RelaySplit > c.Relay:
+		return fmt.Errorf("%w: commit of %d relay bytes, %d of them to direction 0", session.ErrProtocol, c.Relay, c.RelaySplit)
 	case c.Relay > 0 && p.version < relayProtocol:
 		return fmt.Errorf("%w: relay bytes under link protocol %d", session.ErrProtocol, p.version)
 	case relayOnly && c.KeyBytes > 0:
@@ -170,13 +170,13 @@ func (l *Link) commitBlock(ctx context.Context, p *peerConn, conn raftstore.Conn
 		ConnectionID: blockConn(conn), BlockID: c.BlockID, LinkPeer: l.cfg.PeerKME,
 		AuthBits:  append([]byte(nil), res.Key[:c.Auth]...),
 		Bits:      append([]byte(nil), res.Key[c.Auth:c.Auth+c.KeyBytes]...),
-		RelayBits: append([]byte(nil), res.Key[c.Auth+c.KeyBytes:c.Auth+c.KeyBytes+c.Relay]...),
+		RelayBits: append([]byte(nil), res.Key[c.Auth+c.KeyBytes:c.Auth+c.KeyBytes+c.Relay]...), RelaySplit: c.RelaySplit,
 	}
 	res.Key = nil // the caller erases it
 	if !p.overlap() {
 		return l.commit(ctx, p.w, conn, b, res, c)
 	}
-	f := &inflight{conn: blockConn(conn), bytes: c.KeyBytes, auth: c.Auth, relay: c.Relay, done: make(chan struct{})}
+	f := &inflight{conn: blockConn(conn), bytes: c.KeyBytes, auth: c.Auth, relay: [2]int{c.RelaySplit, c.Relay - c.RelaySplit}, done: make(chan struct{})}
 	p.inflight = f
 	cctx, cancel := context.WithTimeout(p.ctx, l.cfg.SessionTimeout)
 	go func() {

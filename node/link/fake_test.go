@@ -96,7 +96,7 @@ type fakeLink struct {
 	// added (minus dropped blocks), and the bytes consumed.
 	relay     [2][]byte
 	relayUsed [2]uint64
-	lastRelay int
+	lastRelay [2]int
 }
 
 // fakeStore implements Store in memory for one site.
@@ -203,8 +203,8 @@ func (s *fakeStore) addBlock(ctx context.Context, b raftstore.Block) error {
 	if b.LinkPeer == "" && (len(b.Bits) == 0 || len(b.AuthBits) > 0 || len(b.RelayBits) > 0) {
 		return fmt.Errorf("%w: pad and relay bits only go with a link peer", raftstore.ErrInvalid)
 	}
-	if len(b.RelayBits)%2 != 0 {
-		return fmt.Errorf("%w: %d relay bytes (not even)", raftstore.ErrInvalid, len(b.RelayBits))
+	if b.RelaySplit < 0 || b.RelaySplit > len(b.RelayBits) {
+		return fmt.Errorf("%w: relay split %d of %d bytes", raftstore.ErrInvalid, b.RelaySplit, len(b.RelayBits))
 	}
 	// The store copies what it keeps: the link erases the block afterwards.
 	b.Bits = bytes.Clone(b.Bits)
@@ -258,11 +258,11 @@ func (s *fakeStore) addBlock(ctx context.Context, b raftstore.Block) error {
 	if b.LinkPeer != "" {
 		ls := s.link(b.LinkPeer)
 		ls.stream = append(ls.stream, b.AuthBits...)
-		half := len(b.RelayBits) / 2
-		ls.relay[0] = append(ls.relay[0], b.RelayBits[:half]...)
-		ls.relay[1] = append(ls.relay[1], b.RelayBits[half:]...)
+		ls.relay[0] = append(ls.relay[0], b.RelayBits[:b.RelaySplit]...)
+		ls.relay[1] = append(ls.relay[1], b.RelayBits[b.RelaySplit:]...)
 		ls.prev, ls.last = ls.last, b.BlockID
-		ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = b.ConnectionID, len(b.Bits), len(b.AuthBits), len(b.RelayBits)
+		ls.lastConn, ls.lastPool, ls.lastAuth = b.ConnectionID, len(b.Bits), len(b.AuthBits)
+		ls.lastRelay = [2]int{b.RelaySplit, len(b.RelayBits) - b.RelaySplit}
 	}
 	return nil
 }
@@ -360,14 +360,13 @@ func (s *fakeStore) DropLastBlock(_ context.Context, peer, blockID string) error
 	if ls.lastAuth > 0 && ls.padsFrom > uint64(len(ls.stream)-ls.lastAuth) {
 		return fmt.Errorf("%w: drop: pad material of block %s was released", raftstore.ErrInvalid, blockID)
 	}
-	half := ls.lastRelay / 2
-	for i := range ls.relay {
-		if half > 0 && ls.relayUsed[i] > uint64(len(ls.relay[i])-half) {
+	for i, n := range ls.lastRelay {
+		if n > 0 && ls.relayUsed[i] > uint64(len(ls.relay[i])-n) {
 			return fmt.Errorf("%w: drop: relay material of block %s was used", raftstore.ErrInvalid, blockID)
 		}
 	}
-	for i := range ls.relay {
-		ls.relay[i] = ls.relay[i][:len(ls.relay[i])-half]
+	for i, n := range ls.lastRelay {
+		ls.relay[i] = ls.relay[i][:len(ls.relay[i])-n]
 	}
 	if c != nil {
 		c.blocks = c.blocks[:len(c.blocks)-1]
@@ -376,7 +375,7 @@ func (s *fakeStore) DropLastBlock(_ context.Context, peer, blockID string) error
 	}
 	ls.stream = ls.stream[:len(ls.stream)-ls.lastAuth]
 	ls.last, ls.prev = ls.prev, ""
-	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = "", 0, 0, 0
+	ls.lastConn, ls.lastPool, ls.lastAuth, ls.lastRelay = "", 0, 0, [2]int{}
 	s.drops = append(s.drops, blockID)
 	return nil
 }
@@ -414,15 +413,16 @@ func (nativePlugins) Runner(sel host.Selection) (host.Runner, error) { return ho
 
 // linkMsg is what the tap reads of a link message on the classical channel.
 type linkMsg struct {
-	Type      string `json:"type"`
-	Version   int    `json:"version"`
-	PadOffset uint64 `json:"pad_offset"`
-	BlockID   string `json:"block_id"`
-	KeyBytes  int    `json:"key_bytes"`
-	Auth      int    `json:"auth"`
-	Relay     int    `json:"relay"`
-	RelayOnly bool   `json:"relay_only"`
-	RelayOK   bool   `json:"relay_ok"`
+	Type       string `json:"type"`
+	Version    int    `json:"version"`
+	PadOffset  uint64 `json:"pad_offset"`
+	BlockID    string `json:"block_id"`
+	KeyBytes   int    `json:"key_bytes"`
+	Auth       int    `json:"auth"`
+	Relay      int    `json:"relay"`
+	RelaySplit int    `json:"relay_split"`
+	RelayOnly  bool   `json:"relay_only"`
+	RelayOK    bool   `json:"relay_ok"`
 }
 
 // wireLog is what the taps of both ends of every connection saw, in the

@@ -19,7 +19,8 @@ import (
 // compared at every session; this node falls back to it. Version 3 adds
 // the relay pool (relay.go): hello and ready say whether the site's store
 // takes relay material, ready carries its relay levels, the commit
-// message its relay bytes, and a start may be relay-only (no connection).
+// message its relay bytes and their split between the two directions, and
+// a start may be relay-only (no connection).
 // Below 3 the commit message carries no relay bytes.
 const protocolVersion = 3
 
@@ -49,8 +50,11 @@ type msg struct {
 	BlockID  string `json:"block_id,omitempty"`
 	KeyBytes int    `json:"key_bytes,omitempty"`
 	Auth     int    `json:"auth,omitempty"`
-	Relay    int    `json:"relay,omitempty"` // relay bytes after Auth and KeyBytes (protocol 3; even)
-	Reason   string `json:"reason,omitempty"`
+	Relay    int    `json:"relay,omitempty"` // relay bytes after Auth and KeyBytes (protocol 3)
+	// RelaySplit: how many of the relay bytes (the first) go to direction
+	// 0 (raftstore.RelayDir), the rest to direction 1.
+	RelaySplit int    `json:"relay_split,omitempty"`
+	Reason     string `json:"reason,omitempty"`
 	// keys / fetched (key-delivery sessions)
 	KeyIDs []string `json:"key_ids,omitempty"`
 	Tag    string   `json:"tag,omitempty"`

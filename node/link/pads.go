@@ -120,29 +120,31 @@ func (l *Link) padsLeft(st raftstore.LinkState) int64 {
 }
 
 // blockSplit is how a session's key divides: pad stream, pool, relay (in
-// that order in the key; the rest is discarded).
-type blockSplit struct{ auth, pool, relay int }
+// that order in the key; the rest is discarded), relay0 of the relay bytes
+// to direction 0.
+type blockSplit struct{ auth, pool, relay, relay0 int }
 
 // split decides how much of a session's key tops up the pad stream, how
 // much goes to the pool and how much to the relay pool (relay.go): the auth
 // stream gets AuthReserveBytes while it holds less than AuthTargetBytes;
-// of the rest, a relay-only session gives relay up to relayNeed, any other
-// session RelayShare of it (up to relayNeed) and the pool at most what it
-// can take (need), and what the pool cannot take goes to relay as well,
-// up to relayNeed. Relay bytes are even.
-func (l *Link) split(keyBytes int, st raftstore.LinkState, need, relayNeed int, relayOnly bool) blockSplit {
+// of the rest, a relay-only session gives relay what the relay pool needs
+// (relay.total()), any other session RelayShare of it (up to that need) and
+// the pool at most what it can take (need), and what the pool cannot take
+// goes to relay as well, up to the need; the relay bytes divide between
+// the directions by relay.dir0.
+func (l *Link) split(keyBytes int, st raftstore.LinkState, need int, relay relayNeed, relayOnly bool) blockSplit {
 	var s blockSplit
 	if l.padsLeft(st) < int64(l.cfg.AuthTargetBytes) {
 		s.auth = min(l.cfg.AuthReserveBytes, keyBytes)
 	}
 	rest := keyBytes - s.auth
-	relayNeed = evenDown(max(0, relayNeed))
 	if relayOnly {
-		s.relay = min(evenDown(rest), relayNeed)
-		return s
+		s.relay = min(rest, relay.total())
+	} else {
+		s.relay = min(int(l.cfg.RelayShare*float64(rest)), relay.total())
+		s.pool = min(rest-s.relay, need)
+		s.relay += min(rest-s.relay-s.pool, relay.total()-s.relay)
 	}
-	s.relay = min(evenDown(int(l.cfg.RelayShare*float64(rest))), relayNeed)
-	s.pool = min(rest-s.relay, need)
-	s.relay += min(evenDown(rest-s.relay-s.pool), relayNeed-s.relay)
+	s.relay0 = relay.dir0(s.relay)
 	return s
 }

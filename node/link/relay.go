@@ -8,9 +8,9 @@ import (
 // of the SAE connections between its two sites, a link fills relay key for
 // one-time-pad relaying, RelayPoolBytes per direction. Alice decides, in
 // the authenticated commit message, how many of a session's final key
-// bytes go to relay (an even number: the store gives the first half to
-// the relay stream sent by the site whose KME ID sorts first, the second
-// half to the other direction), after the pad top-up:
+// bytes go to relay and how many of those to direction 0 (the relay
+// stream sent by the site whose KME ID sorts first; raftstore.RelayDir),
+// after the pad top-up:
 //
 //   - a session for a connection: while either direction is below the
 //     target, RelayShare of the rest goes to relay, and so does what the
@@ -19,12 +19,12 @@ import (
 //     the relay pool is below target): everything but the pad top-up goes
 //     to relay, up to what it needs; the block names no connection.
 //
-// "Needs" is twice the larger shortfall of the two directions, so the
-// emptier direction reaches the target and the other may pass it by the
-// difference. Relay travels only under link protocol relayProtocol, and
-// only while both sites' stores accept relay material (cluster version 4,
-// raftstore.LinkState.RelayEnabled); otherwise no relay key is made and
-// keys flow as before.
+// What the relay pool needs is the sum of the two directions' shortfalls;
+// the relay bytes divide between the directions in proportion to them, so
+// no direction passes the target. Relay travels only under link protocol
+// relayProtocol, and only while both sites' stores accept relay material
+// (cluster version 4, raftstore.LinkState.RelayEnabled); otherwise no
+// relay key is made and keys flow as before.
 
 // relayProtocol is the first link protocol version whose commit message
 // carries relay bytes and whose sessions may be relay-only.
@@ -62,19 +62,32 @@ func (l *Link) relayHere(st raftstore.LinkState) bool {
 	return st.RelayEnabled && !l.relayOff.Load()
 }
 
-// relayNeed is how many relay bytes (even) a block should bring so that
-// both directions reach the target from levels: twice the larger
-// shortfall; 0 when the link makes no relay key on this connection.
-func (l *Link) relayNeed(p *peerConn, st raftstore.LinkState, levels [2]int64) int {
+// relayShort is how many relay bytes each direction lacks to reach the
+// target from levels; none when the link makes no relay key on this
+// connection.
+func (l *Link) relayShort(p *peerConn, st raftstore.LinkState, levels [2]int64) relayNeed {
+	var n relayNeed
 	if l.cfg.RelayPoolBytes <= 0 || !p.relay() || !l.relayHere(st) {
-		return 0
+		return n
 	}
-	var short int64
-	for _, lv := range levels {
-		short = max(short, int64(l.cfg.RelayPoolBytes)-lv)
+	for i, lv := range levels {
+		n[i] = int(max(0, int64(l.cfg.RelayPoolBytes)-lv))
 	}
-	return 2 * int(short)
+	return n
 }
 
-// evenDown rounds n down to an even number (relay bytes split in halves).
-func evenDown(n int) int { return n &^ 1 }
+// relayNeed is the shortfall per direction (raftstore.RelayDir order).
+type relayNeed [2]int
+
+// total is the relay bytes a block should bring.
+func (n relayNeed) total() int { return n[0] + n[1] }
+
+// dir0 is how many of r ≤ total() relay bytes go to direction 0: a share
+// in proportion to its shortfall, so neither direction gets more than it
+// lacks.
+func (n relayNeed) dir0(r int) int {
+	if r >= n.total() {
+		return n[0]
+	}
+	return int(int64(r) * int64(n[0]) / int64(n.total()))
+}

@@ -89,9 +89,9 @@ func checkRelayAgree(t *testing.T, p *pair) {
 // TestRelayFill: a link with a relay pool fills both directions to the
 // target and then stops making relay key, by relay-only sessions when no
 // connection needs key (none exists, or its pool is full); after relay key
-// is consumed it tops the pool up again, by twice the larger shortfall
-// (node/CONFIG.md, "Relay pool"). Relay material is identical at both
-// sites.
+// is consumed in one direction it tops that direction up again, and only
+// that one (node/CONFIG.md, "Relay pool"). Relay material is identical at
+// both sites.
 func TestRelayFill(t *testing.T) {
 	const target = 3000
 	cases := []struct {
@@ -126,15 +126,26 @@ func TestRelayFill(t *testing.T) {
 				t.Errorf("commit messages carried %d relay bytes, want %d", relay, 2*target)
 			}
 			// A relay of 1000 bytes from the site whose KME ID sorts
-			// first consumes them at both sites; the link tops the
-			// direction up and the other one passes the target by as much.
+			// first consumes them at both sites; the link tops that
+			// direction up.
 			dir := raftstore.RelayDir(siteA, siteB)
 			p.sa.consumeRelay(siteB, dir, 1000)
 			p.sb.consumeRelay(siteA, dir, 1000)
 			want := [2]int64{target, target}
-			want[1-dir] += 1000
 			testenv.WaitFor(t, "the relay pool topped up", func() bool { return p.relayAt(siteA) == want && p.relayAt(siteB) == want })
 			p.idle()
+			var added [2]int
+			cs, _ = p.commits()
+			for _, c := range cs {
+				added[0] += c.RelaySplit
+				added[1] += c.Relay - c.RelaySplit
+			}
+			if wantAdded := [2]int{target, target}; true {
+				wantAdded[dir] += 1000
+				if added != wantAdded {
+					t.Errorf("relay bytes per direction in the commit messages: %v, want %v", added, wantAdded)
+				}
+			}
 			p.stop()
 			for _, site := range []string{siteA, siteB} {
 				if lv := p.relayAt(site); lv != want {
@@ -145,7 +156,7 @@ func TestRelayFill(t *testing.T) {
 			checkAgree(t, p)
 			checkCommitOrder(t, p)
 			checkNoOverfill(t, p)
-			if st := p.a.Status(); st.RelayOut != want[dir] || st.RelayIn != want[1-dir] || st.RelayTarget != target || st.RelayCommitted != 2*target+2000 {
+			if st := p.a.Status(); st.RelayOut != want[dir] || st.RelayIn != want[1-dir] || st.RelayTarget != target || st.RelayCommitted != 2*target+1000 {
 				t.Errorf("Alice's status: relay out %d, in %d, target %d, committed %d", st.RelayOut, st.RelayIn, st.RelayTarget, st.RelayCommitted)
 			}
 			if st := p.b.Status(); st.RelayOut != want[1-dir] || st.RelayIn != want[dir] {
@@ -174,8 +185,8 @@ func TestRelayShare(t *testing.T) {
 			var relay int
 			for i, m := range cs {
 				rest := m.KeyBytes + m.Relay
-				if want := int(share*float64(rest)) &^ 1; m.Relay != want {
-					t.Errorf("session %d: %d relay bytes of %d, want %d (share %v)", i+1, m.Relay, rest, want, share)
+				if want := int(share * float64(rest)); m.Relay != want || m.Relay-2*m.RelaySplit > 1 || m.Relay-2*m.RelaySplit < 0 {
+					t.Errorf("session %d: %d relay bytes of %d (%d to direction 0), want %d, half each way (the odd byte to direction 1; share %v)", i+1, m.Relay, rest, m.RelaySplit, want, share)
 				}
 				relay += m.Relay
 			}
@@ -276,7 +287,9 @@ func TestCheckCommit(t *testing.T) {
 	}{
 		{"fits", v3, msg{Auth: 10, KeyBytes: 50, Relay: 40}, false, true},
 		{"too long", v3, msg{Auth: 10, KeyBytes: 50, Relay: 42}, false, false},
-		{"odd relay", v3, msg{KeyBytes: 50, Relay: 3}, false, false},
+		{"relay split", v3, msg{KeyBytes: 50, Relay: 3, RelaySplit: 3}, false, true},
+		{"relay split beyond the relay bytes", v3, msg{KeyBytes: 50, Relay: 3, RelaySplit: 4}, false, false},
+		{"negative relay split", v3, msg{KeyBytes: 50, Relay: 3, RelaySplit: -1}, false, false},
 		{"negative relay", v3, msg{KeyBytes: 50, Relay: -2}, false, false},
 		{"relay under protocol 2", v2, msg{KeyBytes: 50, Relay: 2}, false, false},
 		{"protocol 2 without relay", v2, msg{Auth: 10, KeyBytes: 90}, false, true},
@@ -295,32 +308,35 @@ func TestCheckCommit(t *testing.T) {
 
 // TestSplit: the pad top-up first, then relay by share (or all of it in a
 // relay-only session) up to what the relay pool needs, the pool up to its
-// need, and what the pool cannot take to relay; relay bytes even.
+// need, and what the pool cannot take to relay; the relay bytes divide
+// between the directions in proportion to their shortfalls.
 func TestSplit(t *testing.T) {
 	l := &Link{cfg: Config{AuthReserveBytes: 64, AuthTargetBytes: 1000, RelayShare: 0.5, PSK: make([]byte, 16)}}
 	low := raftstore.LinkState{}                        // no pads left: top up
 	plenty := raftstore.LinkState{StreamBytes: 1 << 20} // no top-up
+	big := relayNeed{1 << 20, 1 << 20}
 	cases := []struct {
-		name            string
-		key             int
-		st              raftstore.LinkState
-		need, relayNeed int
-		relayOnly       bool
-		want            blockSplit
+		name      string
+		key       int
+		st        raftstore.LinkState
+		need      int
+		relay     relayNeed
+		relayOnly bool
+		want      blockSplit
 	}{
-		{"no relay", 1000, low, 1 << 20, 0, false, blockSplit{64, 936, 0}},
-		{"share", 1000, plenty, 1 << 20, 1 << 20, false, blockSplit{0, 500, 500}},
-		{"share after top-up, odd rest", 1001, low, 1 << 20, 1 << 20, false, blockSplit{64, 469, 468}},
-		{"relay need below share", 1000, plenty, 1 << 20, 100, false, blockSplit{0, 900, 100}},
-		{"pool takes little, rest to relay", 1000, plenty, 100, 1 << 20, false, blockSplit{0, 100, 900}},
-		{"pool and relay take little", 1000, plenty, 100, 300, false, blockSplit{0, 100, 300}},
-		{"relay-only", 1001, low, 0, 1 << 20, true, blockSplit{64, 0, 936}},
-		{"relay-only up to the need", 1000, plenty, 0, 300, true, blockSplit{0, 0, 300}},
-		{"odd need", 1000, plenty, 0, 301, true, blockSplit{0, 0, 300}},
+		{"no relay", 1000, low, 1 << 20, relayNeed{}, false, blockSplit{64, 936, 0, 0}},
+		{"share", 1000, plenty, 1 << 20, big, false, blockSplit{0, 500, 500, 250}},
+		{"share after top-up, odd rest", 1001, low, 1 << 20, big, false, blockSplit{64, 469, 468, 234}},
+		{"relay need below share", 1000, plenty, 1 << 20, relayNeed{100, 0}, false, blockSplit{0, 900, 100, 100}},
+		{"pool takes little, rest to relay", 1000, plenty, 100, big, false, blockSplit{0, 100, 900, 450}},
+		{"pool and relay take little", 1000, plenty, 100, relayNeed{100, 200}, false, blockSplit{0, 100, 300, 100}},
+		{"relay-only", 1001, low, 0, big, true, blockSplit{64, 0, 937, 468}},
+		{"relay-only up to the need", 1000, plenty, 0, relayNeed{0, 300}, true, blockSplit{0, 0, 300, 0}},
+		{"relay-only, directions in proportion", 1000, plenty, 0, relayNeed{1000, 3000}, true, blockSplit{0, 0, 1000, 250}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := l.split(tc.key, tc.st, tc.need, tc.relayNeed, tc.relayOnly); got != tc.want {
+			if got := l.split(tc.key, tc.st, tc.need, tc.relay, tc.relayOnly); got != tc.want {
 				t.Errorf("split = %+v, want %+v", got, tc.want)
 			}
 		})
