@@ -31,18 +31,33 @@ type Options struct {
 	// Dir is the work directory (PKI, configs, data, logs). Required.
 	// Starting again with the same Dir keeps the sites' data.
 	Dir string
-	// Sender and Receiver are the two KME IDs (default sender_app, receiver_app).
+	// Sites are the KME IDs of the sites, at least two (default Sender,
+	// Receiver). Sender and Receiver are then the first two.
+	Sites []string
+	// Topology joins the sites by QKD links (with Link): TopologyLine
+	// (default; site i to site i+1) or TopologyRing (≥ 3 sites). Sites
+	// without a link still reach each other for classical messages.
+	Topology string
+	// Sender and Receiver are the first two KME IDs (default sender_app,
+	// receiver_app), used when Sites is empty.
 	Sender, Receiver string
 	// Nodes per site (default 3).
 	Nodes int
-	// SenderPort and ReceiverPort are node 1's TLS port (default 8443/9443);
-	// 0 with FreePorts picks free ports.
+	// SenderPort and ReceiverPort are node 1's TLS port of the first two
+	// sites (default 8443/9443); 0 with FreePorts picks free ports.
 	SenderPort, ReceiverPort int
+	// Ports are node 1's TLS port of each site by position in Sites; an
+	// entry of 0 (or none) takes SenderPort/ReceiverPort for the first two
+	// and, without FreePorts, ReceiverPort+1000·(i−1) for site i ≥ 2
+	// (0-based: 10443, 11443, … by default). Node j listens on port+j−1.
+	Ports []int
 	// Seed turns the plain-HTTP seed API on, on node 1 of each site, at
 	// SenderSeedPort / ReceiverSeedPort (default 8000/8001, or free ports
-	// with FreePorts).
+	// with FreePorts) and, for site i ≥ 2, SeedPorts[i] (default
+	// ReceiverSeedPort+i−1: 8002, 8003, …).
 	Seed                             bool
 	SenderSeedPort, ReceiverSeedPort int
+	SeedPorts                        []int
 	// FreePorts picks free loopback ports for every port left 0: the
 	// harness binds them and hands each to the node that serves on it
 	// (Listeners), so no other program can take one in between.
@@ -64,13 +79,15 @@ type Options struct {
 	TrailingLogs      uint64
 	// Netns runs every node in its own network namespace on a private
 	// bridge (root only; see netns.go): needed for Isolate and CutLink.
-	// Ports are then 8443 on every node and 8000/8001 for the seed API.
+	// Ports are then 8443 on every node and 8000+i for site i's seed API
+	// (8000/8001 for the first two); at most 4 sites.
 	Netns bool
 	// DataTmpfsMB mounts a tmpfs of this size on every node's data
 	// directory (root only; see disk.go): needed for FillDisk.
 	DataTmpfsMB int
-	// Link joins the two sites by a QKD link (nil: no link; pools are filled
-	// by admin block import).
+	// Link joins the sites by QKD links in Topology (nil: no link; pools
+	// are filled by admin block import); its RelayPoolBytes and RelayShare
+	// go to every link.
 	Link *LinkSpec
 	// ExtraArgs are appended to `qkdkms serve --config FILE`.
 	ExtraArgs []string
@@ -86,6 +103,18 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Receiver == "" {
 		o.Receiver = DefaultReceiver
+	}
+	if len(o.Sites) == 0 {
+		o.Sites = []string{o.Sender, o.Receiver}
+	} else {
+		o.Sites = append([]string(nil), o.Sites...)
+		o.Sender = o.Sites[0]
+		if len(o.Sites) > 1 {
+			o.Receiver = o.Sites[1]
+		}
+	}
+	if o.Topology == "" {
+		o.Topology = TopologyLine
 	}
 	if o.Nodes == 0 {
 		o.Nodes = 3
@@ -104,10 +133,80 @@ func (o Options) withDefaults() Options {
 			o.ReceiverPort = 9443
 		}
 	}
+	// Ports and SeedPorts get one entry per site; SenderPort... mirror
+	// the first two.
+	ports := make([]int, len(o.Sites))
+	copy(ports, o.Ports)
+	seeds := make([]int, len(o.Sites))
+	copy(seeds, o.SeedPorts)
+	for i, p := range [2]int{o.SenderPort, o.ReceiverPort} {
+		if i < len(ports) && ports[i] == 0 {
+			ports[i] = p
+		}
+	}
+	for i, p := range [2]int{o.SenderSeedPort, o.ReceiverSeedPort} {
+		if i < len(seeds) && seeds[i] == 0 {
+			seeds[i] = p
+		}
+	}
+	o.Ports, o.SeedPorts = ports, seeds
+	o.SenderPort, o.SenderSeedPort = o.Ports[0], o.SeedPorts[0]
+	if len(o.Ports) > 1 {
+		o.ReceiverPort, o.ReceiverSeedPort = o.Ports[1], o.SeedPorts[1]
+	}
 	return o
 }
 
-// Cluster is two sites of node processes.
+// check refuses options no cluster can run with.
+func (o Options) check() error {
+	if o.Binary == "" || o.Dir == "" {
+		return fmt.Errorf("%w: binary and dir are required", ErrLayout)
+	}
+	if _, err := TopologyLinks(o.Sites, o.Topology); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, s := range o.Sites {
+		if s == "" || seen[s] {
+			return fmt.Errorf("%w: site KME IDs must be non-empty and distinct: %q", ErrLayout, o.Sites)
+		}
+		seen[s] = true
+	}
+	if len(o.Ports) > len(o.Sites) || len(o.SeedPorts) > len(o.Sites) {
+		return fmt.Errorf("%w: more ports than sites", ErrLayout)
+	}
+	return nil
+}
+
+// checkPorts refuses a layout whose sites share a port (after defaults).
+func (o Options) checkPorts() error {
+	owner := map[int]string{}
+	claim := func(p int, what string) error {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%w: %s: port %d out of range", ErrLayout, what, p)
+		}
+		if prev, ok := owner[p]; ok {
+			return fmt.Errorf("%w: port %d of %s is also %s", ErrLayout, p, what, prev)
+		}
+		owner[p] = what
+		return nil
+	}
+	for i, site := range o.Sites {
+		for j := 1; j <= o.Nodes; j++ {
+			if err := claim(o.Ports[i]+j-1, NodeID(site, j)); err != nil {
+				return err
+			}
+		}
+		if o.Seed {
+			if err := claim(o.SeedPorts[i], site+" seed API"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Cluster is the sites' node processes.
 type Cluster struct {
 	opts   Options
 	Layout *Layout
@@ -144,8 +243,8 @@ type proc struct {
 // starting anything.
 func New(o Options) (*Cluster, error) {
 	o = o.withDefaults()
-	if o.Binary == "" || o.Dir == "" {
-		return nil, fmt.Errorf("%w: binary and dir are required", ErrLayout)
+	if err := o.check(); err != nil {
+		return nil, err
 	}
 	bin, err := filepath.Abs(o.Binary)
 	if err != nil {
@@ -155,65 +254,72 @@ func New(o Options) (*Cluster, error) {
 	if o.Netns {
 		return newNetnsCluster(o)
 	}
+	// lns are the listeners FreePorts bound, closed if New fails.
+	var lns []*net.TCPListener
+	fail := func(err error) (*Cluster, error) {
+		for _, l := range lns {
+			l.Close()
+		}
+		return nil, err
+	}
 	if o.FreePorts {
 		// Node ports must be consecutive per site: find contiguous runs.
-		var lns []*net.TCPListener
-		fail := func(err error) (*Cluster, error) {
-			for _, l := range lns {
-				l.Close()
+		reserve := func(p *int, n int) error {
+			if *p != 0 {
+				return nil
 			}
-			return nil, err
-		}
-		if o.SenderPort == 0 {
-			run, err := ReserveRun(o.Nodes)
+			run, err := ReserveRun(n)
 			if err != nil {
-				return fail(err)
+				return err
 			}
 			lns = append(lns, run...)
-			o.SenderPort = port(run[0])
+			*p = port(run[0])
+			return nil
 		}
-		if o.ReceiverPort == 0 {
-			run, err := ReserveRun(o.Nodes)
-			if err != nil {
+		for i := range o.Sites {
+			if err := reserve(&o.Ports[i], o.Nodes); err != nil {
 				return fail(err)
 			}
-			lns = append(lns, run...)
-			o.ReceiverPort = port(run[0])
 		}
-		if o.Seed && o.SenderSeedPort == 0 {
-			run, err := ReserveRun(1)
-			if err != nil {
+		for i := range o.Sites {
+			if !o.Seed {
+				break
+			}
+			if err := reserve(&o.SeedPorts[i], 1); err != nil {
 				return fail(err)
 			}
-			lns = append(lns, run...)
-			o.SenderSeedPort = port(run[0])
-		}
-		if o.Seed && o.ReceiverSeedPort == 0 {
-			run, err := ReserveRun(1)
-			if err != nil {
-				return fail(err)
-			}
-			lns = append(lns, run...)
-			o.ReceiverSeedPort = port(run[0])
 		}
 		o.Listeners = append(lns, o.Listeners...)
 	}
-	if o.Seed {
-		if o.SenderSeedPort == 0 {
-			o.SenderSeedPort = 8000
+	for i := range o.Sites {
+		switch {
+		case !o.Seed:
+			o.SeedPorts[i] = 0
+		case o.SeedPorts[i] != 0:
+		case i == 0:
+			o.SeedPorts[i] = 8000
+		case i == 1:
+			o.SeedPorts[i] = 8001
+		default:
+			o.SeedPorts[i] = o.SeedPorts[1] + i - 1
 		}
-		if o.ReceiverSeedPort == 0 {
-			o.ReceiverSeedPort = 8001
+		if o.Ports[i] == 0 && i >= 2 {
+			o.Ports[i] = o.Ports[1] + 1000*(i-1)
 		}
-	} else {
-		o.SenderSeedPort, o.ReceiverSeedPort = 0, 0
+	}
+	o.SenderPort, o.ReceiverPort = o.Ports[0], o.Ports[1]
+	o.SenderSeedPort, o.ReceiverSeedPort = o.SeedPorts[0], o.SeedPorts[1]
+	if err := o.checkPorts(); err != nil {
+		return fail(err)
+	}
+	sites := make([]SiteSpec, len(o.Sites))
+	for i, id := range o.Sites {
+		sites[i] = SiteSpec{KMEID: id, Nodes: o.Nodes, BasePort: o.Ports[i], SeedPort: o.SeedPorts[i]}
 	}
 	l, err := Generate(LayoutOptions{
-		Dir: o.Dir,
-		Sites: []SiteSpec{
-			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: o.SenderPort, SeedPort: o.SenderSeedPort},
-			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: o.ReceiverPort, SeedPort: o.ReceiverSeedPort},
-		},
+		Dir:                o.Dir,
+		Sites:              sites,
+		Topology:           o.Topology,
 		SAEs:               o.SAEs,
 		HeartbeatTimeout:   o.HeartbeatTimeout,
 		ElectionTimeout:    o.ElectionTimeout,
@@ -226,7 +332,7 @@ func New(o Options) (*Cluster, error) {
 		Link:               o.Link,
 	})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	c := &Cluster{opts: o, Layout: l, log: o.Logger, procs: map[string]*proc{}, https: map[string]*http.Client{}, inherit: map[string]*os.File{}}
 	for _, ln := range o.Listeners {
@@ -276,9 +382,18 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 // Options returns the options the cluster runs with (defaults applied).
 func (c *Cluster) Options() Options { return c.opts }
 
-// Sender and Receiver are the two KME IDs.
+// Sender and Receiver are the KME IDs of the first two sites.
 func (c *Cluster) Sender() string   { return c.opts.Sender }
 func (c *Cluster) Receiver() string { return c.opts.Receiver }
+
+// Sites lists every site's KME ID, in order.
+func (c *Cluster) Sites() []string {
+	out := make([]string, len(c.Layout.Sites))
+	for i, s := range c.Layout.Sites {
+		out[i] = s.KMEID
+	}
+	return out
+}
 
 // StartNode starts node id as a child process in its own process group,
 // appending its output to its log file. A running node is left alone.

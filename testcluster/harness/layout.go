@@ -1,4 +1,5 @@
-// Package harness runs two qkdkms sites of N nodes each as local
+// Package harness runs qkdkms sites (two by default, or any number ≥ 2
+// joined in a line or a ring of QKD links) of N nodes each as local
 // processes (or attaches to the docker-compose deployment) and gives the
 // rest of testcluster what etcd's robustness tests get from their e2e
 // framework: the layout and PKI, start/stop/kill/SIGSTOP of a node, its
@@ -56,10 +57,16 @@ type SiteSpec struct {
 	Host string
 }
 
-// LayoutOptions describes the two sites and where to write them.
+// LayoutOptions describes the sites and where to write them.
 type LayoutOptions struct {
 	Dir   string
 	Sites []SiteSpec
+	// Topology is how Link joins the sites, in the order of Sites:
+	// TopologyLine (default) or TopologyRing (≥ 3 sites). Every site
+	// lists every other in its peers (classical messages reach them all);
+	// a site's links[] has a QKD link to its neighbours and driver "none"
+	// for the others, whose keys trusted nodes relay.
+	Topology string
 	// SAEs get client certificates (besides the connection SAEs the caller
 	// uses); e.g. "ghi", "jkl".
 	SAEs []string
@@ -96,16 +103,58 @@ type LinkSpec struct {
 	BlockBits int     // sifted bits per session (0 = node default)
 	// Links are each site's links[] entries (node/CONFIG.md, "Link
 	// drivers"), by the site's KME ID: the driver per peer and its
-	// options. A site without an entry uses the simulator.
+	// options. A neighbour without an entry uses the simulator; Generate
+	// adds driver "none" for the sites that are not neighbours.
 	Links map[string][]PeerLink
+	// RelayPoolBytes is the relay pool target per direction of every QKD
+	// link (links[].relay_pool_bytes; 0 = no relay key) and RelayShare
+	// the share of a link's fresh key that goes to it while it is short
+	// (links[].relay_share; 0 = the node's default).
+	RelayPoolBytes int64
+	RelayShare     float64
 }
 
 // PeerLink is one entry of a node's links[]: the driver of the link to
-// Peer and its options (JSON, as the node sees them).
+// Peer and its options (JSON, as the node sees them). Driver DriverNone
+// means Peer is reached for classical messages only: no QKD link.
 type PeerLink struct {
-	Peer    string          `json:"peer"`
-	Driver  string          `json:"driver"`
-	Options json.RawMessage `json:"options,omitempty"`
+	Peer           string          `json:"peer"`
+	Driver         string          `json:"driver"`
+	Options        json.RawMessage `json:"options,omitempty"`
+	RelayShare     float64         `json:"relay_share,omitempty"`
+	RelayPoolBytes int64           `json:"relay_pool_bytes,omitempty"`
+}
+
+// DriverNone is the links[] driver of a peer without a QKD link.
+const DriverNone = "none"
+
+// Topologies of the QKD links between the sites.
+const (
+	TopologyLine = "line" // site i linked to i+1
+	TopologyRing = "ring" // a line whose last site is linked to the first
+)
+
+// TopologyLinks lists the QKD links of sites joined by topology, each
+// pair in the order of sites (the ring's closing link last).
+func TopologyLinks(sites []string, topology string) ([][2]string, error) {
+	if len(sites) < 2 {
+		return nil, fmt.Errorf("%w: %d sites: need at least 2", ErrLayout, len(sites))
+	}
+	var out [][2]string
+	for i := 0; i+1 < len(sites); i++ {
+		out = append(out, [2]string{sites[i], sites[i+1]})
+	}
+	switch topology {
+	case "", TopologyLine:
+	case TopologyRing:
+		if len(sites) < 3 {
+			return nil, fmt.Errorf("%w: a ring needs at least 3 sites, have %d", ErrLayout, len(sites))
+		}
+		out = append(out, [2]string{sites[len(sites)-1], sites[0]})
+	default:
+		return nil, fmt.Errorf("%w: unknown topology %q (line or ring)", ErrLayout, topology)
+	}
+	return out, nil
 }
 
 // Layout is what Generate wrote.
@@ -113,6 +162,9 @@ type Layout struct {
 	Dir    string
 	PKIDir string
 	Sites  []*Site
+	// Links are the site pairs joined by a QKD link (TopologyLinks; none
+	// without LayoutOptions.Link).
+	Links [][2]string
 }
 
 // Site is one generated site.
@@ -216,7 +268,21 @@ func Generate(o LayoutOptions) (*Layout, error) {
 	if pathFn == nil {
 		pathFn = func(s string) string { return s }
 	}
+	ids := make([]string, len(o.Sites))
+	seen := map[string]bool{}
+	for i, s := range o.Sites {
+		if s.KMEID == "" || seen[s.KMEID] {
+			return nil, fmt.Errorf("%w: site %d: KME ID %q empty or not unique", ErrLayout, i+1, s.KMEID)
+		}
+		seen[s.KMEID] = true
+		ids[i] = s.KMEID
+	}
 	l := &Layout{Dir: dir, PKIDir: filepath.Join(dir, "pki")}
+	if o.Link != nil && len(ids) >= 2 {
+		if l.Links, err = TopologyLinks(ids, o.Topology); err != nil {
+			return nil, err
+		}
+	}
 	for _, sub := range []string{"pki", "kek", "config", "data", "logs"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrLayout, err)
@@ -329,7 +395,7 @@ func Generate(o LayoutOptions) (*Layout, error) {
 				Link: lc,
 			}
 			if o.Link != nil {
-				cf.Links = o.Link.Links[site.KMEID]
+				cf.Links = l.peerLinks(site.KMEID, o.Link)
 			}
 			b, err := json.MarshalIndent(cf, "", "  ")
 			if err != nil {
@@ -341,6 +407,65 @@ func Generate(o LayoutOptions) (*Layout, error) {
 		}
 	}
 	return l, nil
+}
+
+// peerLinks is the links[] of site: with two sites and no relay
+// settings, the caller's entries alone (a neighbour without one runs the
+// node's default, sim with link.fiber_km, as before topologies existed);
+// otherwise one entry per other site, in site order: the caller's entry or
+// sim for a neighbour, with the relay settings, and DriverNone for the
+// others.
+func (l *Layout) peerLinks(site string, ls *LinkSpec) []PeerLink {
+	given := ls.Links[site]
+	if len(l.Sites) == 2 && ls.RelayPoolBytes == 0 && ls.RelayShare == 0 {
+		return given
+	}
+	var out []PeerLink
+	for _, other := range l.Sites {
+		if other.KMEID == site {
+			continue
+		}
+		if !l.Linked(site, other.KMEID) {
+			out = append(out, PeerLink{Peer: other.KMEID, Driver: DriverNone})
+			continue
+		}
+		pl := PeerLink{Peer: other.KMEID, Driver: "sim"}
+		if ls.FiberKm != 0 {
+			pl.Options, _ = json.Marshal(map[string]float64{"fiber_km": ls.FiberKm})
+		}
+		for _, g := range given {
+			if g.Peer == other.KMEID {
+				pl = g
+			}
+		}
+		if pl.RelayPoolBytes == 0 && pl.RelayShare == 0 {
+			pl.RelayPoolBytes, pl.RelayShare = ls.RelayPoolBytes, ls.RelayShare
+		}
+		out = append(out, pl)
+	}
+	return out
+}
+
+// Linked reports whether sites a and b share a QKD link.
+func (l *Layout) Linked(a, b string) bool {
+	for _, p := range l.Links {
+		if (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Neighbours lists the sites that share a QKD link with site, in site
+// order.
+func (l *Layout) Neighbours(site string) []string {
+	var out []string
+	for _, s := range l.Sites {
+		if s.KMEID != site && l.Linked(site, s.KMEID) {
+			out = append(out, s.KMEID)
+		}
+	}
+	return out
 }
 
 // Site returns the site with KME ID id, or nil.

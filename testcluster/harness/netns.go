@@ -22,7 +22,7 @@ import (
 //	Isolate(node)  the node drops every packet to/from the other nodes of its
 //	               site (clients still reach it, so a minority leader answers)
 //	CutLink()      the first site's nodes drop every packet to/from the
-//	               second site's nodes
+//	               second site's nodes (CutSites(a, b): any two sites)
 //	Heal()         flushes every rule
 //
 // The namespaces, veths and the bridge are removed by StopAll.
@@ -158,13 +158,20 @@ func (c *Cluster) Isolate(id string) error {
 	return c.netns.drop(id, peers)
 }
 
-// CutLink cuts every connection between the two sites (Netns only).
-func (c *Cluster) CutLink() error {
+// CutLink cuts every connection between the first two sites (Netns
+// only).
+func (c *Cluster) CutLink() error { return c.CutSites(c.Sender(), c.Receiver()) }
+
+// CutSites cuts every connection between sites a and b (Netns only).
+func (c *Cluster) CutSites(a, b string) error {
 	if c.netns == nil {
 		return fmt.Errorf("%w: cluster not started with Options.Netns", ErrNetns)
 	}
-	for _, id := range c.Nodes(c.Sender()) {
-		if err := c.netns.drop(id, c.Nodes(c.Receiver())); err != nil {
+	if c.Layout.Site(a) == nil || c.Layout.Site(b) == nil || a == b {
+		return fmt.Errorf("%w: sites %q and %q", ErrUnknownNode, a, b)
+	}
+	for _, id := range c.Nodes(a) {
+		if err := c.netns.drop(id, c.Nodes(b)); err != nil {
 			return err
 		}
 	}
@@ -193,7 +200,10 @@ func (s *netnsSetup) addr(id string, port int) string {
 // newNetnsCluster lays out a cluster whose nodes live in namespaces.
 func newNetnsCluster(o Options) (*Cluster, error) {
 	sites := map[string][]string{}
-	order := []string{o.Sender, o.Receiver}
+	order := o.Sites
+	if len(order) > 4 || o.Nodes > 49 {
+		return nil, fmt.Errorf("%w: network namespaces take at most 4 sites of 49 nodes", ErrNetns)
+	}
 	for _, s := range order {
 		for i := 1; i <= o.Nodes; i++ {
 			sites[s] = append(sites[s], NodeID(s, i))
@@ -207,13 +217,16 @@ func newNetnsCluster(o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	seedPort := map[string]int{o.Sender: 8000, o.Receiver: 8001}
+	seedPort := map[string]int{}
+	specs := make([]SiteSpec, len(order))
+	for i, s := range order {
+		seedPort[s] = 8000 + i
+		specs[i] = SiteSpec{KMEID: s, Nodes: o.Nodes, BasePort: 8443}
+	}
 	l, err := Generate(LayoutOptions{
-		Dir: o.Dir,
-		Sites: []SiteSpec{
-			{KMEID: o.Sender, Nodes: o.Nodes, BasePort: 8443},
-			{KMEID: o.Receiver, Nodes: o.Nodes, BasePort: 8443},
-		},
+		Dir:                o.Dir,
+		Sites:              specs,
+		Topology:           o.Topology,
 		SAEs:               o.SAEs,
 		HeartbeatTimeout:   o.HeartbeatTimeout,
 		ElectionTimeout:    o.ElectionTimeout,
