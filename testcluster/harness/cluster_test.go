@@ -2,6 +2,8 @@ package harness
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -154,4 +156,69 @@ func TestClusterNetnsIsolate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("isolated %s, majority elected %s, leader after healing %s", old, nl, l)
+}
+
+// TestClusterThreeSitesLine starts three sites of three node processes in
+// a line (a–b–c: QKD links a–b and b–c, none a–c) with the seed API, finds
+// each site's leader, checks that each leader runs QKD links to its
+// neighbours only, and registers a connection between the first two sites,
+// whose pool fills from their direct link.
+func TestClusterThreeSitesLine(t *testing.T) {
+	binary := proctest.Binary(t)
+	sites := []string{"a_app", "b_app", "c_app"}
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(2*time.Minute))
+	defer cancel()
+	c, err := Start(ctx, Options{
+		Binary: binary, Dir: t.TempDir(), Sites: sites, Topology: TopologyLine, FreePorts: true, Seed: true,
+		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms",
+		Link: &LinkSpec{Native: true, FiberKm: 1, RelayPoolBytes: 1024, RelayShare: 0.5},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.StopAll()
+		if t.Failed() {
+			t.Log(c.TailLogs(30))
+		}
+	})
+	for _, site := range sites {
+		l, err := c.WaitLeader(ctx, site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := c.Layout.Neighbours(site)
+		testenv.WaitFor(t, fmt.Sprintf("%s (leader %s) to run QKD links to exactly %v", site, l, want), func() bool {
+			st, err := c.LinkStatuses(ctx, l)
+			if err != nil {
+				return false
+			}
+			var peers []string
+			for _, s := range st {
+				peers = append(peers, s.Peer)
+			}
+			slices.Sort(peers)
+			return slices.Equal(peers, want)
+		})
+		t.Logf("site %s: leader %s, links to %v", site, l, want)
+	}
+	conn := Connection{SourceKME: sites[0], TargetKME: sites[1], MasterSAE: "ghi", SlaveSAE: "jkl",
+		KeySize: 256, MaxKeysCount: 1000, MaxKeyPerRequest: 1}
+	if err := c.RegisterConnection(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	// The master SAE sees the pool through ETSI status; the slave site's
+	// leader reports its copy of the pool in its metrics.
+	testenv.WaitFor(t, "keys in the pool of ghi→jkl at both ends of the a–b link", func() bool {
+		st, err := c.Status(ctx, sites[0], "ghi", "jkl")
+		if err != nil || st.StoredKeyCount < 4 {
+			return false
+		}
+		l, err := c.Leader(ctx, sites[1])
+		if err != nil {
+			return false
+		}
+		m, err := c.Metrics(ctx, l)
+		return err == nil && m[`qkdkms_pool_stored_keys{master="ghi",slave="jkl"}`] >= 4
+	})
 }
