@@ -1,6 +1,7 @@
 // Package demo is `qkdkms demo` (make run: two sites of three node
 // processes on loopback joined by a simulated QKD link, with a status
-// screen; README, Quick start) and `qkdkms demo-init` (the PKI, KEKs and
+// screen; README, Quick start; --sites N: N sites in a line or a ring of
+// links) and `qkdkms demo-init` (the PKI, KEKs and
 // node configs the compose deployment's init service writes; deploy/).
 //
 // The server binary links it, so it imports only testcluster/harness:
@@ -26,14 +27,24 @@ import (
 
 // DemoOptions configures RunDemo. Zero values take the `make run` layout.
 type DemoOptions struct {
-	Binary           string // default: this executable
-	Dir              string // default .demo
-	Nodes            int    // per site, default 3
+	Binary string // default: this executable
+	Dir    string // default .demo
+	Nodes  int    // per site, default 3
+	// Sites is the number of sites (default 2): Sender first, Receiver
+	// last, relay1_app, relay2_app, … between them.
+	Sites int
+	// Topology of the QKD links: line (default) or ring (≥ 3 sites).
+	Topology         string
 	Sender, Receiver string
+	// Ports of the first and second site (node 1; the other nodes
+	// follow) and their seed API ports. Site i ≥ 3 (1-based) listens on
+	// ReceiverPort+1000·(i−2) and ReceiverSeedPort+i−2 unless Ports or
+	// SeedPorts (by position, 0 = that rule) say otherwise.
 	SenderPort       int // default 8443
 	ReceiverPort     int // default 9443
 	SenderSeedPort   int // default 8000
 	ReceiverSeedPort int // default 8001
+	Ports, SeedPorts []int
 	// Refresh is the status screen period (default 1 s).
 	Refresh time.Duration
 	// Plain prints the status as appended text blocks instead of redrawing
@@ -62,20 +73,23 @@ func RunDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Dir, "dir", ".demo", "demo directory: pki/, data/, logs/, config/, kek/")
 	fs.StringVar(&o.Binary, "bin", "", "qkdkms binary for the nodes (default: this executable)")
 	fs.IntVar(&o.Nodes, "nodes", 3, "nodes per site")
+	fs.IntVar(&o.Sites, "sites", 2, "number of sites (≥ 2): the sender's first, the receiver's last, relay1_app, relay2_app, … between")
+	fs.StringVar(&o.Topology, "topology", harness.TopologyLine, "QKD links between the sites: line (each site to the next) or ring (and the last to the first; ≥ 3 sites)")
 	fs.StringVar(&o.Sender, "sender", harness.DefaultSender, "KME ID of the first site")
-	fs.StringVar(&o.Receiver, "receiver", harness.DefaultReceiver, "KME ID of the second site")
+	fs.StringVar(&o.Receiver, "receiver", harness.DefaultReceiver, "KME ID of the last site")
 	fs.IntVar(&o.SenderPort, "sender-port", 8443, "ETSI mTLS port of the first site's node 1 (node i: +i-1)")
-	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "ETSI mTLS port of the second site's node 1")
+	fs.IntVar(&o.ReceiverPort, "receiver-port", 9443, "ETSI mTLS port of the second site's node 1 (site k ≥ 3: +1000·(k-2))")
 	fs.IntVar(&o.SenderSeedPort, "sender-seed-port", 8000, "seed plain-HTTP port of the first site (0 on either = seed API off)")
-	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (0 = off)")
+	fs.IntVar(&o.ReceiverSeedPort, "receiver-seed-port", 8001, "seed plain-HTTP port of the second site (site k ≥ 3: +k-2; 0 = off)")
 	fs.DurationVar(&o.Refresh, "refresh", time.Second, "status refresh period")
 	fs.BoolVar(&o.Plain, "plain", false, "append status blocks instead of redrawing the screen")
 	link := linkFlags(fs, "step plugin directory (default: plugins/ beside the binary, i.e. bin/plugins)")
 	fs.StringVar(&o.Driver, "driver", "sim", "QKD link driver: sim (simulated fiber), devstream (device emulator streaming to both sites) or etsi014 (two emulated key-delivery devices)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: qkdkms demo [flags]")
-		fmt.Fprintln(stderr, "Starts two KME sites of three node processes each on loopback, shows their status")
-		fmt.Fprintln(stderr, "and the commands to try. Ctrl-C stops everything; a second run keeps the keys.")
+		fmt.Fprintln(stderr, "Starts two KME sites (or --sites N, joined by QKD links in a --topology line or ring)")
+		fmt.Fprintln(stderr, "of three node processes each on loopback, shows their status and the commands to")
+		fmt.Fprintln(stderr, "try. Ctrl-C stops everything; a second run keeps the keys.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -130,21 +144,21 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 			return fmt.Errorf("no step plugins in %s (run `make plugins`, or pass --plugin-dir or --native): %w", abs, err)
 		}
 	}
+	ho, err := clusterOptions(o)
+	if err != nil {
+		return err
+	}
 	switch o.Driver {
 	case "", "sim":
 	case "devstream", "etsi014":
 		if o.Link == nil {
 			return fmt.Errorf("--driver %s needs the QKD link (drop --no-link)", o.Driver)
 		}
-		sender, receiver := o.Sender, o.Receiver
-		if sender == "" {
-			sender = harness.DefaultSender
-		}
-		if receiver == "" {
-			receiver = harness.DefaultReceiver
+		if len(ho.Sites) != 2 {
+			return fmt.Errorf("--driver %s runs one link between two sites (--sites 2); more sites use sim", o.Driver)
 		}
 		devs, err := harness.StartDevices(harness.DeviceOptions{Driver: o.Driver, Dir: filepath.Join(o.Dir, "devices"),
-			Sites: [2]string{sender, receiver}})
+			Sites: [2]string{ho.Sites[0], ho.Sites[1]}})
 		if err != nil {
 			return err
 		}
@@ -157,17 +171,11 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 	default:
 		return fmt.Errorf("unknown --driver %q (sim, devstream or etsi014)", o.Driver)
 	}
-	c, err := harness.New(harness.Options{
-		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sender: o.Sender, Receiver: o.Receiver,
-		SenderPort: o.SenderPort, ReceiverPort: o.ReceiverPort,
-		Seed:           o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0,
-		SenderSeedPort: o.SenderSeedPort, ReceiverSeedPort: o.ReceiverSeedPort,
-		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link, Listeners: o.Listeners,
-	})
+	c, err := harness.New(ho)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "qkdkms demo: starting %d+%d nodes in %s (logs in %s)\n", len(c.Nodes(c.Sender())), len(c.Nodes(c.Receiver())), c.Layout.Dir, filepath.Join(c.Layout.Dir, "logs"))
+	fmt.Fprintf(stdout, "qkdkms demo: starting %d sites × %d nodes in %s (logs in %s)\n", len(c.Layout.Sites), len(c.Nodes(c.Sender())), c.Layout.Dir, filepath.Join(c.Layout.Dir, "logs"))
 	for _, s := range c.Layout.Sites {
 		for _, n := range s.Nodes {
 			if err := c.StartNode(n.ID); err != nil {
@@ -204,6 +212,64 @@ func Demo(ctx context.Context, o DemoOptions, stdout io.Writer) error {
 		case <-t.C:
 		}
 	}
+}
+
+// SiteIDs names the n sites of the demo: sender first, receiver last (as
+// with two sites), relay1_app, relay2_app, … between them.
+func SiteIDs(n int, sender, receiver string) []string {
+	if sender == "" {
+		sender = harness.DefaultSender
+	}
+	if receiver == "" {
+		receiver = harness.DefaultReceiver
+	}
+	ids := []string{sender}
+	for i := 1; i <= n-2; i++ {
+		ids = append(ids, fmt.Sprintf("relay%d_app", i))
+	}
+	return append(ids, receiver)
+}
+
+// clusterOptions is the harness layout of o (ports after the second
+// site's by the DemoOptions rule).
+func clusterOptions(o DemoOptions) (harness.Options, error) {
+	if o.Sites == 0 {
+		o.Sites = 2
+	}
+	if o.Sites < 2 {
+		return harness.Options{}, fmt.Errorf("--sites %d: need at least 2", o.Sites)
+	}
+	if o.SenderPort == 0 {
+		o.SenderPort = 8443
+	}
+	if o.ReceiverPort == 0 {
+		o.ReceiverPort = 9443
+	}
+	sites := SiteIDs(o.Sites, o.Sender, o.Receiver)
+	seed := o.SenderSeedPort > 0 && o.ReceiverSeedPort > 0
+	ports, seeds := make([]int, len(sites)), make([]int, len(sites))
+	copy(ports, o.Ports)
+	copy(seeds, o.SeedPorts)
+	for i := range sites {
+		rule, seedRule := o.ReceiverPort+1000*(i-1), o.ReceiverSeedPort+i-1
+		if i == 0 {
+			rule, seedRule = o.SenderPort, o.SenderSeedPort
+		}
+		if ports[i] == 0 {
+			ports[i] = rule
+		}
+		if seeds[i] == 0 && seed {
+			seeds[i] = seedRule
+		}
+	}
+	if !seed {
+		seeds = nil
+	}
+	return harness.Options{
+		Binary: o.Binary, Dir: o.Dir, Nodes: o.Nodes, Sites: sites, Topology: o.Topology,
+		Ports: ports, SeedPorts: seeds, Seed: seed,
+		SAEs: []string{"ghi", "jkl"}, ExtraArgs: o.ExtraArgs, Link: o.Link, Listeners: o.Listeners,
+	}, nil
 }
 
 func isTerminal(w io.Writer) bool {
@@ -355,6 +421,9 @@ func (d *demoScreen) draw(ctx context.Context) {
 		return // plain mode: a block every 10 refreshes
 	}
 	fmt.Fprintf(&b, "── status %s ──\n", time.Now().Format("15:04:05"))
+	if len(d.c.Layout.Sites) > 2 {
+		fmt.Fprintf(&b, "%s\n", d.topology())
+	}
 	for _, s := range d.c.Layout.Sites {
 		v := d.collect(ctx, s)
 		leader := v.leader
@@ -414,18 +483,45 @@ func (d *demoScreen) draw(ctx context.Context) {
 	fmt.Fprint(d.out, b.String())
 }
 
-// commands is the block of commands to try, with this demo's ports.
+// topology is the line of sites and their QKD links ("a ═ b ═ c", the
+// ring's first site again at its end).
+func (d *demoScreen) topology() string {
+	l := d.c.Layout
+	if len(l.Links) == 0 {
+		return "sites: " + strings.Join(d.c.Sites(), ", ") + " (no QKD links)"
+	}
+	ids := d.c.Sites()
+	kind := harness.TopologyLine
+	if len(l.Links) == len(ids) && len(ids) > 2 {
+		kind, ids = harness.TopologyRing, append(ids, ids[0])
+	}
+	return "QKD links (" + kind + "): " + strings.Join(ids, " ═ ")
+}
+
+// commands is the block of commands to try, with this demo's ports: an
+// SAE ghi at the first site and jkl at the last, which share keys through
+// the sites between them when there are more than two.
 func (d *demoScreen) commands() string {
 	c := d.c
 	var b strings.Builder
 	pkiDir := relPath(c.Layout.PKIDir)
-	snd, rcv := c.Layout.Site(c.Sender()), c.Layout.Site(c.Receiver())
-	b.WriteString("qkdkms demo — two KME sites on loopback\n\n")
+	sites := c.Layout.Sites
+	snd, rcv := sites[0], sites[len(sites)-1]
+	if len(sites) == 2 {
+		b.WriteString("qkdkms demo — two KME sites on loopback\n\n")
+	} else {
+		fmt.Fprintf(&b, "qkdkms demo — %d KME sites on loopback\n%s\n", len(sites), d.topology())
+		if c.Layout.Linked(snd.KMEID, rcv.KMEID) {
+			fmt.Fprintf(&b, "ghi at %s and jkl at %s below share a QKD link.\n\n", snd.KMEID, rcv.KMEID)
+		} else {
+			fmt.Fprintf(&b, "ghi at %s and jkl at %s below share no QKD link: trusted nodes relay their keys.\n\n", snd.KMEID, rcv.KMEID)
+		}
+	}
 	if snd.SeedAddr != "" && rcv.SeedAddr != "" {
 		sp, rp := portOf(snd.SeedAddr), portOf(rcv.SeedAddr)
 		fmt.Fprintf(&b, "Seed API (plain HTTP, as in the seed's README):\n")
 		fmt.Fprintf(&b, "  curl --location 'http://localhost:%s/register_connection' --header 'Content-Type: application/json' \\\n", sp)
-		fmt.Fprintf(&b, "    --data '{\"source_KME_ID\": \"%s\", \"target_KME_ID\": \"%s\", \"master_SAE_ID\": \"ghi\", \"slave_SAE_ID\": \"jkl\",\n", c.Sender(), c.Receiver())
+		fmt.Fprintf(&b, "    --data '{\"source_KME_ID\": \"%s\", \"target_KME_ID\": \"%s\", \"master_SAE_ID\": \"ghi\", \"slave_SAE_ID\": \"jkl\",\n", snd.KMEID, rcv.KMEID)
 		b.WriteString("      \"key_size\": 8, \"max_keys_count\": 10, \"max_key_per_request\": 1, \"max_SAE_ID_count\": 0}'\n")
 		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?slave_host=jkl' --data ''\n", sp)
 		fmt.Fprintf(&b, "  curl --location 'http://127.0.0.1:%s/get_key?key_id=KEY_ID' --data ''\n\n", rp)
