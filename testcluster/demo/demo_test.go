@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -212,5 +213,146 @@ func TestDemoDrivers(t *testing.T) {
 				t.Fatalf("output lacks the driver line:\n%s", s)
 			}
 		})
+	}
+}
+
+// TestDemoSites: --sites N names the sites sender_app, relay1_app, …,
+// receiver_app, gives site k ≥ 3 the ports after the second site's
+// (10443, 11443, …; seed 8002, 8003, …), and the commands to try join an
+// SAE at the first site to one at the last. No process runs.
+func TestDemoSites(t *testing.T) {
+	for _, tc := range []struct {
+		n        int
+		topology string
+		ids      []string
+		relayed  bool // first and last site share no QKD link
+		topoLine string
+	}{
+		{2, "", []string{"sender_app", "receiver_app"}, false, ""},
+		{3, harness.TopologyLine, []string{"sender_app", "relay1_app", "receiver_app"}, true,
+			"QKD links (line): sender_app ═ relay1_app ═ receiver_app"},
+		{4, harness.TopologyRing, []string{"sender_app", "relay1_app", "relay2_app", "receiver_app"}, false,
+			"QKD links (ring): sender_app ═ relay1_app ═ relay2_app ═ receiver_app ═ sender_app"},
+	} {
+		t.Run(fmt.Sprint(tc.n, tc.topology), func(t *testing.T) {
+			ho, err := clusterOptions(DemoOptions{Binary: "qkdkms", Dir: t.TempDir(), Sites: tc.n, Topology: tc.topology,
+				SenderSeedPort: 8000, ReceiverSeedPort: 8001, Link: &harness.LinkSpec{Native: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := harness.New(ho)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Sites(); strings.Join(got, " ") != strings.Join(tc.ids, " ") {
+				t.Fatalf("sites %v, want %v", got, tc.ids)
+			}
+			for i, id := range tc.ids {
+				s := c.Layout.Site(id)
+				if want := fmt.Sprintf("127.0.0.1:%d", 8443+1000*i); s.Nodes[0].Addr() != want {
+					t.Errorf("site %s: node 1 at %s, want %s", id, s.Nodes[0].Addr(), want)
+				}
+				if want := fmt.Sprintf("127.0.0.1:%d", 8000+i); s.SeedAddr != want {
+					t.Errorf("site %s: seed API at %s, want %s", id, s.SeedAddr, want)
+				}
+			}
+			out := (&demoScreen{c: c}).commands()
+			last := len(tc.ids) - 1
+			for _, want := range []string{
+				`"source_KME_ID": "sender_app", "target_KME_ID": "receiver_app", "master_SAE_ID": "ghi", "slave_SAE_ID": "jkl"`,
+				"http://localhost:8000/register_connection",
+				"http://127.0.0.1:8000/get_key?slave_host=jkl",
+				fmt.Sprintf("http://127.0.0.1:%d/get_key?key_id=KEY_ID", 8000+last),
+				"https://127.0.0.1:8443/api/v1/keys/jkl/status",
+				fmt.Sprintf("https://127.0.0.1:%d/api/v1/keys/ghi/dec_keys", 8443+1000*last),
+				tc.topoLine,
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("commands lack %q:\n%s", want, out)
+				}
+			}
+			if got := strings.Contains(out, "share no QKD link: trusted nodes relay their keys"); got != tc.relayed {
+				t.Errorf("relay note shown %v, want %v:\n%s", got, tc.relayed, out)
+			}
+		})
+	}
+	// Refused before any node starts.
+	for _, o := range []DemoOptions{
+		{Sites: 1},
+		{Sites: 2, Topology: harness.TopologyRing},
+		{Sites: 3, Driver: "devstream", Link: &harness.LinkSpec{Native: true}},
+	} {
+		o.Binary, o.Dir = "qkdkms", t.TempDir()
+		if err := Demo(context.Background(), o, io.Discard); err == nil {
+			t.Errorf("Demo(sites %d, topology %q, driver %q) started", o.Sites, o.Topology, o.Driver)
+		}
+	}
+}
+
+// TestDemoThreeSites: `qkdkms demo --sites 3` starts three sites of three
+// node processes in a line and its status screen shows a leader for each,
+// and the QKD links, until stopped.
+func TestDemoThreeSites(t *testing.T) {
+	binary := proctest.Binary(t)
+	var lns []*net.TCPListener
+	reserve := func(n int) int {
+		run, err := harness.ReserveRun(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, run...)
+		return run[0].Addr().(*net.TCPAddr).Port
+	}
+	ports := []int{reserve(3), reserve(3), reserve(3)}
+	seeds := []int{reserve(1), reserve(1), reserve(1)}
+	t.Cleanup(func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	})
+	opts := DemoOptions{Binary: binary, Dir: t.TempDir(), Sites: 3, Ports: ports, SeedPorts: seeds, Listeners: lns,
+		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1],
+		Refresh: 200 * time.Millisecond, Plain: true, Link: &harness.LinkSpec{Native: true}}
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Demo(ctx, opts, out) }()
+	ended := false
+	t.Cleanup(func() {
+		if !ended {
+			cancel()
+			<-done
+			t.Logf("output:\n%s", out.String())
+		}
+	})
+	testenv.WaitFor(t, "a leader for each of the three sites on the status screen", func() bool {
+		select {
+		case err := <-done:
+			ended = true
+			t.Fatalf("demo ended early: %v\n%s", err, out.String())
+		default:
+		}
+		s := out.String()
+		for _, site := range []string{"sender_app", "relay1_app", "receiver_app"} {
+			if !strings.Contains(s, fmt.Sprintf("site %-14s leader %s-", site, site)) {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	ended = true
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{
+		"QKD links (line): sender_app ═ relay1_app ═ receiver_app",
+		fmt.Sprintf("http://127.0.0.1:%d/get_key?key_id=KEY_ID", seeds[2]),
+		"stopped; data kept",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
 	}
 }
