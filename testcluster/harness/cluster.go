@@ -372,7 +372,25 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			}
 		}
 	}
-	if err := c.WaitLeaders(ctx); err != nil {
+	// A node that exits while the sites come up (a config it refuses, a
+	// port taken) ends the wait at once instead of at ctx's deadline.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c.mu.Lock()
+	for id, p := range c.procs {
+		go func() {
+			select {
+			case <-p.done:
+				cancel(fmt.Errorf("%w: %s exited while the sites started (%v)", ErrNotRunning, id, p.err))
+			case <-wctx.Done():
+			}
+		}()
+	}
+	c.mu.Unlock()
+	if err := c.WaitLeaders(wctx); err != nil {
+		if cause := context.Cause(wctx); errors.Is(cause, ErrNotRunning) {
+			err = cause
+		}
 		c.StopAll()
 		return nil, fmt.Errorf("%w\n%s", err, c.TailLogs(20))
 	}
