@@ -103,6 +103,8 @@ type Report struct {
 	// Link, for runs whose keys come from the QKD link: sessions committed
 	// and aborted, pads used twice, pools identical after healing.
 	Link *LinkReport `json:"link,omitempty"`
+	// Relay is the trusted-node relay's part (network scenarios).
+	Relay *RelayReport `json:"relay,omitempty"`
 
 	Latency map[string]LatencyStats `json:"latency"`
 	// Recovery is, per fault, the time from the fault to the end of the
@@ -127,7 +129,7 @@ type KindCounts struct {
 func (r *Report) OK() bool {
 	return r.DoubleIssued == 0 && r.DuplicateKeyBytes == 0 && r.NotFetchable == 0 &&
 		r.DecNeverIssued == 0 && r.SecondFetch == 0 && r.ByteMismatch == 0 && r.ExcessBurned == 0 &&
-		r.AtRestHits == 0 && r.FSMDigestMismatch == 0 && r.Link.OK()
+		r.AtRestHits == 0 && r.FSMDigestMismatch == 0 && r.Link.OK() && r.Relay.OK()
 }
 
 // Check runs the checker over a history.
@@ -395,6 +397,12 @@ func (r *Report) Markdown(title string) string {
 		}
 		row("link ("+l.Driver+"): pads used twice", l.PadReuse)
 		row("link: pools differ after healing", fmt.Sprintf("%d %v", l.PoolsDiffer, l.Pools))
+	}
+	if rl := r.Relay; rl != nil {
+		row("relay: blocks delivered / burned", fmt.Sprintf("%d / %d", rl.Delivered, rl.Burned))
+		row("relay: key consumed by senders / used by delivered hops (bytes)", fmt.Sprintf("%d / %d", rl.SentBytes, rl.HopBytes))
+		row("relay: receiver ahead of sender / key used twice / unexplained waste", fmt.Sprintf("%d / %d / %d", rl.ReceiverAhead, rl.Underused, rl.Waste))
+		row("relay: pools differ after healing", fmt.Sprintf("%d %v", rl.PoolsDiffer, rl.Pools))
 	}
 	for _, p := range []string{PhaseBefore, PhaseDuring, PhaseAfter} {
 		if l, ok := r.Latency[p]; ok {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"qkdkms/node/network"
 	"qkdkms/testcluster/checker"
 	"qkdkms/testcluster/faults"
 	"qkdkms/testcluster/harness"
@@ -130,6 +131,14 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 	if sc.Rate > 0 {
 		o.Rate = sc.Rate
 	}
+	// A network scenario: sites joined by simulated QKD links that make
+	// relay key; keys relayed from the first site to the third.
+	var sites []string
+	if sc.Sites > 2 {
+		sites = faults.NetworkSites(sc.Sites)
+		copts.Sites, copts.Topology = sites, sc.Topology
+		copts.Link = &harness.LinkSpec{Native: true, FiberKm: 1, BlockBits: 200_000, RelayPoolBytes: 256 << 10, RelayShare: 0.5}
+	}
 	var devs *harness.Devices
 	if sc.Driver != "" {
 		sender, receiver := copts.Sender, copts.Receiver
@@ -156,41 +165,46 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 		return fmt.Errorf("start cluster: %w", err)
 	}
 	defer c.StopAll()
+	src, dst := c.Sender(), c.Receiver()
+	if sites != nil {
+		src, dst = sites[0], sites[2]
+	}
 	master, slave := "ghi", "jkl"
 	setup, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	keys := int(o.Rate*o.Duration.Seconds()*float64(o.Number)*1.3) + 200
-	if err := c.RegisterConnection(setup, harness.Connection{SourceKME: c.Sender(), TargetKME: c.Receiver(), MasterSAE: master, SlaveSAE: slave,
+	if err := c.RegisterConnection(setup, harness.Connection{SourceKME: src, TargetKME: dst, MasterSAE: master, SlaveSAE: slave,
 		KeySize: o.KeyBits, MaxKeysCount: keys * 2, MaxKeyPerRequest: max(o.Number, 1)}); err != nil {
 		return fmt.Errorf("register connection: %w", err)
 	}
-	if devs == nil {
-		if err := c.FillPool(setup, c.Sender(), master, slave, keys, o.KeyBits, 500); err != nil {
+	if devs == nil && sites == nil {
+		if err := c.FillPool(setup, src, master, slave, keys, o.KeyBits, 500); err != nil {
 			return fmt.Errorf("fill pool: %w", err)
 		}
 	} else {
-		// The link alone fills the pools: wait for the workload's keys.
+		// The link (or the relay) alone fills the pools: wait for the
+		// workload's keys.
 		fctx, fcancel := context.WithTimeout(ctx, 3*time.Minute)
-		err := waitPools(fctx, c, master, slave, func(a, b float64) bool { return a >= float64(keys) && b >= float64(keys) })
+		err := waitPools(fctx, c, src, dst, master, slave, func(a, b float64) bool { return a >= float64(keys) && b >= float64(keys) })
 		fcancel()
 		if err != nil {
 			return fmt.Errorf("the link did not fill the pools with %d keys: %w", keys, err)
 		}
 	}
-	burned0 := c.Burned(setup, c.Sender())
-	mc, err := workload.Client(c, master, c.Sender())
+	burned0 := c.Burned(setup, src)
+	mc, err := workload.Client(c, master, src)
 	if err != nil {
 		return err
 	}
-	scl, err := workload.Client(c, slave, c.Receiver())
+	scl, err := workload.Client(c, slave, dst)
 	if err != nil {
 		return err
 	}
 	h := history.New()
 	w := workload.New(h, workload.Options{Master: mc, Slave: scl, Rate: o.Rate, Number: o.Number, Duration: o.Duration, NodeOf: c.NodeOf, KeepKeys: true})
-	env := &faults.Env{C: c, H: h, Site: c.Sender(), Devices: devs}
+	env := &faults.Env{C: c, H: h, Site: src, Devices: devs, Sites: sites}
 	if sc.Slave {
-		env.Site = c.Receiver()
+		env.Site = dst
 	}
 
 	// Pool sampler and progress ticks until the drain ends.
@@ -206,7 +220,7 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 		defer t.Stop()
 		n := 0
 		for {
-			for _, site := range []string{c.Sender(), c.Receiver()} {
+			for _, site := range []string{src, dst} {
 				if v, ok := poolLevel(sampleCtx, c, site, master, slave); ok {
 					poolMu.Lock()
 					pool = append(pool, report.PoolSample{At: time.Now(), Site: site, Stored: v})
@@ -257,7 +271,7 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 	h.End = time.Now()
 	stopSampling()
 	swg.Wait()
-	if b := c.Burned(ctx, c.Sender()); b >= 0 && burned0 >= 0 {
+	if b := c.Burned(ctx, src); b >= 0 && burned0 >= 0 {
 		h.Burned = b - burned0
 	}
 	res.Report = checker.Check(h, checker.Config{FetchWindow: o.FetchWindow})
@@ -267,10 +281,23 @@ func runScenario(ctx context.Context, sc faults.Scenario, dir string, o Options,
 		// added and the same bits left, read while neither changes.
 		var states []checker.PoolState
 		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
-		perr := waitPools(pctx, c, master, slave, nil, &states)
+		perr := waitPools(pctx, c, src, dst, master, slave, nil, &states)
 		pcancel()
 		res.Report.Link = checker.CheckLink(sc.Driver, links, states, perr == nil)
 		res.Report.Violations = append(res.Report.Violations, res.Report.Link.Violations...)
+	}
+	if sites != nil {
+		// Pools identical at both ends, then the relay key of every link.
+		var states []checker.PoolState
+		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+		perr := waitPools(pctx, c, src, dst, master, slave, nil, &states)
+		rs, rerr := relayState(pctx, c, sites)
+		pcancel()
+		if rerr != nil {
+			res.Report.Violations = append(res.Report.Violations, "relay state not read: "+rerr.Error())
+		}
+		res.Report.Relay = checker.CheckRelay(rs, states, perr == nil)
+		res.Report.Violations = append(res.Report.Violations, res.Report.Relay.Violations...)
 	}
 	// FSM digests of every node, then the at-rest scan of every data
 	// directory and log.
@@ -330,7 +357,7 @@ func linkSample(ctx context.Context, c *harness.Cluster, site string) (checker.L
 // keys, or, with cond nil, until both sites hold the same blocks and bits
 // in a reading where the sender's did not change across the receiver's;
 // *out (if given) gets the last reading.
-func waitPools(ctx context.Context, c *harness.Cluster, master, slave string, cond func(a, b float64) bool, out ...*[]checker.PoolState) error {
+func waitPools(ctx context.Context, c *harness.Cluster, src, dst, master, slave string, cond func(a, b float64) bool, out ...*[]checker.PoolState) error {
 	read := func(site string) (checker.PoolState, float64, bool) {
 		l, err := c.Leader(ctx, site)
 		if err != nil {
@@ -346,9 +373,9 @@ func waitPools(ctx context.Context, c *harness.Cluster, master, slave string, co
 		return checker.PoolState{Site: site, Blocks: b, Bits: bits}, m["qkdkms_pool_stored_keys"+lb], ok1 && ok2
 	}
 	for {
-		a, ka, okA := read(c.Sender())
-		b, kb, okB := read(c.Receiver())
-		a2, _, okA2 := read(c.Sender())
+		a, ka, okA := read(src)
+		b, kb, okB := read(dst)
+		a2, _, okA2 := read(src)
 		if okA && okB && okA2 {
 			for _, o := range out {
 				*o = []checker.PoolState{a, b}
@@ -361,6 +388,43 @@ func waitPools(ctx context.Context, c *harness.Cluster, master, slave string, co
 			return ctx.Err()
 		}
 	}
+}
+
+// relayState reads every site's network status (its leader's) and pairs
+// the two ends of each link for checker.CheckRelay.
+func relayState(ctx context.Context, c *harness.Cluster, sites []string) (checker.RelayState, error) {
+	var rs checker.RelayState
+	ends := map[[2]string]network.LinkReport{} // (site, peer) → the link as site reports it
+	for _, site := range sites {
+		st, err := faults.NetworkStatus(ctx, c, site)
+		for err != nil && faults.Sleep(ctx, 300*time.Millisecond) {
+			st, err = faults.NetworkStatus(ctx, c, site)
+		}
+		if err != nil {
+			return rs, fmt.Errorf("%s: %w", site, err)
+		}
+		for _, s := range st.Sites {
+			if s.KME != site {
+				continue
+			}
+			for _, l := range s.Links {
+				ends[[2]string{site, l.Peer}] = l
+			}
+		}
+		for _, cr := range st.Connections {
+			rs.Conns = append(rs.Conns, checker.RelayConn{Source: site, Target: cr.Target, Pending: cr.Pending,
+				Done: cr.Relay.Done, DoneBits: cr.Relay.DoneBits, HopBytes: cr.Relay.HopBytes, Burned: cr.Relay.Burned})
+		}
+	}
+	for k, a := range ends {
+		if k[0] > k[1] {
+			continue
+		}
+		b := ends[[2]string{k[1], k[0]}]
+		rs.Links = append(rs.Links, checker.RelayLink{A: k[0], B: k[1],
+			SentAB: a.OutUsed, ReceivedAB: b.InUsed, SentBA: b.OutUsed, ReceivedBA: a.InUsed})
+	}
+	return rs, nil
 }
 
 // poolLevel reads qkdkms_pool_stored_keys of master→slave at site's leader.

@@ -28,6 +28,9 @@ type Env struct {
 	Site string
 	// Devices are the QKD link's devices (scenarios with a Driver).
 	Devices *harness.Devices
+	// Sites are the network scenario's sites in topology order
+	// (NetworkSites; scenarios with Sites).
+	Sites []string
 }
 
 // Scenario is a named fault run during a workload. Fault runs alongside the
@@ -47,6 +50,11 @@ type Scenario struct {
 	// from the link alone instead of by admin import; the checker then
 	// also checks the link (checker.CheckLink).
 	Driver string
+	// Sites, when 3 or more, runs the scenario on that many sites joined
+	// by simulated QKD links in Topology (line or ring), keys relayed from
+	// the first site to the third (network.go).
+	Sites    int
+	Topology string
 	// Rate overrides the workload's enc_keys per second (0: the run's).
 	Rate float64
 	// Tune adjusts the cluster options (Raft snapshot settings, ...).

@@ -60,7 +60,7 @@ func (r *Result) OK() bool { return r.Err == "" && r.Report != nil && r.Report.O
 func Write(dir string, s Setup, results []*Result) error {
 	var b strings.Builder
 	b.WriteString("# qkdkms failover experiments\n\n")
-	fmt.Fprintf(&b, "Two sites × %d node processes (loopback; own network namespaces on a bridge for the isolate/link-cut scenarios; tmpfs data dirs for disk-full); workload: %.0f enc_keys/s × %d keys of %d bits for %v, every key fetched by dec_keys at the peer site; drain window %v after healing.\n\n",
+	fmt.Fprintf(&b, "Two sites (the relay-* scenarios: 3 or 4) × %d node processes (loopback; own network namespaces on a bridge for the isolate/link-cut scenarios; tmpfs data dirs for disk-full); workload: %.0f enc_keys/s × %d keys of %d bits for %v, every key fetched by dec_keys at the peer site; drain window %v after healing.\n\n",
 		s.Nodes, s.Rate, s.Number, s.KeyBits, s.Duration, s.FetchWindow)
 	b.WriteString("| scenario | verdict | requests | ok | errors | ambiguous | double-issued | not fetchable | never issued | 2nd fetch | mismatch | burned ≤ allowance | p50 / p99 during | max recovery |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
