@@ -300,6 +300,16 @@ type siteView struct {
 	nodes  []nodeView
 	conns  map[string]*connStats // "master→slave"
 	links  map[string]*linkView  // by peer KME
+	// routes are the trusted-node relay's routes from this site
+	// (qkdkms_relay_route_width_bytes): destination → "a>b>c", width.
+	routes map[string]relayRoute
+	// relayed are the blocks relayed from here (qkdkms_relay_blocks_total).
+	relayed, relayBurned float64
+}
+
+type relayRoute struct {
+	path  string
+	width float64
 }
 
 // linkView is one QKD link's figures from the leader's qkdkms_link_* metrics.
@@ -310,6 +320,7 @@ type linkView struct {
 	committed, padsLeft, mismatching float64
 	driver                           string
 	driverOK                         bool
+	relayOut, relayIn                float64 // relay pool bytes per direction
 }
 
 type nodeView struct {
@@ -319,7 +330,7 @@ type nodeView struct {
 }
 
 func (d *demoScreen) collect(ctx context.Context, site *harness.Site) siteView {
-	v := siteView{conns: map[string]*connStats{}, links: map[string]*linkView{}}
+	v := siteView{conns: map[string]*connStats{}, links: map[string]*linkView{}, routes: map[string]relayRoute{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	v.nodes = make([]nodeView, len(site.Nodes))
@@ -373,7 +384,13 @@ func (d *demoScreen) collect(ctx context.Context, site *harness.Site) siteView {
 					case "qkdkms_blocks_added_total":
 						cs.blocks = val
 					}
-				case strings.HasPrefix(name, "qkdkms_link_"):
+				case name == "qkdkms_relay_route_width_bytes":
+					v.routes[labels["destination"]] = relayRoute{path: labels["route"], width: val}
+				case name == "qkdkms_relay_blocks_total" && labels["outcome"] == "delivered":
+					v.relayed = val
+				case name == "qkdkms_relay_blocks_total" && labels["outcome"] == "burned":
+					v.relayBurned = val
+				case strings.HasPrefix(name, "qkdkms_link_") || name == "qkdkms_relay_pool_bytes":
 					lv := v.links[labels["peer"]]
 					if lv == nil {
 						lv = &linkView{}
@@ -402,6 +419,12 @@ func (d *demoScreen) collect(ctx context.Context, site *harness.Site) siteView {
 						lv.mismatching = val
 					case "qkdkms_link_driver_ok":
 						lv.driver, lv.driverOK = labels["driver"], val == 1
+					case "qkdkms_relay_pool_bytes":
+						if labels["direction"] == "out" {
+							lv.relayOut = val
+						} else {
+							lv.relayIn = val
+						}
 					}
 				}
 			}
@@ -477,6 +500,21 @@ func (d *demoScreen) draw(ctx context.Context) {
 			}
 			fmt.Fprintf(&b, "  QKD link to %s (%s, %s): %3.0f sessions ok, %3.0f aborted, QBER %5.2f%%, %7.0f bit/s, %8.0f bits committed%s\n",
 				peer, lv.role, state, lv.ok, lv.aborted, 100*lv.qber, lv.rate, lv.committed, note)
+			if lv.relayOut > 0 || lv.relayIn > 0 {
+				fmt.Fprintf(&b, "    relay pool: %6.0f B to send, %6.0f B to receive\n", lv.relayOut, lv.relayIn)
+			}
+		}
+		dests := make([]string, 0, len(v.routes))
+		for dst := range v.routes {
+			dests = append(dests, dst)
+		}
+		sort.Strings(dests)
+		for _, dst := range dests {
+			rt := v.routes[dst]
+			fmt.Fprintf(&b, "  relay route to %s: %s (%0.f B of relay key on its narrowest hop)\n", dst, strings.ReplaceAll(rt.path, ">", " → "), rt.width)
+		}
+		if v.relayed > 0 || v.relayBurned > 0 {
+			fmt.Fprintf(&b, "  relayed from here: %.0f blocks, %.0f burned (`qkdkms network status`)\n", v.relayed, v.relayBurned)
 		}
 	}
 	b.WriteString("Ctrl-C stops all nodes (data kept for the next run).\n")
