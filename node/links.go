@@ -27,10 +27,7 @@ type links struct {
 	drivers []quantum.Driver // closed when the links stop
 	host    *host.Host       // nil when the step code runs natively
 	plug    *pluginSet
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	duty    leaderDuty // runs every link while this node leads
 }
 
 // newLinks builds the links when link.psk_file is set.
@@ -112,70 +109,15 @@ func dialer(n *Node, cfg func(host string) *tls.Config) func(ctx context.Context
 
 // start follows leadership: the links run while this node leads.
 func (ls *links) start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	ls.mu.Lock()
-	ls.cancel = cancel
-	ls.mu.Unlock()
-	changes := ls.n.store.LeaderChanges(ctx)
-	ls.wg.Add(1)
-	go func() {
-		defer ls.wg.Done()
-		var run *leaderRun
-		defer func() { run.halt() }()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case leader, ok := <-changes:
-				if !ok {
-					return
-				}
-				run.halt()
-				run = nil
-				if leader {
-					run = ls.runAll(ctx)
-				}
-			}
-		}
-	}()
-}
-
-// leaderRun is one term of leadership's link duties.
-type leaderRun struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-}
-
-func (ls *links) runAll(ctx context.Context) *leaderRun {
-	lctx, cancel := context.WithCancel(ctx)
-	r := &leaderRun{cancel: cancel}
+	duties := make([]func(context.Context), 0, len(ls.byPeer))
 	for _, l := range ls.byPeer {
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			l.Run(lctx)
-		}()
+		duties = append(duties, l.Run)
 	}
-	return r
-}
-
-// halt stops the duties and waits for them; nil-safe.
-func (r *leaderRun) halt() {
-	if r == nil {
-		return
-	}
-	r.cancel()
-	r.wg.Wait()
+	ls.duty.start(ls.n.store, duties...)
 }
 
 func (ls *links) stop() {
-	ls.mu.Lock()
-	cancel := ls.cancel
-	ls.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	ls.wg.Wait()
+	ls.duty.stop()
 	if ls.host != nil {
 		_ = ls.host.Close(context.Background())
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"qkdkms/node/kme"
@@ -18,10 +17,8 @@ import (
 // "Trusted-node relay"): its peer calls are served on every node (they run
 // on the leader) and its duty runs while this node leads.
 type relayNet struct {
-	relay  *network.Relay
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	relay *network.Relay
+	duty  leaderDuty
 }
 
 // newRelayNet builds the relay of node n; call reaches peer sites (set
@@ -54,51 +51,9 @@ func (rn *relayNet) peerOps() map[string]kme.PeerOp {
 }
 
 // start follows leadership: the duty runs while this node leads.
-func (rn *relayNet) start(store *raftstore.Store) {
-	ctx, cancel := context.WithCancel(context.Background())
-	rn.mu.Lock()
-	rn.cancel = cancel
-	rn.mu.Unlock()
-	changes := store.LeaderChanges(ctx)
-	rn.wg.Add(1)
-	go func() {
-		defer rn.wg.Done()
-		var run *leaderRun
-		defer func() { run.halt() }()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case leader, ok := <-changes:
-				if !ok {
-					return
-				}
-				run.halt()
-				run = nil
-				if leader {
-					dctx, cancel := context.WithCancel(ctx)
-					lr := &leaderRun{cancel: cancel}
-					run = lr
-					lr.wg.Add(1)
-					go func() {
-						defer lr.wg.Done()
-						rn.relay.Run(dctx)
-					}()
-				}
-			}
-		}
-	}()
-}
+func (rn *relayNet) start(store *raftstore.Store) { rn.duty.start(store, rn.relay.Run) }
 
-func (rn *relayNet) stop() {
-	rn.mu.Lock()
-	cancel := rn.cancel
-	rn.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	rn.wg.Wait()
-}
+func (rn *relayNet) stop() { rn.duty.stop() }
 
 // networkAdminRoutes serves GET /admin/v1/network: the relay's view of the
 // network from the site's leader (network.Status).

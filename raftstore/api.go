@@ -97,6 +97,16 @@ type ConnectionStatus struct {
 	Relay RelayCounts `json:"relay"`
 }
 
+// NeedBytes is how much key the connection's pool can still take before it
+// holds max_key_count keys (0 when full).
+func (c ConnectionStatus) NeedBytes() int {
+	missing := int64(c.MaxKeyCount)*int64(c.KeySize) - c.StoredBits
+	if missing <= 0 {
+		return 0
+	}
+	return int((missing + 7) / 8)
+}
+
 // Block is final key material for one connection's pool, identical at both
 // sites and identified by an ID both sites agreed on.
 type Block struct {

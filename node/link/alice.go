@@ -234,7 +234,7 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	var res session.Result
 	if src == nil {
 		f := p.unfinished()
-		want := needBytes(conn) + l.relayShort(p, st, f.countRelay(l.relayLevels(p.peerUsed))).total()
+		want := conn.NeedBytes() + l.relayShort(p, st, f.countRelay(l.relayLevels(p.peerUsed))).total()
 		res, err = l.drawKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice), want)
 	} else {
 		res, err = l.runBB84(ctx, ch, src, runner)
@@ -248,7 +248,7 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	// the block in flight (decided before the store is read, as in pick).
 	f := p.unfinished()
 	levels := f.countRelay(l.relayLevels(p.peerUsed))
-	sp := l.split(len(res.Key), st, needBytes(conn), l.relayShort(p, st, levels), pl.relayOnly)
+	sp := l.split(len(res.Key), st, conn.NeedBytes(), l.relayShort(p, st, levels), pl.relayOnly)
 	c := msg{Type: "commit", BlockID: blockID(res.BlockID), KeyBytes: sp.pool, Auth: sp.auth, Relay: sp.relay, RelaySplit: sp.relay0}
 	if err := send(ctx, ch, c); err != nil {
 		return err

@@ -45,8 +45,8 @@ func TestPick(t *testing.T) {
 			}
 		})
 	}
-	if n := needBytes(conn("a", "A", "B", 0, 8, 10)); n != 2*256/8 {
-		t.Fatalf("needBytes = %d, want %d", n, 2*256/8)
+	if n := conn("a", "A", "B", 0, 8, 10).NeedBytes(); n != 2*256/8 {
+		t.Fatalf("NeedBytes = %d, want %d", n, 2*256/8)
 	}
 }
 

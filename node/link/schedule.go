@@ -99,12 +99,3 @@ func byPriority(cand []raftstore.ConnectionStatus) raftstore.ConnectionStatus {
 	})
 	return cand[0]
 }
-
-// needBytes is how much key the connection's pool can still take.
-func needBytes(c raftstore.ConnectionStatus) int {
-	missing := int64(c.MaxKeyCount)*int64(c.KeySize) - c.StoredBits
-	if missing <= 0 {
-		return 0
-	}
-	return int((missing + 7) / 8)
-}

@@ -508,7 +508,7 @@ func (r *Relay) fill(ctx context.Context, c raftstore.ConnectionStatus) bool {
 		return false
 	}
 	n := int(min(uint64(maxBlockBytes), first-tagKeyBytes))
-	if need := needBytes(c); need < n {
+	if need := c.NeedBytes(); need < n {
 		n = need
 	}
 	if n < (c.KeySize+7)/8 {
@@ -584,15 +584,6 @@ func (r *Relay) burn(ctx context.Context, c raftstore.ConnectionStatus, block, w
 	r.mu.Unlock()
 	r.log.Warn("relayed block burned", "connection", c.ID(), "block", block, "why", why)
 	return true
-}
-
-// needBytes is how much key the connection's pool can still take.
-func needBytes(c raftstore.ConnectionStatus) int {
-	missing := int64(c.MaxKeyCount)*int64(c.KeySize) - c.StoredBits
-	if missing <= 0 {
-		return 0
-	}
-	return int((missing + 7) / 8)
 }
 
 // ---- status ----
