@@ -50,7 +50,7 @@ func (l *Link) helloAsAlice(ctx context.Context, w *wire) (msg, error) {
 }
 
 // driveConnection runs sessions over one connection until it fails.
-func (l *Link) driveConnection(ctx context.Context) error {
+func (l *Link) driveConnection(ctx context.Context) (err error) {
 	p, err := l.dialLeader(ctx)
 	if err != nil {
 		return err
@@ -58,8 +58,10 @@ func (l *Link) driveConnection(ctx context.Context) error {
 	w := p.w
 	defer func() {
 		_ = w.Close()
-		if err := p.drain(); err != nil && ctx.Err() == nil {
-			l.cfg.Logger.Warn("block commit failed", "peer", l.cfg.PeerKME, "err", err)
+		// A failed commit that ended the loop is its returned error,
+		// reported by the caller: logged here only otherwise.
+		if derr := p.drain(); derr != nil && ctx.Err() == nil && !errors.Is(err, derr) {
+			l.cfg.Logger.Warn("block commit failed", "peer", l.cfg.PeerKME, "err", derr)
 		}
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = w.Close() })
