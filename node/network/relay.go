@@ -500,14 +500,14 @@ func (r *Relay) fill(ctx context.Context, c raftstore.ConnectionStatus) bool {
 	if !ok {
 		return false
 	}
-	// The block takes what the first hop holds now (the later hops' reports
-	// are up to a poll old: an intermediate site waits a little for its
-	// onward relay key instead, onwardKey).
-	first := r.cfg.Store.RelayStreams(rt.Path[1])[raftstore.RelayDir(r.cfg.Local, rt.Path[1])].Available()
-	if first <= tagKeyBytes {
+	// The block takes what the first hop holds now and the later hops held
+	// at their last report (up to a poll old: an intermediate site waits a
+	// little for its onward relay key, onwardKey).
+	width := min(rt.Width, r.cfg.Store.RelayStreams(rt.Path[1])[raftstore.RelayDir(r.cfg.Local, rt.Path[1])].Available())
+	if width <= tagKeyBytes {
 		return false
 	}
-	n := int(min(uint64(maxBlockBytes), first-tagKeyBytes))
+	n := int(min(uint64(maxBlockBytes), width-tagKeyBytes))
 	if need := c.NeedBytes(); need < n {
 		n = need
 	}
