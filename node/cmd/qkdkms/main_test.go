@@ -30,6 +30,8 @@ func TestDispatch(t *testing.T) {
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{[]string{"version"}, 0, "qkdkms"},
 		{[]string{"version", "x"}, 2, "usage"},
+		{[]string{"experiment", "list"}, 2, "run make lab"}, // no qkdkms-lab beside the test binary
+		{[]string{"network"}, 2, "usage: qkdkms network status"},
 		{[]string{"certs"}, 2, "qkdkms certs init"},
 		{[]string{"certs", "sae", "alice"}, 2, "--pki DIR is required"},
 		{[]string{"certs", "bogus", "--pki", "x"}, 2, "unknown subcommand"},
