@@ -154,6 +154,9 @@ func (n *Node) linkTo(peer string) (*link.Link, error) {
 		return nil, badRequest("no QKD link is configured on this site (link.psk_file)")
 	}
 	l := n.links.byPeer[peer]
+	if l == nil && n.cfg.Peers[peer] != nil && n.cfg.LinkFor(peer).Driver == DriverNone {
+		return nil, badRequest("no QKD link to %q: its links[] driver is %q (keys to it come by relay)", peer, DriverNone)
+	}
 	if l == nil {
 		return nil, badRequest("no link to %q", peer)
 	}
