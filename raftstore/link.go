@@ -46,7 +46,7 @@ func (ls *linkState) export() LinkState {
 		StreamBytes: ls.stream, PadsFrom: ls.padsFrom}
 	for dir, rs := range ls.relay {
 		if rs != nil {
-			s.Relay[dir] = RelayStream{Stream: rs.stream, Used: rs.used}
+			s.Relay[dir] = RelayStream{Stream: rs.stream, Used: rs.used, Unconfirmed: uint64(ls.lastRelay[dir])}
 		}
 	}
 	return s

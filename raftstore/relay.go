@@ -440,7 +440,7 @@ func (f *fsm) relayStreams(peer string) [2]RelayStream {
 	if ls, ok := f.st.links[peer]; ok {
 		for dir, rs := range ls.relay {
 			if rs != nil {
-				out[dir] = RelayStream{Stream: rs.stream, Used: rs.used}
+				out[dir] = RelayStream{Stream: rs.stream, Used: rs.used, Unconfirmed: uint64(ls.lastRelay[dir])}
 			}
 		}
 	}
@@ -455,10 +455,21 @@ func (f *fsm) relayStreams(peer string) [2]RelayStream {
 type RelayStream struct {
 	Stream uint64 `json:"stream"`
 	Used   uint64 `json:"used"`
+	// Unconfirmed is what the link's last block added to the stream: the
+	// peer site may not hold that block (a commit that failed there), and
+	// the sites' history check may still drop it, so it is not relayed
+	// with until a later link block commits.
+	Unconfirmed uint64 `json:"unconfirmed,omitempty"`
 }
 
-// Available is the relay key left in the stream.
-func (r RelayStream) Available() uint64 { return r.Stream - r.Used }
+// Available is the relay key left in the stream that both ends of the
+// link hold: below the last link block's part.
+func (r RelayStream) Available() uint64 {
+	if end := r.Stream - r.Unconfirmed; end > r.Used {
+		return end - r.Used
+	}
+	return 0
+}
 
 // RelayOutcome is what this site committed for a relay block.
 type RelayOutcome struct {

@@ -278,3 +278,24 @@ func TestRelaySourceAndDestination(t *testing.T) {
 		t.Fatalf("burn of a used block: %v", err)
 	}
 }
+
+// TestRelayUnconfirmed: the relay key of the link's last block is not
+// available to relay with (the peer may not hold that block, and the
+// sites' history check may drop it) until a later link block commits.
+func TestRelayUnconfirmed(t *testing.T) {
+	ctx := context.Background()
+	s := openSingle(t, t.TempDir(), newKEK(t), io.Discard, nil)
+	testenv.WaitFor(t, "cluster version 4", func() bool { return s.ClusterVersion() == MaxVersion })
+	if err := s.AddBlock(ctx, Block{BlockID: "b1", LinkPeer: "KB", RelayBits: rnd(100), RelaySplit: 60}); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.RelayStreams("KB"); st[0].Available() != 0 || st[1].Available() != 0 || st[0].Unconfirmed != 60 || st[1].Unconfirmed != 40 {
+		t.Fatalf("the last block's relay key counts as available: %+v", st)
+	}
+	if err := s.AddBlock(ctx, Block{BlockID: "b2", LinkPeer: "KB", AuthBits: rnd(8)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.RelayStreams("KB"); st[0].Available() != 60 || st[1].Available() != 40 {
+		t.Fatalf("a later block does not confirm it: %+v", st)
+	}
+}

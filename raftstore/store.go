@@ -330,7 +330,19 @@ func (s *Store) watchLeader() {
 			s.publish(false)
 			continue
 		}
-		if err := s.raft.Barrier(0).Error(); err != nil {
+		// A barrier's future may never be answered once Raft shuts down
+		// (a node killed in a test's cleanup hung here): Shutdown's stop
+		// ends the wait; the goroutine left waiting ends with Raft.
+		barrier := s.raft.Barrier(0)
+		done := make(chan error, 1)
+		go func() { done <- barrier.Error() }()
+		var err error
+		select {
+		case <-s.stop:
+			return
+		case err = <-done:
+		}
+		if err != nil {
 			s.log.Warn("barrier after election failed", "err", err)
 			continue // a leadership change kicked us again
 		}

@@ -333,7 +333,7 @@ func (r *Relay) allocate(ctx context.Context, h *Hop, bits []byte, commit func(r
 	defer r.alloc.Unlock()
 	st := r.cfg.Store.RelayStreams(next)[dir]
 	from, to := st.Used, st.Used+keyBytes(len(bits))
-	if to > st.Stream {
+	if to-from > st.Available() {
 		return fmt.Errorf("%w: %d bytes of relay key to %s left, %d needed", raftstore.ErrInsufficientKeys, st.Available(), next, to-from)
 	}
 	key, err := r.cfg.Store.RelayKey(ctx, next, dir, from, to)

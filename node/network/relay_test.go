@@ -122,8 +122,13 @@ func (n *testNet) relayKey(a, b string, bytesPerDir int) {
 	bits := make([]byte, 2*bytesPerDir)
 	_, _ = rand.Read(bits)
 	id := uuid.NewString()
+	pad := []byte{1}
 	for _, e := range [][2]string{{a, b}, {b, a}} {
 		if err := n.sites[e[0]].store.AddBlock(context.Background(), raftstore.Block{BlockID: id, LinkPeer: e[1], RelayBits: bytes.Clone(bits), RelaySplit: bytesPerDir}); err != nil {
+			n.t.Fatal(err)
+		}
+		// A later link block confirms it (RelayStream.Unconfirmed).
+		if err := n.sites[e[0]].store.AddBlock(context.Background(), raftstore.Block{BlockID: id + "-next", LinkPeer: e[1], AuthBits: pad}); err != nil {
 			n.t.Fatal(err)
 		}
 	}
