@@ -6,11 +6,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"qkdkms/node/kme"
 	"qkdkms/node/network"
 	"qkdkms/raftstore"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // relayNet runs the trusted-node relay (node/network, docs/ARCHITECTURE.md
