@@ -85,7 +85,7 @@ func (l *Link) driveConnection(ctx context.Context) (err error) {
 		}
 		if !ok {
 			// Nothing to fill: keep the connection alive with a ping.
-			if err := l.ping(ctx, w); err != nil {
+			if err := l.ping(ctx, p); err != nil {
 				return err
 			}
 			select {
@@ -125,13 +125,16 @@ func (l *Link) driveConnection(ctx context.Context) (err error) {
 	return ctx.Err()
 }
 
-func (l *Link) ping(ctx context.Context, w *wire) error {
+func (l *Link) ping(ctx context.Context, p *peerConn) error {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := send(pctx, w, msg{Type: "ping"}); err != nil {
+	if err := send(pctx, p.w, msg{Type: "ping"}); err != nil {
 		return err
 	}
-	_, err := recv(pctx, w, "pong")
+	pong, err := recv(pctx, p.w, "pong")
+	if err == nil && p.version >= relayProtocol {
+		p.peerRelay = pong.RelayOK // the peer's store may take relay material by now
+	}
 	return err
 }
 

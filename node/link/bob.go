@@ -121,7 +121,11 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 		return fmt.Errorf("link: undecodable message: %w", err)
 	}
 	if start.Type == "ping" {
-		return send(ctx, w, msg{Type: "pong"})
+		// Under relayProtocol the pong says again whether this site's store
+		// takes relay material: at the hello it may not have yet (a fresh
+		// site raises its cluster version a moment after its election), and
+		// an idle link learns it here.
+		return send(ctx, w, msg{Type: "pong", RelayOK: p.version >= relayProtocol && l.relayAccepted(ctx)})
 	}
 	if start.Type != "start" {
 		return fmt.Errorf("link: expected start, got %q", start.Type)

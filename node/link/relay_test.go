@@ -342,3 +342,30 @@ func TestSplit(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayLearnedFromPong: a peer whose store took no relay material at
+// the hello (a fresh site raises its cluster version a moment after its
+// election) says so again in its pongs, so an idle link starts relay-only
+// sessions once it does, on the same connection.
+func TestRelayLearnedFromPong(t *testing.T) {
+	p := newPair(t, pairOpts{relayPool: 4096, relayShare: 0.5})
+	b := p.store(siteB)
+	b.mu.Lock()
+	b.noRelay = true
+	b.mu.Unlock()
+	p.start()
+	p.idle()
+	if _, n := p.commits(); n != 0 {
+		t.Fatalf("%d relay-only sessions while Bob's store took no relay material", n)
+	}
+	b.mu.Lock()
+	b.noRelay = false
+	b.mu.Unlock()
+	testenv.WaitFor(t, "relay-only sessions", func() bool { _, n := p.commits(); return n > 0 })
+	p.idle()
+	p.stop()
+	if n := p.connections(); n != 1 {
+		t.Errorf("%d connections, want the first one throughout", n)
+	}
+	checkRelayAgree(t, p)
+}
