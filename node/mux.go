@@ -42,6 +42,10 @@ type mux struct {
 	done   chan struct{}
 	once   sync.Once
 	wg     sync.WaitGroup
+	// addMu orders wg.Add after an Accept against close: no Add once done
+	// is closed (an Add racing Wait is a WaitGroup misuse; -race caught it
+	// when a node was killed as a connection arrived).
+	addMu sync.Mutex
 
 	refusedRaft func() // metrics hook, may be nil
 	// onLink takes QKD link connections (ALPN link.ALPN); unset refuses them.
@@ -82,7 +86,16 @@ func (m *mux) serve() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		m.addMu.Lock()
+		select {
+		case <-m.done:
+			m.addMu.Unlock()
+			_ = c.Close()
+			return
+		default:
+		}
 		m.wg.Add(1)
+		m.addMu.Unlock()
 		go func() {
 			defer m.wg.Done()
 			m.handle(c)
@@ -141,7 +154,9 @@ func (m *mux) handle(raw net.Conn) {
 func (m *mux) close() error {
 	var err error
 	m.once.Do(func() {
+		m.addMu.Lock()
 		close(m.done)
+		m.addMu.Unlock()
 		err = m.ln.Close()
 	})
 	m.wg.Wait()
