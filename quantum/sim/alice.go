@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"qkdkms/quantum"
@@ -33,6 +34,9 @@ type Transmitter struct {
 	smax   float64
 	invLog float64
 
+	// workers simulate a frame's chunks (0: one per core); see Background.
+	workers int
+
 	mu     sync.Mutex
 	frames map[uint64]*frameRecord
 }
@@ -41,6 +45,12 @@ type frameRecord struct {
 	n    uint64
 	cum  []uint64 // cumulative intensity counts
 	perm permutation
+	// emitted holds Alice's choices at the pulses whose light left for Bob
+	// (increasing index), recorded by Send before the fiber acts, so that
+	// Choices finds most detections here instead of recomputing the PRF
+	// and the permutation; other pulses (dark counts) are computed.
+	emitted []uint64
+	choice  []uint8 // per emitted pulse: bit | basis<<1 | intensity<<2
 }
 
 // NewTransmitter returns Alice's end sending into link (usually wrapped by
@@ -63,6 +73,12 @@ func NewTransmitter(m Model, seed uint64, link Link) (*Transmitter, error) {
 	t.invLog = invLogFor(t.smax)
 	return t, nil
 }
+
+// Background makes Send simulate on one goroutine: for a transmitter that
+// sends the next frame while a session runs (quantum.PrefetchTransmitter),
+// so the session's round trips find a free core instead of waiting behind
+// the simulation. A frame's photons do not depend on it.
+func (t *Transmitter) Background() { t.workers = 1 }
 
 // Model returns the transmitter's model.
 func (t *Transmitter) Model() Model { return t.m }
@@ -146,7 +162,7 @@ func (t *Transmitter) emit(ctx context.Context, frame uint64, rec *frameRecord) 
 		return tf, nil
 	}
 	parts := make([][]Photon, numChunks(n))
-	err := forChunks(ctx, n, func(c int, lo, hi uint64) {
+	err := forChunks(ctx, n, t.workers, func(c int, lo, hi uint64) {
 		parts[c] = t.emitRange(frame, rec, uint64(c), lo, hi)
 	})
 	if err != nil {
@@ -157,8 +173,14 @@ func (t *Transmitter) emit(ctx context.Context, frame uint64, rec *frameRecord) 
 		total += len(p)
 	}
 	tf.Photons = make([]Photon, 0, total)
+	rec.emitted = make([]uint64, 0, total)
+	rec.choice = make([]uint8, 0, total)
 	for _, p := range parts {
 		tf.Photons = append(tf.Photons, p...)
+		for _, ph := range p {
+			rec.emitted = append(rec.emitted, ph.Index)
+			rec.choice = append(rec.choice, ph.Bit|ph.Basis<<1|ph.Intensity<<2)
+		}
 	}
 	return tf, nil
 }
@@ -204,9 +226,21 @@ func (t *Transmitter) Choices(frame uint64, indices []uint64) ([]quantum.PulseRe
 	}
 	out := make([]quantum.PulseRecord, len(indices))
 	buf := new(prfBuf)
+	k := 0 // the first emitted pulse not below the previous index
 	for j, i := range indices {
 		if i >= rec.n {
 			return nil, fmt.Errorf("%w: frame %d index %d ≥ %d", ErrUnknownPulse, frame, i, rec.n)
+		}
+		if j > 0 && i < indices[j-1] { // out of order: search again
+			k, _ = slices.BinarySearch(rec.emitted, i)
+		}
+		for k < len(rec.emitted) && rec.emitted[k] < i {
+			k++
+		}
+		if k < len(rec.emitted) && rec.emitted[k] == i {
+			c := rec.choice[k]
+			out[j] = quantum.PulseRecord{Index: i, Bit: c & 1, Basis: c >> 1 & 1, Intensity: c >> 2}
+			continue
 		}
 		bit, basis := t.bitBasis(buf, frame, i)
 		out[j] = quantum.PulseRecord{Index: i, Bit: bit, Basis: basis, Intensity: rec.intensity(i)}

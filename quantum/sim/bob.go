@@ -20,6 +20,8 @@ type Receiver struct {
 	darkAny  float64 // Y0: at least one detector dark-fires in a gate
 	darkBoth float64 // P(both | at least one)
 	invLog   float64
+	// workers measure a frame's chunks (0: one per core); see Background.
+	workers int
 }
 
 // NewReceiver returns Bob's end reading from link. seed keys his choices.
@@ -35,6 +37,10 @@ func NewReceiver(m Model, seed uint64, link Link) (*Receiver, error) {
 	}
 	return r, nil
 }
+
+// Background makes measuring run on one goroutine, as
+// Transmitter.Background does for sending (quantum.PrefetchReceiver).
+func (b *Receiver) Background() { b.workers = 1 }
 
 // Receive takes the next frame off the link (it must be frame with n
 // pulses), adds dark counts, measures, and returns the detections in index
@@ -69,7 +75,7 @@ func (b *Receiver) measure(ctx context.Context, tf *TransitFrame) ([]quantum.Det
 		return nil, nil
 	}
 	parts := make([][]quantum.Detection, numChunks(n))
-	err := forChunks(ctx, n, func(c int, lo, hi uint64) {
+	err := forChunks(ctx, n, b.workers, func(c int, lo, hi uint64) {
 		// The photons of this chunk: tf.Photons is sorted by index.
 		from := sort.Search(len(tf.Photons), func(i int) bool { return tf.Photons[i].Index >= lo })
 		to := sort.Search(len(tf.Photons), func(i int) bool { return tf.Photons[i].Index >= hi })

@@ -14,10 +14,14 @@ const chunkPulses = 1 << 22
 
 func numChunks(n uint64) int { return int((n + chunkPulses - 1) / chunkPulses) }
 
-// forChunks runs fn over the chunks of [0, n) on GOMAXPROCS workers.
-func forChunks(ctx context.Context, n uint64, fn func(c int, lo, hi uint64)) error {
+// forChunks runs fn over the chunks of [0, n) on workers goroutines (0:
+// GOMAXPROCS).
+func forChunks(ctx context.Context, n uint64, workers int, fn func(c int, lo, hi uint64)) error {
 	nc := numChunks(n)
-	workers := min(runtime.GOMAXPROCS(0), nc)
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, nc)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {

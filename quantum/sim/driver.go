@@ -112,7 +112,8 @@ func (d *Driver) Health() quantum.Health {
 func (d *Driver) Close() error { return nil }
 
 // Source runs Alice's source and the fiber (with the eavesdropper) for one
-// connection; frame f+1 crosses the link while frame f is post-processed.
+// connection; frame f+1 crosses the link while frame f is post-processed,
+// on one core, so that the session's round trips find the other free.
 func (d *Driver) Source(ctx context.Context, env quantum.LinkEnv) (quantum.Source, error) {
 	fiber, err := NewFiber(d.model, env.Seed)
 	if err != nil {
@@ -129,6 +130,7 @@ func (d *Driver) Source(ctx context.Context, env quantum.LinkEnv) (quantum.Sourc
 	if err != nil {
 		return nil, err
 	}
+	tx.Background()
 	return &source{PrefetchTransmitter: quantum.NewPrefetchTransmitter(tx), pulses: d.model.PulsesFor(env.BlockBits),
 		probs: d.model.IntensityProbs}, nil
 }
@@ -140,6 +142,7 @@ func (d *Driver) Sink(ctx context.Context, env quantum.LinkEnv) (quantum.Sink, e
 	if err != nil {
 		return nil, err
 	}
+	rx.Background()
 	return quantum.NewPrefetchReceiver(rx), nil
 }
 

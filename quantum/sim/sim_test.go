@@ -207,6 +207,43 @@ func TestDeterministicBySeed(t *testing.T) {
 	t.Logf("%d detections, reproducible", len(d1))
 }
 
+// TestBackgroundSameFrame: a transmitter and receiver that simulate on one
+// goroutine (behind a prefetcher) send and detect exactly what the parallel
+// ones do.
+func TestBackgroundSameFrame(t *testing.T) {
+	m := DefaultModel()
+	run := func(background bool) ([]Photon, []quantum.Detection) {
+		link := &captureLink{}
+		tx, err := NewTransmitter(m, 5, link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rx, err := NewReceiver(m, 6, link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if background {
+			tx.Background()
+			rx.Background()
+		}
+		const n = 3 * chunkPulses / 2 // two chunks
+		if _, err := tx.Send(context.Background(), 1, n); err != nil {
+			t.Fatal(err)
+		}
+		ph := link.frames[0].Photons
+		det, err := rx.Receive(context.Background(), 1, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ph, det
+	}
+	p1, d1 := run(false)
+	p2, d2 := run(true)
+	if len(d1) == 0 || !slices.Equal(p1, p2) || !slices.Equal(d1, d2) {
+		t.Fatalf("one goroutine: %d photons, %d detections; one per core: %d, %d", len(p2), len(d2), len(p1), len(d1))
+	}
+}
+
 // captureLink records what crosses it.
 type captureLink struct{ frames []*TransitFrame }
 
@@ -270,6 +307,15 @@ func TestChoicesConsistency(t *testing.T) {
 	}
 	if !slices.Equal(per, st.PerIntensity) {
 		t.Fatalf("intensity counts by lookup %v, FrameStats %v", per, st.PerIntensity)
+	}
+	// The choices Send recorded for emitted pulses are the ones computed
+	// from the PRF and the permutation for any pulse.
+	rec, buf := tx.frames[7], new(prfBuf)
+	for _, r := range recs {
+		bit, basis := tx.bitBasis(buf, 7, r.Index)
+		if r.Bit != bit || r.Basis != basis || r.Intensity != rec.intensity(r.Index) {
+			t.Fatalf("pulse %d: looked up %+v, computed bit %d basis %d intensity %d", r.Index, r, bit, basis, rec.intensity(r.Index))
+		}
 	}
 	within3σ(t, "Alice's Z choices", z, n, m.PZ)
 	// Photon-number class: the single-photon share of clicks per intensity.

@@ -94,7 +94,10 @@ type byteReader interface {
 	io.ByteReader
 }
 
-func decode(r byteReader) (*TransitFrame, error) {
+// decode reads one frame; room is how many photons the input can still
+// hold at most (2 bytes each at least), so the photon slice is allocated
+// once yet a corrupt header cannot make it allocate gigabytes.
+func decode(r byteReader, room uint64) (*TransitFrame, error) {
 	v, err := r.ReadByte()
 	if err != nil {
 		return nil, err
@@ -112,9 +115,7 @@ func decode(r byteReader) (*TransitFrame, error) {
 	if n > f.Pulses || n > maxFramePhotons {
 		return nil, fmt.Errorf("%w: %d photons for %d pulses", ErrCodec, n, f.Pulses)
 	}
-	// Grow with the data actually read, not the declared count, so a
-	// corrupt header cannot make the decoder allocate gigabytes.
-	f.Photons = make([]Photon, 0, min(n, 1<<16))
+	f.Photons = make([]Photon, 0, min(n, room))
 	next := uint64(0)
 	for i := uint64(0); i < n; i++ {
 		d, err := binary.ReadUvarint(r)
@@ -156,7 +157,7 @@ func (s *sliceReader) ReadByte() (byte, error) {
 // UnmarshalBinary decodes data produced by MarshalBinary.
 func (f *TransitFrame) UnmarshalBinary(data []byte) error {
 	r := &sliceReader{b: data}
-	g, err := decode(r)
+	g, err := decode(r, uint64(len(data)/2))
 	if err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, ErrCodec) {
 			err = fmt.Errorf("%w: %w", ErrCodec, err)
@@ -184,5 +185,6 @@ func WriteFrame(w io.Writer, f *TransitFrame) error {
 // ReadFrame reads one frame written by WriteFrame. At a clean end of stream
 // it returns io.EOF.
 func ReadFrame(r *bufio.Reader) (*TransitFrame, error) {
-	return decode(r)
+	// A stream's length is unknown: grow with the data actually read.
+	return decode(r, 1<<16)
 }
