@@ -92,7 +92,7 @@ bench:
 	$(GO) test -run '^$$' -bench '^BenchmarkReconcile$$' -benchtime 200x -timeout 60m ./plugins/host | tee bench.out
 	$(GO) test -run '^$$' -bench '^Benchmark(Amplify|SafepointGap)$$' -benchtime 5x -timeout 30m ./plugins/host | tee -a bench.out
 	$(GO) test -run '^$$' -bench '^BenchmarkSession$$' -benchtime 5x -timeout 30m ./quantum/session | tee -a bench.out
-	$(GO) test -run '^$$' -bench '^BenchmarkLiveKeyRate$$' -benchtime 8x -timeout 30m ./node | tee -a bench.out
+	$(GO) test -run '^$$' -bench '^BenchmarkLiveKeyRate$$' -benchtime 24x -timeout 30m ./node | tee -a bench.out
 	$(GO) test -run '^$$' -bench . -skip '$(BENCH_PP)' -benchtime 2s -timeout 60m ./... | tee -a bench.out
 	@echo; echo "== summary =="; grep -E '^Benchmark' bench.out
 
