@@ -77,6 +77,14 @@ type (
 	}
 )
 
+// stamp records the calling peer site in its call's arguments (servePeer:
+// from the caller's certificate, never from the body).
+func (a *connArgs) stamp(from string)         { a.From = from }
+func (a *assignmentsArgs) stamp(from string)  { a.From = from }
+func (a *burnArgs) stamp(from string)         { a.From = from }
+func (a *peerRegisterArgs) stamp(from string) { a.From = from }
+func (a *blockArgs) stamp(from string)        { a.From = from }
+
 // The error table, the deadline header and the forwarder are package
 // forward's (one for the ETSI and the admin path); these names are the ones
 // the rest of this package uses.

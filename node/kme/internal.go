@@ -15,7 +15,6 @@ import (
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
 	"qkdkms/node/forward"
-	"qkdkms/raftstore"
 )
 
 // maxBody bounds internal request and answer bodies (a relay batch of 512
@@ -149,101 +148,25 @@ func (k *KME) serveForward(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := requestContext(r)
 	defer cancel()
 	op := r.PathValue("op")
-	var (
-		out any
-		err error
-	)
 	if !k.site.IsLeader() {
 		k.writeLeaderHint(w)
 		writeError(w, codeNotLeader, "not the leader", 0)
 		return
 	}
+	var (
+		out any
+		err error
+	)
 	if f := k.cfg.PeerOps[strings.TrimPrefix(op, peerOpPrefix)]; f != nil && strings.HasPrefix(op, peerOpPrefix) {
 		var in peerOpArgs
 		var res json.RawMessage
 		if err = decode(r, &in); err == nil {
 			err = k.localPeerOp(ctx, f, in, &res)
 		}
-		if err != nil {
-			writeError(w, codeOf(err), err.Error(), 0)
-			return
-		}
-		writeJSON(w, res)
-		return
-	}
-	switch op {
-	case opConnection:
-		var in connArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localConnection(ctx, in)
-		}
-	case opConnectionsOf:
-		var in saeArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localConnectionsOf(ctx, in)
-		}
-	case opEncKeys:
-		var in encArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localEncKeys(ctx, in)
-		}
-	case opDecKeys:
-		var in decArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localDecKeys(ctx, in)
-		}
-	case opRegister:
-		var in etsi.ConnectionInfo
-		if err = decode(r, &in); err == nil {
-			err = k.localRegister(ctx, in)
-			out = struct{}{}
-		}
-	case opReportVersion:
-		var in versionArgs
-		if err = decode(r, &in); err == nil {
-			err = k.localReportVersion(ctx, in)
-			out = struct{}{}
-		}
-	case opImportBlock:
-		var in blockArgs
-		if err = decode(r, &in); err == nil {
-			err = k.localImport(ctx, in)
-			out = struct{}{}
-		}
-	case opPeerAssignments:
-		var in assignmentsArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localRecord(ctx, in)
-		}
-	case opPeerBurn:
-		var in burnArgs
-		if err = decode(r, &in); err == nil {
-			err = k.localPeerBurn(ctx, in)
-			out = struct{}{}
-		}
-	case opPeerRegister:
-		var in peerRegisterArgs
-		if err = decode(r, &in); err == nil {
-			err = k.localPeerRegister(ctx, in)
-			out = struct{}{}
-		}
-	case opPeerBlock:
-		var in blockArgs
-		if err = decode(r, &in); err == nil {
-			err = k.localPeerBlock(ctx, in)
-			out = struct{}{}
-		}
-	case opPeerStatus:
-		var in connArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localPeerStatus(ctx, in.From, in)
-		}
-	case opPeerDelete:
-		var in connArgs
-		if err = decode(r, &in); err == nil {
-			out, err = k.localPeerDelete(ctx, in)
-		}
-	default:
+		out = res
+	} else if h, ok := internalOps[op]; ok {
+		out, err = h.here(k, ctx, r)
+	} else {
 		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
 		return
 	}
@@ -268,70 +191,9 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 		out any
 		err error
 	)
-	switch op {
-	case opPeerAssignments:
-		var in assignmentsArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			var res assignmentsResult
-			err = k.run(ctx, op, in, &res, func(ctx context.Context) error {
-				var err error
-				res, err = k.localRecord(ctx, in)
-				return err
-			})
-			out = res
-		}
-	case opPeerBurn:
-		var in burnArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerBurn(ctx, in) })
-			out = struct{}{}
-		}
-	case opPeerRegister:
-		var in peerRegisterArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerRegister(ctx, in) })
-			out = struct{}{}
-		}
-	case opPeerBlock:
-		var in blockArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			err = k.run(ctx, op, in, &struct{}{}, func(ctx context.Context) error { return k.localPeerBlock(ctx, in) })
-			out = struct{}{}
-		}
-	case opPeerStatus:
-		var in connArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			var st raftstore.ConnectionStatus
-			err = k.run(ctx, op, in, &st, func(ctx context.Context) error {
-				var err error
-				st, err = k.localPeerStatus(ctx, in.From, in)
-				return err
-			})
-			out = st
-		}
-	case opPeerDelete:
-		var in connArgs
-		if err = decode(r, &in); err == nil {
-			in.From = from
-			var res peerDeleteResult
-			err = k.run(ctx, op, in, &res, func(ctx context.Context) error {
-				var err error
-				res, err = k.localPeerDelete(ctx, in)
-				return err
-			})
-			out = res
-		}
-	default:
-		f := k.cfg.PeerOps[op]
-		if f == nil {
-			writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
-			return
-		}
+	if h := internalOps[op]; h.peer != nil {
+		out, err = h.peer(k, ctx, op, r, from)
+	} else if f := k.cfg.PeerOps[op]; f != nil {
 		var in peerOpArgs
 		if err = decode(r, &in.Body); err == nil {
 			in.From = from
@@ -341,6 +203,9 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 			})
 			out = res
 		}
+	} else {
+		writeError(w, codeBadRequest, "unknown operation "+op, http.StatusNotFound)
+		return
 	}
 	k.writeLeaderHint(w)
 	if err != nil {
@@ -348,6 +213,72 @@ func (k *KME) servePeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, out)
+}
+
+// internalOp is one operation of the internal endpoints: here decodes its
+// arguments and runs it on this node, the leader (serveForward); peer, set
+// for the operations peer sites call (servePeer), also stamps the calling
+// site into the arguments and forwards to the leader from a follower.
+type internalOp struct {
+	here func(k *KME, ctx context.Context, r *http.Request) (any, error)
+	peer func(k *KME, ctx context.Context, op string, r *http.Request, from string) (any, error)
+}
+
+// internalOps is the dispatch table of the internal endpoints, by operation
+// name (forward.go).
+var internalOps = map[string]internalOp{
+	opConnection:      siteOp((*KME).localConnection),
+	opConnectionsOf:   siteOp((*KME).localConnectionsOf),
+	opEncKeys:         siteOp((*KME).localEncKeys),
+	opDecKeys:         siteOp((*KME).localDecKeys),
+	opRegister:        siteOp(noResult((*KME).localRegister)),
+	opReportVersion:   siteOp(noResult((*KME).localReportVersion)),
+	opImportBlock:     siteOp(noResult((*KME).localImport)),
+	opPeerAssignments: peerOp((*KME).localRecord),
+	opPeerBurn:        peerOp(noResult((*KME).localPeerBurn)),
+	opPeerRegister:    peerOp(noResult((*KME).localPeerRegister)),
+	opPeerBlock:       peerOp(noResult((*KME).localPeerBlock)),
+	opPeerStatus:      peerOp((*KME).localPeerStatus),
+	opPeerDelete:      peerOp((*KME).localPeerDelete),
+}
+
+// siteOp is an operation the nodes of a site forward to their leader.
+func siteOp[In, Out any](local func(*KME, context.Context, In) (Out, error)) internalOp {
+	return internalOp{here: func(k *KME, ctx context.Context, r *http.Request) (any, error) {
+		var in In
+		if err := decode(r, &in); err != nil {
+			return nil, err
+		}
+		return local(k, ctx, in)
+	}}
+}
+
+// peerOp is an operation peer sites call; its arguments carry the caller.
+func peerOp[In any, PIn interface {
+	*In
+	stamp(from string)
+}, Out any](local func(*KME, context.Context, In) (Out, error)) internalOp {
+	h := siteOp(local)
+	h.peer = func(k *KME, ctx context.Context, op string, r *http.Request, from string) (any, error) {
+		var in In
+		if err := decode(r, &in); err != nil {
+			return nil, err
+		}
+		PIn(&in).stamp(from)
+		var res Out
+		err := k.run(ctx, op, in, &res, func(ctx context.Context) error {
+			var err error
+			res, err = local(k, ctx, in)
+			return err
+		})
+		return res, err
+	}
+	return h
+}
+
+// noResult adapts an operation that answers nothing but its error.
+func noResult[In any](local func(*KME, context.Context, In) error) func(*KME, context.Context, In) (struct{}, error) {
+	return func(k *KME, ctx context.Context, in In) (struct{}, error) { return struct{}{}, local(k, ctx, in) }
 }
 
 // peerOpPrefix names a PeerOp on the forward endpoint.

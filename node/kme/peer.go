@@ -331,8 +331,9 @@ func (k *KME) localPeerRegister(ctx context.Context, in peerRegisterArgs) error 
 }
 
 // localPeerStatus answers a peer's question about a connection joining
-// the two sites (pool level, blocks added).
-func (k *KME) localPeerStatus(ctx context.Context, from string, in connArgs) (raftstore.ConnectionStatus, error) {
+// the two sites (pool level, blocks added); in.From is the peer.
+func (k *KME) localPeerStatus(ctx context.Context, in connArgs) (raftstore.ConnectionStatus, error) {
+	from := in.From
 	s, err := k.site.Connection(ctx, in.Master, in.Slave)
 	if err != nil {
 		return raftstore.ConnectionStatus{}, err
