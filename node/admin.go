@@ -102,61 +102,42 @@ func (n *Node) adminHandler() http.Handler {
 			return n.servers(ctx)
 		})
 	})
-	mux.HandleFunc("POST /admin/v1/join", func(w http.ResponseWriter, r *http.Request) {
-		var req JoinRequest
-		body, ok := decodeAdmin(w, r, &req)
-		if !ok {
-			return
-		}
+	adminPost(n, mux, "/admin/v1/join", adminBodyLimit, func(req JoinRequest) error {
 		if err := checkName(req.ID); err != nil {
-			writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "id: "+err.Error())
-			return
+			return fmt.Errorf("id: %w", err)
 		}
 		if err := checkHostPort(req.Address, false); err != nil {
-			writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "address: "+err.Error())
-			return
+			return fmt.Errorf("address: %w", err)
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if err := n.store.Join(ctx, req.ID, req.Address); err != nil {
-				return nil, err
-			}
-			n.logger.Info("node joined", "id", req.ID, "address", req.Address)
-			return n.servers(ctx)
-		})
+		return nil
+	}, func(ctx context.Context, req JoinRequest) (any, error) {
+		if err := n.store.Join(ctx, req.ID, req.Address); err != nil {
+			return nil, err
+		}
+		n.logger.Info("node joined", "id", req.ID, "address", req.Address)
+		return n.servers(ctx)
 	})
-	mux.HandleFunc("POST /admin/v1/remove", func(w http.ResponseWriter, r *http.Request) {
-		var req RemoveRequest
-		body, ok := decodeAdmin(w, r, &req)
-		if !ok {
-			return
-		}
+	adminPost(n, mux, "/admin/v1/remove", adminBodyLimit, func(req RemoveRequest) error {
 		if err := checkName(req.ID); err != nil {
-			writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "id: "+err.Error())
-			return
+			return fmt.Errorf("id: %w", err)
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if err := n.store.Remove(ctx, req.ID); err != nil {
-				return nil, err
-			}
-			n.logger.Info("node removed", "id", req.ID)
-			return n.servers(ctx)
-		})
+		return nil
+	}, func(ctx context.Context, req RemoveRequest) (any, error) {
+		if err := n.store.Remove(ctx, req.ID); err != nil {
+			return nil, err
+		}
+		n.logger.Info("node removed", "id", req.ID)
+		return n.servers(ctx)
 	})
 	// Deleting a connection burns its pool and unfetched keys at both
 	// sites (kme.DeleteConnection); repeating it is a no-op.
-	mux.HandleFunc("POST /admin/v1/connections/delete", func(w http.ResponseWriter, r *http.Request) {
-		var req ConnDeleteRequest
-		body, ok := decodeAdmin(w, r, &req)
-		if !ok {
-			return
-		}
+	adminPost(n, mux, "/admin/v1/connections/delete", adminBodyLimit, func(req ConnDeleteRequest) error {
 		if !etsi.ValidSAEID(req.Master) || !etsi.ValidSAEID(req.Slave) || req.Master == req.Slave {
-			writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "master_SAE_ID and slave_SAE_ID: two distinct SAE IDs")
-			return
+			return errors.New("master_SAE_ID and slave_SAE_ID: two distinct SAE IDs")
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			return n.services.kme.DeleteConnection(ctx, req.Master, req.Slave)
-		})
+		return nil
+	}, func(ctx context.Context, req ConnDeleteRequest) (any, error) {
+		return n.services.kme.DeleteConnection(ctx, req.Master, req.Slave)
 	})
 	// This node's own FSM digest (not forwarded): experiments compare the
 	// digests of every node after healing.
@@ -217,12 +198,32 @@ func suffrage(s raft.ServerSuffrage) string {
 	}
 }
 
-func decodeAdmin(w http.ResponseWriter, r *http.Request, v any) ([]byte, bool) {
-	return decodeAdminLimit(w, r, v, 64<<10)
+// adminBodyLimit bounds an admin request body unless its endpoint says
+// otherwise.
+const adminBodyLimit = 64 << 10
+
+// adminPost serves POST pattern: a strict JSON Req of at most limit bytes,
+// then check (nil: none; its error is a 400 with its text), then do on the
+// site's leader (leaderDo).
+func adminPost[Req any](n *Node, mux *http.ServeMux, pattern string, limit int64, check func(Req) error, do func(context.Context, Req) (any, error)) {
+	mux.HandleFunc("POST "+pattern, func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		body, ok := decodeAdmin(w, r, &req, limit)
+		if !ok {
+			return
+		}
+		if check != nil {
+			if err := check(req); err != nil {
+				writeAdminError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
+				return
+			}
+		}
+		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) { return do(ctx, req) })
+	})
 }
 
-// decodeAdminLimit decodes a strict JSON body of at most limit bytes.
-func decodeAdminLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) ([]byte, bool) {
+// decodeAdmin decodes a strict JSON body of at most limit bytes.
+func decodeAdmin(w http.ResponseWriter, r *http.Request, v any, limit int64) ([]byte, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		writeAdminError(w, http.StatusBadRequest, CodeBadRequest, "read body: "+err.Error())

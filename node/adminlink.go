@@ -84,69 +84,36 @@ func (n *Node) linkAdminRoutes(mux *http.ServeMux) {
 			return n.links.statuses(), nil
 		})
 	})
-	mux.HandleFunc("POST /admin/v1/link/eve", func(w http.ResponseWriter, r *http.Request) {
-		var req EveRequest
-		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
-		if !ok {
-			return
+	adminPost(n, mux, "/admin/v1/link/eve", adminBodyLimit, nil, func(ctx context.Context, req EveRequest) (any, error) {
+		if !n.store.IsLeader() {
+			return nil, raftstore.ErrNotLeader
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if !n.store.IsLeader() {
-				return nil, raftstore.ErrNotLeader
-			}
-			l, err := n.linkTo(req.Peer)
-			if err != nil {
-				return nil, err
-			}
-			if err := l.SetEve(req.P); err != nil {
-				return nil, badRequest("%v", err)
-			}
-			n.logger.Warn("simulated eavesdropper changed", "peer", req.Peer, "p", req.P)
-			return n.links.statuses(), nil
-		})
+		l, err := n.linkTo(req.Peer)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.SetEve(req.P); err != nil {
+			return nil, badRequest("%v", err)
+		}
+		n.logger.Warn("simulated eavesdropper changed", "peer", req.Peer, "p", req.P)
+		return n.links.statuses(), nil
 	})
 	mux.HandleFunc("GET /admin/v1/plugins", func(w http.ResponseWriter, r *http.Request) {
 		n.leaderDo(w, r, nil, func(ctx context.Context) (any, error) { return n.pluginList(ctx) })
 	})
-	mux.HandleFunc("POST /admin/v1/plugins/install", func(w http.ResponseWriter, r *http.Request) {
-		var req InstallRequest
-		body, ok := decodeAdminLimit(w, r, &req, 2*MaxPluginBytes)
-		if !ok {
-			return
+	// Each plugin change answers the plugin list after it.
+	adminPost(n, mux, "/admin/v1/plugins/install", 2*MaxPluginBytes, nil, thenPluginList(n, n.installPlugin))
+	adminPost(n, mux, "/admin/v1/plugins/remove", adminBodyLimit, nil, thenPluginList(n, n.removePlugin))
+	adminPost(n, mux, "/admin/v1/plugins/use", adminBodyLimit, nil, thenPluginList(n, n.usePlugin))
+}
+
+func thenPluginList[Req any](n *Node, change func(context.Context, Req) error) func(context.Context, Req) (any, error) {
+	return func(ctx context.Context, req Req) (any, error) {
+		if err := change(ctx, req); err != nil {
+			return nil, err
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if err := n.installPlugin(ctx, req); err != nil {
-				return nil, err
-			}
-			return n.pluginList(ctx)
-		})
-	})
-	mux.HandleFunc("POST /admin/v1/plugins/remove", func(w http.ResponseWriter, r *http.Request) {
-		var req PluginRemoveRequest
-		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
-		if !ok {
-			return
-		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if err := n.removePlugin(ctx, req); err != nil {
-				return nil, err
-			}
-			return n.pluginList(ctx)
-		})
-	})
-	mux.HandleFunc("POST /admin/v1/plugins/use", func(w http.ResponseWriter, r *http.Request) {
-		var req UseRequest
-		body, ok := decodeAdminLimit(w, r, &req, 64<<10)
-		if !ok {
-			return
-		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			if err := n.usePlugin(ctx, req); err != nil {
-				return nil, err
-			}
-			return n.pluginList(ctx)
-		})
-	})
+		return n.pluginList(ctx)
+	}
 }
 
 func (n *Node) linkTo(peer string) (*link.Link, error) {

@@ -12,6 +12,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -68,30 +69,23 @@ func (n *Node) backupAdminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /admin/v1/positions", func(w http.ResponseWriter, r *http.Request) {
 		n.leaderDo(w, r, nil, n.positions)
 	})
-	mux.HandleFunc("POST /admin/v1/reconcile", func(w http.ResponseWriter, r *http.Request) {
-		var req ReconcileRequest
-		body, ok := decodeAdminLimit(w, r, &req, 16<<20)
-		if !ok {
-			return
-		}
+	adminPost(n, mux, "/admin/v1/reconcile", 16<<20, func(req ReconcileRequest) error {
 		if req.Peer == "" || req.Peer == n.cfg.KMEID || req.Positions.KMEID != req.Peer {
-			writeAdminError(w, http.StatusBadRequest, CodeBadRequest,
-				"peer: another site's KME ID, and positions: that site's GET /admin/v1/positions answer")
-			return
+			return errors.New("peer: another site's KME ID, and positions: that site's GET /admin/v1/positions answer")
 		}
-		n.leaderDo(w, r, body, func(ctx context.Context) (any, error) {
-			var shared []raftstore.PoolPosition
-			for _, p := range req.Positions.Conns {
-				if p.Conn.SourceKME == n.cfg.KMEID || p.Conn.TargetKME == n.cfg.KMEID {
-					shared = append(shared, p)
-				}
+		return nil
+	}, func(ctx context.Context, req ReconcileRequest) (any, error) {
+		var shared []raftstore.PoolPosition
+		for _, p := range req.Positions.Conns {
+			if p.Conn.SourceKME == n.cfg.KMEID || p.Conn.TargetKME == n.cfg.KMEID {
+				shared = append(shared, p)
 			}
-			if err := n.store.Reconcile(ctx, req.Peer, shared); err != nil {
-				return nil, err
-			}
-			n.logger.Info("reconciled with peer site after restore", "peer", req.Peer, "connections", len(shared))
-			return n.positions(ctx)
-		})
+		}
+		if err := n.store.Reconcile(ctx, req.Peer, shared); err != nil {
+			return nil, err
+		}
+		n.logger.Info("reconciled with peer site after restore", "peer", req.Peer, "connections", len(shared))
+		return n.positions(ctx)
 	})
 }
 
