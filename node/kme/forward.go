@@ -142,6 +142,19 @@ func (k *KME) run(ctx context.Context, op string, in, out any, local func(contex
 	}))
 }
 
+// onLeader runs operation op, local, on the site's leader (run): the local
+// functions of internalOps, called in process or through the forward
+// endpoint.
+func onLeader[In, Out any](ctx context.Context, k *KME, op string, in In, local func(*KME, context.Context, In) (Out, error)) (Out, error) {
+	var out Out
+	err := k.run(ctx, op, in, &out, func(ctx context.Context) error {
+		var err error
+		out, err = local(k, ctx, in)
+		return err
+	})
+	return out, err
+}
+
 // leader is the forwarder's view of the site: this node, or the leader's
 // HTTPS base URL.
 func (k *KME) leader() (bool, string) {

@@ -265,13 +265,7 @@ func peerOp[In any, PIn interface {
 			return nil, err
 		}
 		PIn(&in).stamp(from)
-		var res Out
-		err := k.run(ctx, op, in, &res, func(ctx context.Context) error {
-			var err error
-			res, err = local(k, ctx, in)
-			return err
-		})
-		return res, err
+		return onLeader(ctx, k, op, in, local)
 	}
 	return h
 }

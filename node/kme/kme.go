@@ -252,7 +252,7 @@ func (k *KME) reportVersion() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), k.cfg.CallTimeout)
-		err := k.run(ctx, opReportVersion, in, &struct{}{}, func(ctx context.Context) error { return k.localReportVersion(ctx, in) })
+		_, err := onLeader(ctx, k, opReportVersion, in, noResult((*KME).localReportVersion))
 		cancel()
 		if err != nil {
 			k.log.Debug("version report failed", "version", in.Version, "err", err)
@@ -340,14 +340,7 @@ func toETSIKeys(ks []raftstore.Key) []etsi.Key {
 // Connection returns the connection between master and slave with its pool
 // level, from the leader's committed state.
 func (k *KME) Connection(ctx context.Context, master, slave string) (etsi.ConnectionInfo, error) {
-	var out etsi.ConnectionInfo
-	in := connArgs{Master: master, Slave: slave}
-	err := k.run(ctx, opConnection, in, &out, func(ctx context.Context) error {
-		var err error
-		out, err = k.localConnection(ctx, in)
-		return err
-	})
-	return out, err
+	return onLeader(ctx, k, opConnection, connArgs{Master: master, Slave: slave}, (*KME).localConnection)
 }
 
 var _ etsi.LimitsBackend = (*KME)(nil)
@@ -375,14 +368,7 @@ func (k *KME) localConnection(ctx context.Context, in connArgs) (etsi.Connection
 
 // ConnectionsOf lists the connections in which sae is the master or the slave.
 func (k *KME) ConnectionsOf(ctx context.Context, sae string) ([]etsi.ConnectionInfo, error) {
-	var out []etsi.ConnectionInfo
-	in := saeArgs{SAE: sae}
-	err := k.run(ctx, opConnectionsOf, in, &out, func(ctx context.Context) error {
-		var err error
-		out, err = k.localConnectionsOf(ctx, in)
-		return err
-	})
-	return out, err
+	return onLeader(ctx, k, opConnectionsOf, saeArgs{SAE: sae}, (*KME).localConnectionsOf)
 }
 
 func (k *KME) localConnectionsOf(ctx context.Context, in saeArgs) ([]etsi.ConnectionInfo, error) {
@@ -412,14 +398,7 @@ func (k *KME) localConnectionsOf(ctx context.Context, in saeArgs) ([]etsi.Connec
 // of carving new ones; if nobody retries, those keys are never handed out
 // (burned, docs/RAFT-FORMAT.md "Outcome unknown").
 func (k *KME) EncKeys(ctx context.Context, r etsi.EncRequest) ([]etsi.Key, error) {
-	var out []etsi.Key
-	in := encArgs{EncRequest: r, RequestID: newUUID()}
-	err := k.run(ctx, opEncKeys, in, &out, func(ctx context.Context) error {
-		var err error
-		out, err = k.localEncKeys(ctx, in)
-		return err
-	})
-	return out, err
+	return onLeader(ctx, k, opEncKeys, encArgs{EncRequest: r, RequestID: newUUID()}, (*KME).localEncKeys)
 }
 
 // localEncKeys runs enc_keys on the leader. A request ID already being
@@ -579,14 +558,7 @@ func (k *KME) burnAfterFailedRelay(p *peer, a raftstore.Assignment, cause error)
 // consume whose outcome was lost with a leader is answered from the
 // store's request table rather than refused as already fetched.
 func (k *KME) DecKeys(ctx context.Context, r etsi.DecRequest) ([]etsi.Key, error) {
-	var out []etsi.Key
-	in := decArgs{DecRequest: r, RequestID: newUUID()}
-	err := k.run(ctx, opDecKeys, in, &out, func(ctx context.Context) error {
-		var err error
-		out, err = k.localDecKeys(ctx, in)
-		return err
-	})
-	return out, err
+	return onLeader(ctx, k, opDecKeys, decArgs{DecRequest: r, RequestID: newUUID()}, (*KME).localDecKeys)
 }
 
 func (k *KME) localDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) {
@@ -655,10 +627,8 @@ func (k *KME) seedDecKeys(ctx context.Context, in decArgs) ([]etsi.Key, error) {
 // with other parameters at either site is ErrConflict. One of the two KMEs
 // must be this site, the other a configured peer.
 func (k *KME) RegisterConnection(ctx context.Context, ci etsi.ConnectionInfo) error {
-	var out struct{}
-	return k.run(ctx, opRegister, ci, &out, func(ctx context.Context) error {
-		return k.localRegister(ctx, ci)
-	})
+	_, err := onLeader(ctx, k, opRegister, ci, noResult((*KME).localRegister))
+	return err
 }
 
 func (k *KME) localRegister(ctx context.Context, ci etsi.ConnectionInfo) error {

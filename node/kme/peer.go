@@ -373,10 +373,8 @@ func (k *KME) addBlock(ctx context.Context, c raftstore.Connection, blockID stri
 // Imports must be applied in the same order at both sites: after an error,
 // repeat the same import before importing another block.
 func (k *KME) ImportBlock(ctx context.Context, master, slave, blockID string, bits []byte) error {
-	in := blockArgs{Master: master, Slave: slave, BlockID: blockID, Bits: bits}
-	return k.run(ctx, opImportBlock, in, &struct{}{}, func(ctx context.Context) error {
-		return k.localImport(ctx, in)
-	})
+	_, err := onLeader(ctx, k, opImportBlock, blockArgs{Master: master, Slave: slave, BlockID: blockID, Bits: bits}, noResult((*KME).localImport))
+	return err
 }
 
 func (k *KME) localImport(ctx context.Context, in blockArgs) error {
