@@ -100,38 +100,23 @@ var Scenarios = map[string]Scenario{
 	"leader-stop": {
 		Name: "leader-stop", Description: "SIGSTOP the master site's leader for 5 s, then SIGCONT",
 		Fault: func(ctx context.Context, e *Env) error {
-			Sleep(ctx, 2*time.Second)
-			l, err := e.C.WaitLeader(ctx, e.Site)
+			l, err := leaderAfter(ctx, e, 2*time.Second)
 			if err != nil {
 				return err
 			}
-			e.H.Mark(history.EventFault, "SIGSTOP "+l)
-			if err := e.C.Stop(l); err != nil {
-				return err
-			}
-			Sleep(context.WithoutCancel(ctx), 5*time.Second)
-			err = e.C.Cont(l)
-			e.H.Mark(history.EventHeal, "SIGCONT "+l)
-			return err
+			return hold(ctx, e, 5*time.Second, "SIGSTOP "+l, func() error { return e.C.Stop(l) },
+				"SIGCONT "+l, func() error { return e.C.Cont(l) })
 		},
 	},
 	"leader-isolate": {
 		Name: "leader-isolate", Netns: true,
 		Description: "cut the master site's leader off from its site for 10 s (clients still reach it: the minority answers 503)",
 		Fault: func(ctx context.Context, e *Env) error {
-			Sleep(ctx, 2*time.Second)
-			l, err := e.C.WaitLeader(ctx, e.Site)
+			l, err := leaderAfter(ctx, e, 2*time.Second)
 			if err != nil {
 				return err
 			}
-			e.H.Mark(history.EventFault, "isolate "+l)
-			if err := e.C.Isolate(l); err != nil {
-				return err
-			}
-			Sleep(context.WithoutCancel(ctx), 10*time.Second)
-			err = e.C.Heal()
-			e.H.Mark(history.EventHeal, "heal "+l)
-			return err
+			return hold(ctx, e, 10*time.Second, "isolate "+l, func() error { return e.C.Isolate(l) }, "heal "+l, e.C.Heal)
 		},
 	},
 	"link-cut": {
@@ -139,14 +124,7 @@ var Scenarios = map[string]Scenario{
 		Description: "cut every connection between the two sites for 5 s during enc_keys (relay fails: 503, keys burned)",
 		Fault: func(ctx context.Context, e *Env) error {
 			Sleep(ctx, 2*time.Second)
-			e.H.Mark(history.EventFault, "cut link")
-			if err := e.C.CutLink(); err != nil {
-				return err
-			}
-			Sleep(context.WithoutCancel(ctx), 5*time.Second)
-			err := e.C.Heal()
-			e.H.Mark(history.EventHeal, "heal link")
-			return err
+			return hold(ctx, e, 5*time.Second, "cut link", e.C.CutLink, "heal link", e.C.Heal)
 		},
 	},
 	"partition-heal-20": {
@@ -159,15 +137,10 @@ var Scenarios = map[string]Scenario{
 				if err != nil {
 					return nil // run over
 				}
-				e.H.Mark(history.EventFault, fmt.Sprintf("isolate %s (%d/20)", l, i+1))
-				if err := e.C.Isolate(l); err != nil {
+				if err := hold(ctx, e, time.Second, fmt.Sprintf("isolate %s (%d/20)", l, i+1), func() error { return e.C.Isolate(l) },
+					"heal "+l, e.C.Heal); err != nil {
 					return err
 				}
-				Sleep(context.WithoutCancel(ctx), time.Second)
-				if err := e.C.Heal(); err != nil {
-					return err
-				}
-				e.H.Mark(history.EventHeal, "heal "+l)
 				Sleep(ctx, 300*time.Millisecond)
 			}
 			return nil
@@ -180,8 +153,7 @@ var Scenarios = map[string]Scenario{
 			o.SnapshotInterval, o.SnapshotThreshold, o.TrailingLogs = "1s", 16, 8
 		},
 		Fault: func(ctx context.Context, e *Env) error {
-			Sleep(ctx, 2*time.Second)
-			l, err := e.C.WaitLeader(ctx, e.Site)
+			l, err := leaderAfter(ctx, e, 2*time.Second)
 			if err != nil {
 				return err
 			}
@@ -192,54 +164,26 @@ var Scenarios = map[string]Scenario{
 					break
 				}
 			}
-			e.H.Mark(history.EventFault, "isolate follower "+f)
-			if err := e.C.Isolate(f); err != nil {
-				return err
-			}
-			Sleep(context.WithoutCancel(ctx), 10*time.Second)
-			err = e.C.Heal()
-			e.H.Mark(history.EventHeal, "heal "+f)
-			return err
+			return hold(ctx, e, 10*time.Second, "isolate follower "+f, func() error { return e.C.Isolate(f) }, "heal "+f, e.C.Heal)
 		},
 	},
 	"leader-disk-full": {
 		Name: "leader-disk-full", DiskMB: 64,
 		Description: "fill the master site leader's data file system (64 MiB tmpfs) for 5 s, then free it",
 		Fault: func(ctx context.Context, e *Env) error {
-			Sleep(ctx, 2*time.Second)
-			l, err := e.C.WaitLeader(ctx, e.Site)
+			l, err := leaderAfter(ctx, e, 2*time.Second)
 			if err != nil {
 				return err
 			}
-			e.H.Mark(history.EventFault, "disk full "+l)
-			if err := e.C.FillDisk(l); err != nil {
-				return err
-			}
-			Sleep(context.WithoutCancel(ctx), 5*time.Second)
-			err = e.C.FreeDisk(l)
-			e.H.Mark(history.EventHeal, "disk freed "+l)
-			return err
+			return hold(ctx, e, 5*time.Second, "disk full "+l, func() error { return e.C.FillDisk(l) },
+				"disk freed "+l, func() error { return e.C.FreeDisk(l) })
 		},
 	},
 	"site-restart": {
 		Name: "site-restart", Description: "SIGKILL all nodes of the master site at once, restart them 1 s later",
 		Fault: func(ctx context.Context, e *Env) error {
 			Sleep(ctx, 2*time.Second)
-			ids := e.C.Nodes(e.Site)
-			e.H.Mark(history.EventFault, "SIGKILL every node of "+e.Site)
-			for _, id := range ids {
-				if err := e.C.Kill(id); err != nil {
-					return err
-				}
-			}
-			Sleep(context.WithoutCancel(ctx), time.Second)
-			for _, id := range ids {
-				if err := e.C.StartNode(id); err != nil {
-					return err
-				}
-			}
-			e.H.Mark(history.EventHeal, "restarted "+e.Site)
-			return nil
+			return siteDown(ctx, e, e.Site, time.Second)
 		},
 	},
 }
@@ -269,14 +213,7 @@ func init() {
 			Description: "keys from the QKD link (sim, 1 km): cut every connection between the two sites (the link between their leaders and the relays) for 5 s mid-session, then heal",
 			Fault: func(ctx context.Context, e *Env) error {
 				Sleep(ctx, 3*time.Second)
-				e.H.Mark(history.EventFault, "cut link mid-session")
-				if err := e.C.CutLink(); err != nil {
-					return err
-				}
-				Sleep(context.WithoutCancel(ctx), 5*time.Second)
-				err := e.C.Heal()
-				e.H.Mark(history.EventHeal, "heal link")
-				return err
+				return hold(ctx, e, 5*time.Second, "cut link mid-session", e.C.CutLink, "heal link", e.C.Heal)
 			},
 		},
 		{
@@ -284,14 +221,8 @@ func init() {
 			Description: "keys from device streams (devstream emulator, a frame per 0.2 s; stall_timeout 2 s): Bob's stream stalls for 5 s (the emulator's writes to every Bob client block), then flows again",
 			Fault: func(ctx context.Context, e *Env) error {
 				Sleep(ctx, 3*time.Second)
-				e.H.Mark(history.EventFault, "stall Bob's device stream")
-				if err := e.Devices.PauseStream("bob"); err != nil {
-					return err
-				}
-				Sleep(context.WithoutCancel(ctx), 5*time.Second)
-				err := e.Devices.ResumeStream("bob")
-				e.H.Mark(history.EventHeal, "Bob's stream flows")
-				return err
+				return hold(ctx, e, 5*time.Second, "stall Bob's device stream", func() error { return e.Devices.PauseStream("bob") },
+					"Bob's stream flows", func() error { return e.Devices.ResumeStream("bob") })
 			},
 		},
 		{
@@ -336,16 +267,29 @@ func killRestart(ctx context.Context, e *Env, id string, down time.Duration) err
 		}
 		id = l
 	}
-	e.H.Mark(history.EventFault, "SIGKILL "+id)
-	if err := e.C.Kill(id); err != nil {
+	return hold(ctx, e, down, "SIGKILL "+id, func() error { return e.C.Kill(id) }, "restart "+id, func() error { return e.C.StartNode(id) })
+}
+
+// hold applies a fault (marked in the history), keeps it for d whatever
+// ctx does, and undoes it (marked once undone): the shape of every timed
+// fault here.
+func hold(ctx context.Context, e *Env, d time.Duration, fault string, apply func() error, heal string, undo func() error) error {
+	e.H.Mark(history.EventFault, fault)
+	if err := apply(); err != nil {
 		return err
 	}
-	Sleep(context.WithoutCancel(ctx), down)
-	if err := e.C.StartNode(id); err != nil {
+	Sleep(context.WithoutCancel(ctx), d)
+	if err := undo(); err != nil {
 		return err
 	}
-	e.H.Mark(history.EventHeal, "restart "+id)
+	e.H.Mark(history.EventHeal, heal)
 	return nil
+}
+
+// leaderAfter waits d into the workload, then for the target site's leader.
+func leaderAfter(ctx context.Context, e *Env, d time.Duration) (string, error) {
+	Sleep(ctx, d)
+	return e.C.WaitLeader(ctx, e.Site)
 }
 
 // every runs f after each period until ctx ends, leaving one period of

@@ -9,7 +9,6 @@ import (
 
 	"qkdkms/node/network"
 	"qkdkms/testcluster/harness"
-	"qkdkms/testcluster/history"
 )
 
 // Network scenarios (trusted-node relay, docs/ARCHITECTURE.md "Trusted-node
@@ -126,30 +125,20 @@ func NetworkStatus(ctx context.Context, c *harness.Cluster, site string) (networ
 // siteDown SIGKILLs every node of site and restarts them after down.
 func siteDown(ctx context.Context, e *Env, site string, down time.Duration) error {
 	ids := e.C.Nodes(site)
-	e.H.Mark(history.EventFault, "SIGKILL every node of "+site)
-	for _, id := range ids {
-		if err := e.C.Kill(id); err != nil {
-			return err
+	each := func(f func(string) error) func() error {
+		return func() error {
+			for _, id := range ids {
+				if err := f(id); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	}
-	Sleep(context.WithoutCancel(ctx), down)
-	for _, id := range ids {
-		if err := e.C.StartNode(id); err != nil {
-			return err
-		}
-	}
-	e.H.Mark(history.EventHeal, "restarted "+site)
-	return nil
+	return hold(ctx, e, down, "SIGKILL every node of "+site, each(e.C.Kill), "restarted "+site, each(e.C.StartNode))
 }
 
 // cutSites drops all traffic between sites a and b for d, then heals.
 func cutSites(ctx context.Context, e *Env, a, b string, d time.Duration) error {
-	e.H.Mark(history.EventFault, "cut "+a+" ↔ "+b)
-	if err := e.C.CutSites(a, b); err != nil {
-		return err
-	}
-	Sleep(context.WithoutCancel(ctx), d)
-	err := e.C.Heal()
-	e.H.Mark(history.EventHeal, "heal "+a+" ↔ "+b)
-	return err
+	return hold(ctx, e, d, "cut "+a+" ↔ "+b, func() error { return e.C.CutSites(a, b) }, "heal "+a+" ↔ "+b, e.C.Heal)
 }
