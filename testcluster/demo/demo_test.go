@@ -40,6 +40,82 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// ports reserves bound listeners for a demo's nodes, handed over through
+// DemoOptions.Listeners; what no node took is closed when the test ends.
+type ports struct {
+	t   *testing.T
+	lns []*net.TCPListener
+}
+
+func newPorts(t *testing.T) *ports {
+	p := &ports{t: t}
+	t.Cleanup(func() {
+		for _, l := range p.lns {
+			l.Close()
+		}
+	})
+	return p
+}
+
+// run reserves n consecutive ports and returns the first.
+func (p *ports) run(n int) int {
+	run, err := harness.ReserveRun(n)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.lns = append(p.lns, run...)
+	return run[0].Addr().(*net.TCPAddr).Port
+}
+
+// demoRun is a Demo running in the background until stop, or until the
+// test ends (a failed wait leaves no node running; the output is logged).
+type demoRun struct {
+	t      *testing.T
+	out    *syncBuffer
+	cancel context.CancelFunc
+	done   chan error
+	ended  bool
+}
+
+func startDemo(t *testing.T, opts DemoOptions) *demoRun {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &demoRun{t: t, out: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() { d.done <- Demo(ctx, opts, d.out) }()
+	t.Cleanup(func() {
+		if !d.ended {
+			cancel()
+			<-d.done
+			t.Logf("output:\n%s", d.out.String())
+		}
+	})
+	return d
+}
+
+// waitFor waits until the output satisfies ok; the demo ending first fails.
+func (d *demoRun) waitFor(what string, ok func(out string) bool) {
+	d.t.Helper()
+	testenv.WaitFor(d.t, what, func() bool {
+		select {
+		case err := <-d.done:
+			d.ended = true
+			d.t.Fatalf("%s: demo ended early: %v\n%s", what, err, d.out.String())
+		default:
+		}
+		return ok(d.out.String())
+	})
+}
+
+// stop stops the demo, which must end cleanly, and returns its output.
+func (d *demoRun) stop() string {
+	d.t.Helper()
+	d.cancel()
+	d.ended = true
+	if err := <-d.done; err != nil {
+		d.t.Fatal(err)
+	}
+	return d.out.String()
+}
+
 // TestDemoRunsTwice starts the demo on free ports, waits for its status
 // block naming a leader for each site, stops it with ctx, and runs it again
 // on the same directory: PKI, KEKs and data are reused.
@@ -47,22 +123,9 @@ func TestDemoRunsTwice(t *testing.T) {
 	binary := proctest.Binary(t)
 	dir := t.TempDir()
 	// The ports stay bound until the first run's nodes take them over.
-	var lns []*net.TCPListener
-	reserve := func(n int) int {
-		run, err := harness.ReserveRun(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, run...)
-		return run[0].Addr().(*net.TCPAddr).Port
-	}
-	sp, rp := reserve(3), reserve(3)
-	seeds := []int{reserve(1), reserve(1)}
-	t.Cleanup(func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	})
+	ps := newPorts(t)
+	sp, rp := ps.run(3), ps.run(3)
+	seeds := []int{ps.run(1), ps.run(1)}
 	plugins, err := pluginbuild.Dir()
 	if err != nil {
 		t.Fatal(err)
@@ -73,46 +136,24 @@ func TestDemoRunsTwice(t *testing.T) {
 		Link: &harness.LinkSpec{PluginDir: plugins}}
 	var caBefore []byte
 	for run := 1; run <= 2; run++ {
-		out := &syncBuffer{}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
 		opts.Listeners = nil // the second run binds the ports again, as a restart does
 		if run == 1 {
-			opts.Listeners = lns
+			opts.Listeners = ps.lns
 		}
-		go func() { done <- Demo(ctx, opts, out) }()
-		ended := false
-		t.Cleanup(func() { // a failed wait leaves no node running
-			if !ended {
-				cancel()
-				<-done
-				t.Logf("run %d output:\n%s", run, out.String())
-			}
-		})
+		d := startDemo(t, opts)
 		// The second run must show the connection (and its pool) the first
 		// run registered: the data survived the restart.
 		want := "site receiver_app   leader receiver_app-"
 		if run == 2 {
 			want = "ghi→jkl"
 		}
-		testenv.WaitFor(t, fmt.Sprintf("run %d: leaders on the status screen", run), func() bool {
-			select {
-			case err := <-done:
-				ended = true
-				t.Fatalf("run %d: demo ended early: %v\n%s", run, err, out.String())
-			default:
-			}
-			return strings.Contains(out.String(), "site sender_app     leader sender_app-") && strings.Contains(out.String(), want)
+		d.waitFor(fmt.Sprintf("run %d: leaders on the status screen", run), func(out string) bool {
+			return strings.Contains(out, "site sender_app     leader sender_app-") && strings.Contains(out, want)
 		})
 		if run == 1 {
 			proctest.SeedWorkflow(t, seeds[0], seeds[1], nil)
 		}
-		cancel()
-		ended = true
-		if err := <-done; err != nil {
-			t.Fatalf("run %d: %v", run, err)
-		}
-		s := out.String()
+		s := d.stop()
 		t.Logf("run %d output:\n%s", run, s)
 		for _, want := range []string{"get_key?slave_host=jkl", "/api/v1/keys/jkl/enc_keys", "ghi.crt", "stopped; data kept"} {
 			if !strings.Contains(s, want) {
@@ -143,40 +184,17 @@ func TestDemoDrivers(t *testing.T) {
 	binary := proctest.Binary(t)
 	for _, driver := range []string{"devstream", "etsi014"} {
 		t.Run(driver, func(t *testing.T) {
-			var lns []*net.TCPListener
-			reserve := func(n int) int {
-				run, err := harness.ReserveRun(n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				lns = append(lns, run...)
-				return run[0].Addr().(*net.TCPAddr).Port
-			}
-			sp, rp := reserve(3), reserve(3)
-			seed := reserve(1)
-			t.Cleanup(func() {
-				for _, l := range lns {
-					l.Close()
-				}
-			})
-			opts := DemoOptions{Binary: binary, Dir: t.TempDir(), SenderPort: sp, ReceiverPort: rp, Listeners: lns,
-				SenderSeedPort: seed, ReceiverSeedPort: reserve(1),
+			ps := newPorts(t)
+			sp, rp := ps.run(3), ps.run(3)
+			seed := ps.run(1)
+			opts := DemoOptions{Binary: binary, Dir: t.TempDir(), SenderPort: sp, ReceiverPort: rp,
+				SenderSeedPort: seed, ReceiverSeedPort: ps.run(1),
 				Refresh: 200 * time.Millisecond, Plain: true, Link: &harness.LinkSpec{Native: true}, Driver: driver}
-			out := &syncBuffer{}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- Demo(ctx, opts, out) }()
-			ended := false
-			t.Cleanup(func() {
-				if !ended {
-					cancel()
-					<-done
-					t.Logf("output:\n%s", out.String())
-				}
-			})
-			testenv.WaitFor(t, "leaders on the status screen", func() bool {
-				return strings.Contains(out.String(), "site sender_app     leader sender_app-") &&
-					strings.Contains(out.String(), "site receiver_app   leader receiver_app-")
+			opts.Listeners = ps.lns
+			d := startDemo(t, opts)
+			d.waitFor("leaders on the status screen", func(out string) bool {
+				return strings.Contains(out, "site sender_app     leader sender_app-") &&
+					strings.Contains(out, "site receiver_app   leader receiver_app-")
 			})
 			// The link runs sessions once a connection gives them a pool.
 			body := `{"source_KME_ID":"sender_app","target_KME_ID":"receiver_app","master_SAE_ID":"ghi","slave_SAE_ID":"jkl",` +
@@ -190,26 +208,15 @@ func TestDemoDrivers(t *testing.T) {
 				return resp.StatusCode == http.StatusOK
 			})
 			want := "driver " + driver + " ok): "
-			testenv.WaitFor(t, "the status screen to show "+want+" with a session committed", func() bool {
-				select {
-				case err := <-done:
-					ended = true
-					t.Fatalf("demo ended early: %v\n%s", err, out.String())
-				default:
-				}
-				for _, line := range strings.Split(out.String(), "\n") {
+			d.waitFor("the status screen to show "+want+" with a session committed", func(out string) bool {
+				for _, line := range strings.Split(out, "\n") {
 					if strings.Contains(line, want) && !strings.Contains(line, ":   0 sessions ok") {
 						return true
 					}
 				}
 				return false
 			})
-			cancel()
-			ended = true
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
-			if s := out.String(); !strings.Contains(s, "link driver "+driver+": receiver_app plays Alice") {
+			if s := d.stop(); !strings.Contains(s, "link driver "+driver+": receiver_app plays Alice") {
 				t.Fatalf("output lacks the driver line:\n%s", s)
 			}
 		})
@@ -294,58 +301,22 @@ func TestDemoSites(t *testing.T) {
 // and the QKD links, until stopped.
 func TestDemoThreeSites(t *testing.T) {
 	binary := proctest.Binary(t)
-	var lns []*net.TCPListener
-	reserve := func(n int) int {
-		run, err := harness.ReserveRun(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, run...)
-		return run[0].Addr().(*net.TCPAddr).Port
-	}
-	ports := []int{reserve(3), reserve(3), reserve(3)}
-	seeds := []int{reserve(1), reserve(1), reserve(1)}
-	t.Cleanup(func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	})
-	opts := DemoOptions{Binary: binary, Dir: t.TempDir(), Sites: 3, Ports: ports, SeedPorts: seeds, Listeners: lns,
+	ps := newPorts(t)
+	sitePorts := []int{ps.run(3), ps.run(3), ps.run(3)}
+	seeds := []int{ps.run(1), ps.run(1), ps.run(1)}
+	opts := DemoOptions{Binary: binary, Dir: t.TempDir(), Sites: 3, Ports: sitePorts, SeedPorts: seeds, Listeners: ps.lns,
 		SenderSeedPort: seeds[0], ReceiverSeedPort: seeds[1],
 		Refresh: 200 * time.Millisecond, Plain: true, Link: &harness.LinkSpec{Native: true}}
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Demo(ctx, opts, out) }()
-	ended := false
-	t.Cleanup(func() {
-		if !ended {
-			cancel()
-			<-done
-			t.Logf("output:\n%s", out.String())
-		}
-	})
-	testenv.WaitFor(t, "a leader for each of the three sites on the status screen", func() bool {
-		select {
-		case err := <-done:
-			ended = true
-			t.Fatalf("demo ended early: %v\n%s", err, out.String())
-		default:
-		}
-		s := out.String()
+	d := startDemo(t, opts)
+	d.waitFor("a leader for each of the three sites on the status screen", func(out string) bool {
 		for _, site := range []string{"sender_app", "relay1_app", "receiver_app"} {
-			if !strings.Contains(s, fmt.Sprintf("site %-14s leader %s-", site, site)) {
+			if !strings.Contains(out, fmt.Sprintf("site %-14s leader %s-", site, site)) {
 				return false
 			}
 		}
 		return true
 	})
-	cancel()
-	ended = true
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	s := out.String()
+	s := d.stop()
 	for _, want := range []string{
 		"QKD links (line): sender_app ═ relay1_app ═ receiver_app",
 		fmt.Sprintf("http://127.0.0.1:%d/get_key?key_id=KEY_ID", seeds[2]),
