@@ -205,26 +205,9 @@ type LogConfig struct {
 	AuditFile string `json:"audit_file"` // ETSI audit records ("" = main log)
 }
 
-// Duration is a time.Duration written as a Go duration string ("1s", "500ms").
-type Duration time.Duration
-
-// D returns the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"1s\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is a duration written as a string ("1s", "500ms"), the same
+// type as the drivers' options use.
+type Duration = quantum.Duration
 
 // LoadConfig reads a JSON config file strictly: unknown fields, trailing
 // data and duplicate top-level keys are errors. It does not validate; call

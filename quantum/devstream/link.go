@@ -45,7 +45,7 @@ type LinkOptions struct {
 	// StallTimeout is how long a session waits for the device's next
 	// frame before it aborts with ErrStall (a Go duration, "5s"). Default
 	// 10s.
-	StallTimeout Duration `json:"stall_timeout,omitempty"`
+	StallTimeout quantum.Duration `json:"stall_timeout,omitempty"`
 	// MaxLagFrames is how many frames a live stream buffers ahead of the
 	// sessions; when more arrive the oldest are dropped (counted as
 	// skipped). Bob's site must still hold the frame Alice's site chose
@@ -53,27 +53,6 @@ type LinkOptions struct {
 	// two sites' streams. A file is read on demand and never dropped.
 	// Default 16.
 	MaxLagFrames int `json:"max_lag_frames,omitempty"`
-}
-
-// Duration is a time.Duration that reads and writes as a Go duration
-// string ("5s", "250ms") in JSON.
-type Duration time.Duration
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads a duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("a duration is a string such as \"5s\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
 }
 
 // Validate checks the options and fills in the defaults.
@@ -90,7 +69,7 @@ func (o *LinkOptions) Validate() error {
 	}
 	switch {
 	case o.StallTimeout == 0:
-		o.StallTimeout = Duration(DefaultStallTimeout)
+		o.StallTimeout = quantum.Duration(DefaultStallTimeout)
 	case o.StallTimeout < 0:
 		return fmt.Errorf("stall_timeout %v: must be positive", time.Duration(o.StallTimeout))
 	}

@@ -40,10 +40,10 @@ func TestLinkOptions(t *testing.T) {
 		want    LinkOptions // with defaults; zero when an error is wanted
 		err     string
 	}{
-		{"file with defaults", `{"source":"file:/x/alice.qkds"}`, LinkOptions{Source: "file:/x/alice.qkds", StallTimeout: Duration(DefaultStallTimeout), MaxLagFrames: DefaultMaxLagFrames}, ""},
-		{"looped file", `{"source":"file:a.qkds","loop":true,"stall_timeout":"250ms","max_lag_frames":4}`, LinkOptions{Source: "file:a.qkds", Loop: true, StallTimeout: Duration(250 * time.Millisecond), MaxLagFrames: 4}, ""},
-		{"tcp", `{"source":"tcp:qkd-alice.lab:7001","stall_timeout":"5s"}`, LinkOptions{Source: "tcp:qkd-alice.lab:7001", StallTimeout: Duration(5 * time.Second), MaxLagFrames: DefaultMaxLagFrames}, ""},
-		{"unix", `{"source":"unix:/run/qkd/bob.sock"}`, LinkOptions{Source: "unix:/run/qkd/bob.sock", StallTimeout: Duration(DefaultStallTimeout), MaxLagFrames: DefaultMaxLagFrames}, ""},
+		{"file with defaults", `{"source":"file:/x/alice.qkds"}`, LinkOptions{Source: "file:/x/alice.qkds", StallTimeout: quantum.Duration(DefaultStallTimeout), MaxLagFrames: DefaultMaxLagFrames}, ""},
+		{"looped file", `{"source":"file:a.qkds","loop":true,"stall_timeout":"250ms","max_lag_frames":4}`, LinkOptions{Source: "file:a.qkds", Loop: true, StallTimeout: quantum.Duration(250 * time.Millisecond), MaxLagFrames: 4}, ""},
+		{"tcp", `{"source":"tcp:qkd-alice.lab:7001","stall_timeout":"5s"}`, LinkOptions{Source: "tcp:qkd-alice.lab:7001", StallTimeout: quantum.Duration(5 * time.Second), MaxLagFrames: DefaultMaxLagFrames}, ""},
+		{"unix", `{"source":"unix:/run/qkd/bob.sock"}`, LinkOptions{Source: "unix:/run/qkd/bob.sock", StallTimeout: quantum.Duration(DefaultStallTimeout), MaxLagFrames: DefaultMaxLagFrames}, ""},
 		{"no options", ``, LinkOptions{}, "source is required"},
 		{"no source", `{"loop":true}`, LinkOptions{}, "source is required"},
 		{"unknown scheme", `{"source":"http://x"}`, LinkOptions{}, "unknown scheme"},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"qkdkms/plugins/testenv"
+	"qkdkms/quantum"
 )
 
 // TestDrawFetch: keys drawn at one device are fetched with the same bytes
@@ -170,7 +171,7 @@ func TestFaults(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEmulator(t, EmulatorConfig{})
 			short := func(o *Options) {
-				o.Timeout = Duration(testenv.Scaled(300 * time.Millisecond))
+				o.Timeout = quantum.Duration(testenv.Scaled(300 * time.Millisecond))
 				o.MaxKeysPerRequest = 4
 			}
 			master := newClient(t, e.A, discardLog(), short)

@@ -23,6 +23,7 @@ import (
 
 	"qkdkms/etsi"
 	"qkdkms/etsi/pki"
+	"qkdkms/quantum"
 )
 
 // EmulatorConfig configures NewEmulator.
@@ -289,7 +290,7 @@ func (d *Device) Options() Options {
 	return Options{URL: d.url, SAEID: d.sae, PeerSAEID: d.peerSAE, KeySize: d.emu.cfg.KeySize,
 		MaxKeysPerRequest: d.emu.cfg.MaxKeysPerRequest,
 		CAFile:            filepath.Join(d.dir, "ca.crt"), CertFile: filepath.Join(d.dir, "sae.crt"),
-		KeyFile: filepath.Join(d.dir, "sae.key"), Timeout: Duration(DefaultTimeout)}
+		KeyFile: filepath.Join(d.dir, "sae.key"), Timeout: quantum.Duration(DefaultTimeout)}
 }
 
 // SetFault makes the device show f on its next key calls (Fault{} clears).

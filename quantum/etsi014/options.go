@@ -31,38 +31,15 @@ const (
 // Options are the "etsi014" driver's options (the package comment
 // describes each).
 type Options struct {
-	URL               string   `json:"url"`
-	SAEID             string   `json:"sae_id"`
-	PeerSAEID         string   `json:"peer_sae_id"`
-	KeySize           int      `json:"key_size"`
-	MaxKeysPerRequest int      `json:"max_keys_per_request"`
-	CAFile            string   `json:"ca_file"`
-	CertFile          string   `json:"cert_file"`
-	KeyFile           string   `json:"key_file"`
-	Timeout           Duration `json:"timeout"`
-}
-
-// Duration is a time.Duration written as a Go duration string ("10s").
-type Duration time.Duration
-
-// D is the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-// MarshalJSON writes d as a duration string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads a duration string ("10s", "500ms").
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("a duration is a string such as \"10s\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
+	URL               string           `json:"url"`
+	SAEID             string           `json:"sae_id"`
+	PeerSAEID         string           `json:"peer_sae_id"`
+	KeySize           int              `json:"key_size"`
+	MaxKeysPerRequest int              `json:"max_keys_per_request"`
+	CAFile            string           `json:"ca_file"`
+	CertFile          string           `json:"cert_file"`
+	KeyFile           string           `json:"key_file"`
+	Timeout           quantum.Duration `json:"timeout"`
 }
 
 // ErrOptions: the driver's options are invalid.
@@ -90,7 +67,7 @@ func (o Options) withDefaults() Options {
 		o.MaxKeysPerRequest = DefaultMaxKeysPerRequest
 	}
 	if o.Timeout == 0 {
-		o.Timeout = Duration(DefaultTimeout)
+		o.Timeout = quantum.Duration(DefaultTimeout)
 	}
 	return o
 }

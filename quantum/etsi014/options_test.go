@@ -156,7 +156,7 @@ func TestOptions(t *testing.T) {
 func TestOptionsJSON(t *testing.T) {
 	ca, cert, key := pkiFiles(t)
 	o := Options{URL: "https://127.0.0.1:9000", SAEID: "site-a", PeerSAEID: "site-b", KeySize: 128,
-		MaxKeysPerRequest: 16, CAFile: ca, CertFile: cert, KeyFile: key, Timeout: Duration(1500 * time.Millisecond)}
+		MaxKeysPerRequest: 16, CAFile: ca, CertFile: cert, KeyFile: key, Timeout: quantum.Duration(1500 * time.Millisecond)}
 	b, err := json.Marshal(o)
 	if err != nil {
 		t.Fatal(err)

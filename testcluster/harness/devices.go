@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"qkdkms/quantum"
 	"qkdkms/quantum/devstream"
 	"qkdkms/quantum/etsi014"
 	"qkdkms/quantum/sim"
@@ -145,7 +146,7 @@ func StartDevices(o DeviceOptions) (*Devices, error) {
 			op := dev.Options()
 			op.MaxKeysPerRequest = 64
 			if o.DeviceTimeout > 0 {
-				op.Timeout = etsi014.Duration(o.DeviceTimeout)
+				op.Timeout = quantum.Duration(o.DeviceTimeout)
 			}
 			return op
 		}
