@@ -95,7 +95,7 @@ func TestOptions(t *testing.T) {
 		{name: "timeout negative", opts: with("timeout", "-1s"), want: "timeout: -1s"},
 		{name: "timeout too long", opts: with("timeout", "1h"), want: "timeout: 1h0m0s"},
 		{name: "timeout not a duration", opts: with("timeout", "soon"), want: "invalid duration"},
-		{name: "timeout a number", opts: with("timeout", 10), want: "duration is a string"},
+		{name: "timeout a number", opts: with("timeout", 10), want: "duration must be a string"},
 		{name: "no ca_file", opts: with("ca_file", nil), want: "ca_file: required"},
 		{name: "no cert_file", opts: with("cert_file", nil), want: "cert_file: required"},
 		{name: "no key_file", opts: with("key_file", nil), want: "key_file: required"},
