@@ -50,7 +50,7 @@ func TestLinkOptions(t *testing.T) {
 		{"tcp without port", `{"source":"tcp:host"}`, LinkOptions{}, "tcp:HOST:PORT"},
 		{"loop on a socket", `{"source":"tcp:h:1","loop":true}`, LinkOptions{}, "loop is for file sources"},
 		{"negative stall", `{"source":"file:a","stall_timeout":"-1s"}`, LinkOptions{}, "must be positive"},
-		{"stall not a string", `{"source":"file:a","stall_timeout":5}`, LinkOptions{}, "duration is a string"},
+		{"stall not a string", `{"source":"file:a","stall_timeout":5}`, LinkOptions{}, "duration must be a string"},
 		{"negative lag", `{"source":"file:a","max_lag_frames":-2}`, LinkOptions{}, "must be positive"},
 		{"unknown option", `{"source":"file:a","rate":3}`, LinkOptions{}, "unknown field"},
 	}
