@@ -179,6 +179,18 @@ func (o Options) check() error {
 }
 
 // checkPorts refuses a layout whose sites share a port (after defaults).
+// layout is the layout these options give the sites: Raft settings, SAEs,
+// the link, on the local machine's ports (netns.go adds its addresses).
+func (o Options) layout(sites []SiteSpec) LayoutOptions {
+	return LayoutOptions{
+		Dir: o.Dir, Sites: sites, Topology: o.Topology, SAEs: o.SAEs,
+		HeartbeatTimeout: o.HeartbeatTimeout, ElectionTimeout: o.ElectionTimeout, LeaderLeaseTimeout: o.LeaderLeaseTimeout,
+		NoSync: o.NoSync, LogLevel: o.LogLevel,
+		SnapshotInterval: o.SnapshotInterval, SnapshotThreshold: o.SnapshotThreshold, TrailingLogs: o.TrailingLogs,
+		Link: o.Link,
+	}
+}
+
 func (o Options) checkPorts() error {
 	owner := map[int]string{}
 	claim := func(p int, what string) error {
@@ -316,21 +328,7 @@ func New(o Options) (*Cluster, error) {
 	for i, id := range o.Sites {
 		sites[i] = SiteSpec{KMEID: id, Nodes: o.Nodes, BasePort: o.Ports[i], SeedPort: o.SeedPorts[i]}
 	}
-	l, err := Generate(LayoutOptions{
-		Dir:                o.Dir,
-		Sites:              sites,
-		Topology:           o.Topology,
-		SAEs:               o.SAEs,
-		HeartbeatTimeout:   o.HeartbeatTimeout,
-		ElectionTimeout:    o.ElectionTimeout,
-		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
-		NoSync:             o.NoSync,
-		LogLevel:           o.LogLevel,
-		SnapshotInterval:   o.SnapshotInterval,
-		SnapshotThreshold:  o.SnapshotThreshold,
-		TrailingLogs:       o.TrailingLogs,
-		Link:               o.Link,
-	})
+	l, err := Generate(o.layout(sites))
 	if err != nil {
 		return fail(err)
 	}

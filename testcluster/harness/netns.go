@@ -223,28 +223,15 @@ func newNetnsCluster(o Options) (*Cluster, error) {
 		seedPort[s] = 8000 + i
 		specs[i] = SiteSpec{KMEID: s, Nodes: o.Nodes, BasePort: 8443}
 	}
-	l, err := Generate(LayoutOptions{
-		Dir:                o.Dir,
-		Sites:              specs,
-		Topology:           o.Topology,
-		SAEs:               o.SAEs,
-		HeartbeatTimeout:   o.HeartbeatTimeout,
-		ElectionTimeout:    o.ElectionTimeout,
-		LeaderLeaseTimeout: o.LeaderLeaseTimeout,
-		NoSync:             o.NoSync,
-		LogLevel:           o.LogLevel,
-		SnapshotInterval:   o.SnapshotInterval,
-		SnapshotThreshold:  o.SnapshotThreshold,
-		TrailingLogs:       o.TrailingLogs,
-		Link:               o.Link,
-		AdvertiseFn:        func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) },
-		SeedFn: func(s SiteSpec, i int) string {
-			if !o.Seed || i != 1 {
-				return ""
-			}
-			return ns.addr(NodeID(s.KMEID, i), seedPort[s.KMEID])
-		},
-	})
+	lo := o.layout(specs)
+	lo.AdvertiseFn = func(s SiteSpec, i int) string { return ns.addr(NodeID(s.KMEID, i), 8443) }
+	lo.SeedFn = func(s SiteSpec, i int) string {
+		if !o.Seed || i != 1 {
+			return ""
+		}
+		return ns.addr(NodeID(s.KMEID, i), seedPort[s.KMEID])
+	}
+	l, err := Generate(lo)
 	if err != nil {
 		ns.remove()
 		return nil, err
