@@ -3,8 +3,9 @@
  * for freestanding C compiled by clang for wasm32. It is the C counterpart of
  * the Go SDK (plugins/sdk): it implements the six qkd_* exports, a bump
  * allocator over linear memory, the result blob, the little-endian wire codec
- * and SHA-256. A plugin includes it once (header-only, one translation unit)
- * and defines two functions:
+ * (with wire.Reader's error texts), bit vectors, SHA-256, Go's ChaCha8 and
+ * bits.SeedBytes. A plugin includes it once (header-only, one translation
+ * unit) and defines two functions:
  *
  *   int plugin_new(int role, qkd_bytes params, qkd_bytes seed);
  *   int plugin_step(qkd_bytes in, qkd_bytes peer, int has_peer, qkd_result *res);
@@ -93,19 +94,24 @@ typedef struct {
 	uint32_t n;
 } qkd_bytes;
 
-/* qkd_reader is sticky: after the first error every read returns 0. */
+/* qkd_reader is sticky: after the first error every read returns 0. The
+ * first failed read is remembered (need bytes wanted, have left) for
+ * qkd_r_error, which words it as plugins/steps/wire does. */
 typedef struct {
 	const uint8_t *p;
 	uint32_t n;
 	int err;
+	uint32_t need, have;
 } qkd_reader;
 
 static qkd_reader qkd_read(qkd_bytes b) {
-	qkd_reader r = {b.p, b.n, 0};
+	qkd_reader r = {b.p, b.n, 0, 0, 0};
 	return r;
 }
 static int qkd_need(qkd_reader *r, uint32_t k) {
 	if (r->err || r->n < k) {
+		if (!r->err)
+			r->need = k, r->have = r->n;
 		r->err = 1;
 		return 0;
 	}
@@ -152,6 +158,43 @@ static const uint8_t *qkd_r_raw(qkd_reader *r, uint32_t k) {
 }
 /* qkd_r_done: 0 when everything was read without error and nothing is left. */
 static int qkd_r_done(const qkd_reader *r) { return r->err || r->n != 0; }
+
+/* qkd_utoa writes x in decimal at p (no terminator) and returns the end. */
+static char *qkd_utoa(char *p, uint64_t x) {
+	char t[20];
+	int k = 0;
+	do
+		t[k++] = (char)('0' + x % 10), x /= 10;
+	while (x);
+	while (k)
+		*p++ = t[--k];
+	return p;
+}
+
+/* qkd_r_error is the text of wire.Reader.Done()'s error, "<nil>" when
+ * there is none (as Go's %v of a nil error), written into buf. */
+static const char *qkd_r_error(const qkd_reader *r, char buf[80]) {
+	static const char pre[] = "wire: malformed buffer: ";
+	char *p = buf;
+	if (!r->err && r->n == 0)
+		return "<nil>";
+	for (const char *s = pre; *s; s++)
+		*p++ = *s;
+	if (r->err) {
+		for (const char *s = "need "; *s; s++)
+			*p++ = *s;
+		p = qkd_utoa(p, r->need);
+		for (const char *s = " bytes, have "; *s; s++)
+			*p++ = *s;
+		p = qkd_utoa(p, r->have);
+	} else {
+		p = qkd_utoa(p, r->n);
+		for (const char *s = " trailing bytes"; *s; s++)
+			*p++ = *s;
+	}
+	*p = 0;
+	return buf;
+}
 
 typedef struct {
 	uint8_t *p;
@@ -329,6 +372,107 @@ static void qkd_sha256_sum(qkd_sha256 *s, uint8_t out[32]) {
 	}
 }
 
+/* qkd_label_sha256: SHA-256(label, 0, seed), how plugins/steps/bits keys
+ * its generators (bits.NewRNG, bits.Stream). */
+static void qkd_label_sha256(const char *label, const uint8_t *seed, uint32_t seedlen, uint8_t out[32]) {
+	qkd_sha256 h;
+	uint8_t zero = 0;
+	uint32_t ll = 0;
+	while (label[ll])
+		ll++;
+	qkd_sha256_init(&h);
+	qkd_sha256_write(&h, label, ll);
+	qkd_sha256_write(&h, &zero, 1);
+	qkd_sha256_write(&h, seed, seedlen);
+	qkd_sha256_sum(&h, out);
+}
+
+/* ---- Go's math/rand/v2 ChaCha8 (internal/chacha8rand) and bits.Stream -----
+ * Go's ChaCha8Rand runs ChaCha8 with the key, the block counter in word 12
+ * and a zero nonce, four blocks at a time; it outputs words 0–3 and 12–15
+ * without the feed-forward and words 4–11 with it, and interleaves the four
+ * blocks word by word: 32-bit word m of a four-block chunk is word m/4 of
+ * block m%4 — one SIMD128 vector per row, a block per lane. Chunks use
+ * counters 0, 4, 8, 12; the last four 64-bit values of the fourth chunk are
+ * not output but become the key of the next sixteen blocks. Read takes the
+ * 64-bit values little-endian, so the output is the chunks' bytes. */
+
+typedef uint32_t qkd_u32x4 __attribute__((vector_size(16)));
+
+#define QKD_ROTL4(x, k) ((x) << (k) | (x) >> (32 - (k)))
+#define QKD_QR4(a, b, c, d)                                                                                            \
+	(a += b, d ^= a, d = QKD_ROTL4(d, 16), c += d, b ^= c, b = QKD_ROTL4(b, 12), a += b, d ^= a,                   \
+	 d = QKD_ROTL4(d, 8), c += d, b ^= c, b = QKD_ROTL4(b, 7))
+
+/* qkd_chacha8_chunk computes the four interleaved blocks counter…counter+3
+ * into out[16] (row r of the four blocks in the four lanes). */
+static void qkd_chacha8_chunk(const uint32_t key[8], uint32_t counter, qkd_u32x4 out[16]) {
+	qkd_u32x4 x[16], k[8];
+	for (int i = 0; i < 8; i++)
+		k[i] = (qkd_u32x4){key[i], key[i], key[i], key[i]};
+	x[0] = (qkd_u32x4){0x61707865, 0x61707865, 0x61707865, 0x61707865};
+	x[1] = (qkd_u32x4){0x3320646e, 0x3320646e, 0x3320646e, 0x3320646e};
+	x[2] = (qkd_u32x4){0x79622d32, 0x79622d32, 0x79622d32, 0x79622d32};
+	x[3] = (qkd_u32x4){0x6b206574, 0x6b206574, 0x6b206574, 0x6b206574};
+	for (int i = 0; i < 8; i++)
+		x[4 + i] = k[i];
+	x[12] = (qkd_u32x4){counter, counter + 1, counter + 2, counter + 3};
+	x[13] = x[14] = x[15] = (qkd_u32x4){0, 0, 0, 0};
+	for (int round = 0; round < 4; round++) {
+		QKD_QR4(x[0], x[4], x[8], x[12]), QKD_QR4(x[1], x[5], x[9], x[13]);
+		QKD_QR4(x[2], x[6], x[10], x[14]), QKD_QR4(x[3], x[7], x[11], x[15]);
+		QKD_QR4(x[0], x[5], x[10], x[15]), QKD_QR4(x[1], x[6], x[11], x[12]);
+		QKD_QR4(x[2], x[7], x[8], x[13]), QKD_QR4(x[3], x[4], x[9], x[14]);
+	}
+	for (int r = 0; r < 16; r++)
+		out[r] = r >= 4 && r < 12 ? x[r] + k[r - 4] : x[r];
+}
+#undef QKD_QR4
+#undef QKD_ROTL4
+
+/* qkd_chacha8_read fills out[0..n) as rand.NewChaCha8(seed).Read does. */
+static void qkd_chacha8_read(const uint8_t seed[32], uint8_t *out, uint32_t n) {
+	uint32_t key[8];
+	qkd_u32x4 buf[16];
+	for (int i = 0; i < 8; i++)
+		key[i] = qkd_le32(seed + 4 * i);
+	uint32_t ctr = 0; /* counter of the current chunk */
+	while (n > 0) {
+		qkd_chacha8_chunk(key, ctr, buf);
+		uint32_t avail = ctr == 12 ? 224 : 256; /* bytes this chunk outputs */
+		uint32_t k = n < avail ? n : avail;
+		__builtin_memcpy(out, buf, k); /* little-endian: the words' bytes */
+		out += k, n -= k;
+		if (ctr == 12) {
+			for (int i = 0; i < 4; i++) /* reseed from the last four values */
+				key[i] = buf[14][i], key[4 + i] = buf[15][i];
+			ctr = 0;
+		} else {
+			ctr += 4;
+		}
+	}
+}
+
+/* qkd_stream: bits.Stream(seed, label, n) into out — n bytes of ChaCha8
+ * keyed by SHA-256(label, 0, seed). */
+static void qkd_stream(qkd_bytes seed, const char *label, uint8_t *out, uint32_t n) {
+	uint8_t key[32];
+	qkd_label_sha256(label, seed.p, seed.n, key);
+	qkd_chacha8_read(key, out, n);
+}
+
+/* qkd_seed_bytes: bits.SeedBytes(seed, label, n) — the host's seed itself
+ * (not copied) when it holds n bytes, else its expansion (qkd_stream) in a
+ * new allocation; NULL when out of memory. */
+static const uint8_t *qkd_seed_bytes(qkd_bytes seed, const char *label, uint32_t n) {
+	if (seed.n >= n)
+		return seed.p;
+	uint8_t *out = qkd_malloc(n);
+	if (out)
+		qkd_stream(seed, label, out, n);
+	return out;
+}
+
 /* ---- the ABI -------------------------------------------------------------- */
 
 typedef struct {
@@ -351,6 +495,36 @@ static int qkd_fail(const char *msg) {
 	while (msg[k])
 		k++;
 	qkd_w_raw(&qkd_blob, msg, k);
+	return QKD_ERR;
+}
+
+/* qkd_failf is qkd_fail with a message formatted from fmt: %u an unsigned
+ * (uint32_t) in decimal, %s a string, %% a percent sign; nothing else. So
+ * the C builds can word their errors exactly as the Go steps do. */
+__attribute__((format(printf, 1, 2))) static int qkd_failf(const char *fmt, ...) {
+	__builtin_va_list ap;
+	__builtin_va_start(ap, fmt);
+	qkd_blob.n = 0;
+	for (const char *f = fmt; *f; f++) {
+		if (*f != '%' || !f[1]) {
+			qkd_w_raw(&qkd_blob, f, 1);
+			continue;
+		}
+		f++;
+		if (*f == 'u') {
+			char t[20];
+			qkd_w_raw(&qkd_blob, t, (uint32_t)(qkd_utoa(t, __builtin_va_arg(ap, unsigned)) - t));
+		} else if (*f == 's') {
+			const char *s = __builtin_va_arg(ap, const char *);
+			uint32_t k = 0;
+			while (s[k])
+				k++;
+			qkd_w_raw(&qkd_blob, s, k);
+		} else {
+			qkd_w_raw(&qkd_blob, f, 1);
+		}
+	}
+	__builtin_va_end(ap);
 	return QKD_ERR;
 }
 

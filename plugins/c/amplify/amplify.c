@@ -26,114 +26,6 @@
 
 #define MAXLOG 26 /* n+ℓ−1 ≤ 2^26 bits, else a parameter error (as Go) */
 
-/* ---- ChaCha8: Go's math/rand/v2 ChaCha8 (internal/chacha8rand) ----------- */
-
-/* The generator keeps a 32-byte seed; each block call runs ChaCha8 on 4
- * interlaced blocks (counters c…c+3) and yields 32 words; after counter 12
- * the last 4 words become the next seed (and are not output). */
-typedef struct {
-	uint64_t buf[32], seed[4];
-	uint32_t i, n, c;
-} chacha8;
-
-static uint32_t rotl32(uint32_t x, int k) { return x << k | x >> (32 - k); }
-
-#define QR(a, b, c, d)                                                                                                 \
-	do {                                                                                                           \
-		a += b, d ^= a, d = rotl32(d, 16);                                                                     \
-		c += d, b ^= c, b = rotl32(b, 12);                                                                     \
-		a += b, d ^= a, d = rotl32(d, 8);                                                                      \
-		c += d, b ^= c, b = rotl32(b, 7);                                                                      \
-	} while (0)
-
-static void chacha8_block(const uint64_t seed[4], uint64_t buf[32], uint32_t counter) {
-	uint32_t b[16][4]; /* b[row][block], as Go's [16][4]uint32 view of buf */
-	for (int i = 0; i < 4; i++) {
-		b[0][i] = 0x61707865, b[1][i] = 0x3320646e, b[2][i] = 0x79622d32, b[3][i] = 0x6b206574;
-		for (int k = 0; k < 4; k++) {
-			b[4 + 2 * k][i] = (uint32_t)seed[k];
-			b[5 + 2 * k][i] = (uint32_t)(seed[k] >> 32);
-		}
-		b[12][i] = counter + (uint32_t)i;
-		b[13][i] = b[14][i] = b[15][i] = 0;
-	}
-	for (int i = 0; i < 4; i++) {
-		uint32_t x0 = b[0][i], x1 = b[1][i], x2 = b[2][i], x3 = b[3][i], x4 = b[4][i], x5 = b[5][i];
-		uint32_t x6 = b[6][i], x7 = b[7][i], x8 = b[8][i], x9 = b[9][i], x10 = b[10][i], x11 = b[11][i];
-		uint32_t x12 = b[12][i], x13 = b[13][i], x14 = b[14][i], x15 = b[15][i];
-		for (int r = 0; r < 4; r++) {
-			QR(x0, x4, x8, x12);
-			QR(x1, x5, x9, x13);
-			QR(x2, x6, x10, x14);
-			QR(x3, x7, x11, x15);
-			QR(x0, x5, x10, x15);
-			QR(x1, x6, x11, x12);
-			QR(x2, x7, x8, x13);
-			QR(x3, x4, x9, x14);
-		}
-		/* rows 4…11 are added to the input, the others kept as they are */
-		b[0][i] = x0, b[1][i] = x1, b[2][i] = x2, b[3][i] = x3;
-		b[4][i] += x4, b[5][i] += x5, b[6][i] += x6, b[7][i] += x7;
-		b[8][i] += x8, b[9][i] += x9, b[10][i] += x10, b[11][i] += x11;
-		b[12][i] = x12, b[13][i] = x13, b[14][i] = x14, b[15][i] = x15;
-	}
-	const uint32_t *w = &b[0][0];
-	for (int k = 0; k < 32; k++)
-		buf[k] = (uint64_t)w[2 * k] | (uint64_t)w[2 * k + 1] << 32;
-}
-
-static void chacha8_init(chacha8 *s, const uint8_t key[32]) {
-	for (int k = 0; k < 4; k++)
-		s->seed[k] = qkd_le64(key + 8 * k);
-	chacha8_block(s->seed, s->buf, 0);
-	s->c = 0, s->i = 0, s->n = 32;
-}
-
-static void chacha8_refill(chacha8 *s) {
-	s->c += 4;
-	if (s->c == 16) {
-		for (int k = 0; k < 4; k++)
-			s->seed[k] = s->buf[28 + k];
-		s->c = 0;
-	}
-	chacha8_block(s->seed, s->buf, s->c);
-	s->i = 0;
-	s->n = s->c == 12 ? 28 : 32;
-}
-
-static uint64_t chacha8_u64(chacha8 *s) {
-	while (s->i >= s->n)
-		chacha8_refill(s);
-	return s->buf[s->i++ & 31];
-}
-
-/* stream is bits.Stream: nbytes of ChaCha8 keyed by SHA-256(label, 0,
- * seed), read as a byte stream (little-endian words). bits.SeedBytes uses
- * it when the host's seed is shorter than nbytes, else the seed itself.
- * NULL when out of memory. */
-static uint8_t *stream(qkd_bytes seed, const char *label, uint32_t nbytes) {
-	uint8_t *out = qkd_malloc(nbytes + 8);
-	if (!out)
-		return NULL;
-	qkd_sha256 h;
-	uint8_t key[32], zero = 0;
-	uint32_t ll = 0;
-	while (label[ll])
-		ll++;
-	qkd_sha256_init(&h);
-	qkd_sha256_write(&h, label, ll);
-	qkd_sha256_write(&h, &zero, 1);
-	qkd_sha256_write(&h, seed.p, seed.n);
-	qkd_sha256_sum(&h, key);
-	chacha8 c;
-	chacha8_init(&c, key);
-	for (uint32_t i = 0; i < nbytes; i += 8) {
-		uint64_t x = chacha8_u64(&c);
-		__builtin_memcpy(out + i, &x, 8); /* out has 8 bytes of slack */
-	}
-	return out;
-}
-
 /* ---- GF(2^16) and the additive FFT (gf.go) ---------------------------------- */
 
 #define GF_POLY 0x1002Du   /* z^16 + z^5 + z^3 + z^2 + 1, primitive */
@@ -854,8 +746,8 @@ static int plugin_step(qkd_bytes in, qkd_bytes peer, int has_peer, qkd_result *r
 		if (st.role == QKD_BOB)
 			return QKD_OK;
 		uint32_t sn = (uint32_t)(((uint64_t)n + st.l - 1 + 7) / 8);
-		const uint8_t *sb = st.seed.p;
-		if (st.seed.n < sn && !(sb = stream(st.seed, "qkdkms/amplify", sn)))
+		const uint8_t *sb = qkd_seed_bytes(st.seed, "qkdkms/amplify", sn);
+		if (!sb)
 			return qkd_fail("out of memory");
 		st.rounds++;
 		st.state = 2;

@@ -277,16 +277,8 @@ static uint64_t rotl(uint64_t x, int k) { return x << k | x >> (64 - k); }
 /* rng_new: bits.NewRNG(seed, label) — state = SHA-256(label, 0, seed) as
  * four little-endian words (all-zero state: s[0] = 1). */
 static void rng_new(rng *r, const uint8_t *seed, uint32_t seedlen, const char *label) {
-	qkd_sha256 h;
-	uint8_t d[32], zero = 0;
-	uint32_t ll = 0;
-	while (label[ll])
-		ll++;
-	qkd_sha256_init(&h);
-	qkd_sha256_write(&h, label, ll);
-	qkd_sha256_write(&h, &zero, 1);
-	qkd_sha256_write(&h, seed, seedlen);
-	qkd_sha256_sum(&h, d);
+	uint8_t d[32];
+	qkd_label_sha256(label, seed, seedlen, d);
 	for (int i = 0; i < 4; i++)
 		r->s[i] = qkd_le64(d + 8 * i);
 	if ((r->s[0] | r->s[1] | r->s[2] | r->s[3]) == 0)
@@ -351,78 +343,13 @@ static void rng_perm(rng *r, uint32_t n, uint32_t *p) {
 	}
 }
 
-/* ---- bits.SeedBytes / bits.Stream: Go's math/rand/v2 ChaCha8 -------------
- * Stream(seed, label, n) is n bytes read from rand.NewChaCha8(SHA-256(label,
- * 0, seed)). Go's ChaCha8Rand (internal/chacha8rand) runs ChaCha8 with the
- * key, counter in word 12 and zero nonce, four blocks at a time; it outputs
- * words 0–3 and 12–15 without the feed-forward and words 4–11 with it, and
- * interleaves the four blocks word by word: output 32-bit word m of a
- * four-block chunk is word m/4 of block m%4. Chunks use counters 0, 4, 8, 12;
- * the last four 64-bit values of the fourth chunk are not output but become
- * the key of the next sixteen blocks. Read takes 64-bit values
- * little-endian. */
-
-static uint32_t rotl32(uint32_t x, int k) { return x << k | x >> (32 - k); }
-
-/* chacha8_chunk computes the four interleaved blocks of counter..counter+3
- * into out[64] (32-bit words in output order). */
-static void chacha8_chunk(const uint32_t key[8], uint32_t counter, uint32_t out[64]) {
-	for (int blk = 0; blk < 4; blk++) {
-		uint32_t x[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574, key[0], key[1], key[2], key[3],
-		                  key[4],     key[5],     key[6],     key[7],     counter + (uint32_t)blk, 0, 0, 0};
-#define QR(a, b, c, d)                                                                                                \
-	(x[a] += x[b], x[d] ^= x[a], x[d] = rotl32(x[d], 16), x[c] += x[d], x[b] ^= x[c], x[b] = rotl32(x[b], 12),      \
-	 x[a] += x[b], x[d] ^= x[a], x[d] = rotl32(x[d], 8), x[c] += x[d], x[b] ^= x[c], x[b] = rotl32(x[b], 7))
-		for (int round = 0; round < 4; round++) {
-			QR(0, 4, 8, 12), QR(1, 5, 9, 13), QR(2, 6, 10, 14), QR(3, 7, 11, 15);
-			QR(0, 5, 10, 15), QR(1, 6, 11, 12), QR(2, 7, 8, 13), QR(3, 4, 9, 14);
-		}
-#undef QR
-		for (int w = 0; w < 16; w++)
-			out[4 * w + blk] = x[w] + (w >= 4 && w < 12 ? key[w - 4] : 0);
-	}
-}
-
-/* go_chacha8_read fills out[0..n) as rand.NewChaCha8(seed).Read does. */
-static void go_chacha8_read(const uint8_t seed[32], uint8_t *out, uint32_t n) {
-	uint32_t key[8], buf[64];
-	for (int i = 0; i < 8; i++)
-		key[i] = qkd_le32(seed + 4 * i);
-	uint32_t ctr = 0; /* counter of the current chunk */
-	while (n > 0) {
-		chacha8_chunk(key, ctr, buf);
-		uint32_t avail = ctr == 12 ? 224 : 256; /* bytes this chunk outputs */
-		uint32_t k = n < avail ? n : avail;
-		for (uint32_t i = 0; i < k; i++)
-			out[i] = (uint8_t)(buf[i / 4] >> (8 * (i % 4)));
-		out += k, n -= k;
-		if (ctr == 12) {
-			for (int i = 0; i < 8; i++) /* reseed from the last four values */
-				key[i] = buf[56 + i];
-			ctr = 0;
-		} else {
-			ctr += 4;
-		}
-	}
-}
-
-/* seed_bytes: bits.SeedBytes(seed, label, 32) into out. */
+/* seed_bytes32: bits.SeedBytes(seed, label, 32) into out (qkd_guest.h's
+ * ChaCha8 expansion when the host's seed is shorter). */
 static void seed_bytes32(qkd_bytes seed, const char *label, uint8_t out[32]) {
-	if (seed.n >= 32) {
+	if (seed.n >= 32)
 		__builtin_memcpy(out, seed.p, 32);
-		return;
-	}
-	qkd_sha256 h;
-	uint8_t k[32], zero = 0;
-	uint32_t ll = 0;
-	while (label[ll])
-		ll++;
-	qkd_sha256_init(&h);
-	qkd_sha256_write(&h, label, ll);
-	qkd_sha256_write(&h, &zero, 1);
-	qkd_sha256_write(&h, seed.p, seed.n);
-	qkd_sha256_sum(&h, k);
-	go_chacha8_read(k, out, 32);
+	else
+		qkd_stream(seed, label, out, 32);
 }
 
 /* ---- Cascade state (cascade.go: pass, cand, query, cascade) --------------- */
