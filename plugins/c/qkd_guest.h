@@ -294,6 +294,29 @@ static void qkd_w_vec(qkd_writer *w, qkd_vec v) {
 	qkd_w_raw(w, v.w, (v.n + 7) / 8);
 }
 
+/* qkd_word_at is word w (bits 64w … 64w+63) of a bit string stored as nb
+ * bytes (byte i/8 bit i%8), read in place; bytes past nb read as zero. */
+static uint64_t qkd_word_at(const uint8_t *b, uint32_t nb, uint32_t w) {
+	uint64_t x = 0;
+	uint32_t off = w * 8;
+	if (off + 8 <= nb)
+		__builtin_memcpy(&x, b + off, 8);
+	else if (off < nb)
+		__builtin_memcpy(&x, b + off, nb - off);
+	return x;
+}
+
+/* qkd_w_vec_bytes writes a wire vec of n bits from ceil(n/8) bytes b (read
+ * in place, not a qkd_vec), bits beyond n cleared: what wire.Writer.Vec
+ * writes for bits.FromBytes(b, n). */
+static void qkd_w_vec_bytes(qkd_writer *w, const uint8_t *b, uint32_t n) {
+	uint32_t nb = (uint32_t)(((uint64_t)n + 7) / 8);
+	qkd_w_u32(w, n);
+	qkd_w_raw(w, b, nb);
+	if (n % 8 && !w->err)
+		w->p[w->n - 1] &= (uint8_t)((1u << (n % 8)) - 1);
+}
+
 /* ---- SHA-256 (FIPS 180-4) ------------------------------------------------- */
 
 typedef struct {
