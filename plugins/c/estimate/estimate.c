@@ -11,9 +11,11 @@
  *   received. Output: u8 K, K × (u64 n_Z,k, u64 n_X,k, u64 m_X,k), vec Z.
  *
  * The input and the message are read in place (the host's buffers are never
- * freed by this plugin); the errors m_X,k are counted from the set bits of
- * the XOR of the two X vectors, 64 positions at a time.
+ * freed by this plugin); n_Z,k and n_X,k are counted with SIMD128 when K ≤
+ * 16, the errors m_X,k from the set bits of the XOR of the two X vectors.
  */
+#include <wasm_simd128.h>
+
 #include "qkd_guest.h"
 
 static struct {
@@ -47,11 +49,30 @@ static uint32_t first_bad(const uint8_t *b, uint32_t n, uint32_t k) {
 	return i;
 }
 
-/* hist adds the number of times each value occurs in b[0..n) to h. */
-static void hist(const uint8_t *b, uint32_t n, uint64_t h[256]) {
+/* hist adds the number of times each value occurs in b[0..n) to h (every
+ * value < k). For k ≤ 16, SIMD128: per value, 16 bytes compared at a time
+ * and the matches summed in byte lanes, 255 vectors at most per sum. */
+static void hist(const uint8_t *b, uint32_t n, uint32_t k, uint64_t h[256]) {
+	uint32_t i = 0;
+	if (k <= 16) {
+		while (n - i >= 16) {
+			uint32_t nv = (n - i) / 16 < 255 ? (n - i) / 16 : 255;
+			for (uint32_t v = 0; v < k; v++) {
+				v128_t acc = wasm_i8x16_splat(0), x = wasm_i8x16_splat((int8_t)v);
+				for (uint32_t j = 0; j < nv; j++) /* a match is −1: subtracted, it counts 1 */
+					acc = wasm_i8x16_sub(acc, wasm_i8x16_eq(wasm_v128_load(b + i + 16 * j), x));
+				v128_t s = wasm_u32x4_extadd_pairwise_u16x8(wasm_u16x8_extadd_pairwise_u8x16(acc));
+				h[v] += (uint64_t)wasm_u32x4_extract_lane(s, 0) + wasm_u32x4_extract_lane(s, 1) +
+				        wasm_u32x4_extract_lane(s, 2) + wasm_u32x4_extract_lane(s, 3);
+			}
+			i += 16 * nv;
+		}
+		for (; i < n; i++)
+			h[b[i]]++;
+		return;
+	}
 	static uint32_t c[4][256]; /* four tables: no chains of increments of one counter */
 	__builtin_memset(c, 0, sizeof c);
-	uint32_t i = 0;
 	for (; i + 4 <= n; i += 4)
 		c[0][b[i]]++, c[1][b[i + 1]]++, c[2][b[i + 2]]++, c[3][b[i + 3]]++;
 	for (; i < n; i++)
@@ -73,8 +94,8 @@ static void send(qkd_result *res) {
 static int output(const uint8_t *px, qkd_result *res) {
 	static uint64_t nz[256], nx[256], mx[256];
 	__builtin_memset(nz, 0, sizeof nz), __builtin_memset(nx, 0, sizeof nx), __builtin_memset(mx, 0, sizeof mx);
-	hist(st.zint, st.nz, nz);
-	hist(st.xint, st.nx, nx);
+	hist(st.zint, st.nz, st.k, nz);
+	hist(st.xint, st.nx, st.k, nx);
 	uint32_t n = st.nx, nb = (n + 7) / 8, nw = (n + 63) / 64;
 	for (uint32_t w = 0; w < nw; w++) {
 		uint64_t d = qkd_word_at(st.x, nb, w) ^ qkd_word_at(px, nb, w);
