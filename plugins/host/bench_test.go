@@ -12,15 +12,16 @@ import (
 	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/bits"
+	"qkdkms/plugins/steps/estimate"
 	"qkdkms/plugins/steps/reconcile/cascade"
 	"qkdkms/plugins/steps/wire"
 )
 
 func h2(x float64) float64 { return -x*math.Log2(x) - (1-x)*math.Log2(1-x) }
 
-// runners: the shipped WASM plugins ("wasm": the C builds of the hot
-// steps), the Go guests built to WASM ("wasm-go", the reference as WASM) and
-// the native Go steps ("native").
+// runners: the shipped WASM plugins ("wasm": the C builds), the Go guests
+// built to WASM ("wasm-go", the reference as WASM) and the native Go steps
+// ("native").
 func runners(b *testing.B, sel host.Selection) []struct {
 	name string
 	r    host.Runner
@@ -150,6 +151,70 @@ func BenchmarkAmplify(b *testing.B) {
 					ia.Close(ctx)
 				}
 				b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e6, "Mbit/s")
+			})
+		}
+	}
+}
+
+// BenchmarkSiftEstimateVerify: sift, estimate and verify of one session
+// with a block of n = 2·10^5 key bits (8·10^5 detections, K = 3, QBER 2 %;
+// verify with t = 64 and a full-length seed, as quantum/session runs them),
+// both parties run one after the other in one goroutine, instance creation
+// included; ms/op is the pair's wall time.
+func BenchmarkSiftEstimateVerify(b *testing.B) {
+	rng := bits.NewRNG([]byte("sev"), "bench")
+	da, db := csDetections(rng, 800_000, 3, 0.02)
+	inA, inB := da.Encode(steps.Alice), db.Encode(steps.Bob)
+	nr, err := host.Native(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	pair := func(b testing.TB, r host.Runner, kind steps.Kind, params, seed, a, bb []byte) (steps.Result, steps.Result) {
+		ia, err := r.New(ctx, kind, steps.Alice, params, seed)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ib, err := r.New(ctx, kind, steps.Bob, params, []byte("bob"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		ra, rb, _, _, err := host.RunPair(ctx, ia, ib, a, bb)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ia.Close(ctx)
+		ib.Close(ctx)
+		return ra, rb
+	}
+	sa, sb := pair(b, nr, steps.Sift, []byte{3}, nil, inA, inB)
+	ea, _ := pair(b, nr, steps.Estimate, nil, nil, sa.Output, sb.Output)
+	est, err := estimate.DecodeOutput(ea.Output)
+	if err != nil {
+		b.Fatal(err)
+	}
+	key := vecIn(est.Key)
+	vseed := make([]byte, (est.Key.N+64+6)/8)
+	for i := range vseed {
+		vseed[i] = byte(rng.Uint64())
+	}
+	type stage struct {
+		kind         steps.Kind
+		params, seed []byte
+		inA, inB     []byte
+	}
+	stages := []stage{
+		{steps.Sift, []byte{3}, nil, inA, inB},
+		{steps.Estimate, nil, nil, sa.Output, sb.Output},
+		{steps.Verify, []byte{64}, vseed, key, key},
+	}
+	for _, rr := range runners(b, nil) {
+		for _, st := range stages {
+			b.Run(fmt.Sprintf("%s/%s/n_Z=%d", st.kind, rr.name, est.Key.N), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					pair(b, rr.r, st.kind, st.params, st.seed, st.inA, st.inB)
+				}
+				b.ReportMetric(b.Elapsed().Seconds()*1e3/float64(b.N), "ms/op")
 			})
 		}
 	}
