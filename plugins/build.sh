@@ -17,9 +17,9 @@ verify verify 1.0.0
 amplify amplify 1.0.0'
 entries=""
 echo "$list" | while read -r name kind version; do
-	# The hot steps ship as their C builds (plugins/c, committed, equal to
-	# the Go reference bit for bit); GO_GUESTS=1 ships the Go builds of
-	# every step instead.
+	# A step with a C build (plugins/c, committed, equal to the Go
+	# reference bit for bit: every shipped step) ships it; GO_GUESTS=1
+	# ships the Go builds of every step instead.
 	if [ -z "${GO_GUESTS:-}" ] && [ -f "plugins/c/wasm/$name.wasm" ]; then
 		cp "plugins/c/wasm/$name.wasm" "$out/$name.wasm"
 		continue

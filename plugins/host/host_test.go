@@ -120,7 +120,7 @@ func runCase(t *testing.T, r host.Runner, c stepCase) run {
 }
 
 // TestNativeAndWASMIdentical: every step gives the same output, metrics and
-// messages natively, as shipped WASM (C builds of the hot steps), as the Go
+// messages natively, as shipped WASM (the C builds), as the Go
 // guests built to WASM, and as shipped WASM without the load-time
 // instrumentation.
 func TestNativeAndWASMIdentical(t *testing.T) {

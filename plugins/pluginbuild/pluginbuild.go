@@ -27,9 +27,9 @@ type result struct {
 var shipped, goGuests result
 
 // Dir returns a directory holding the plugins as shipped (plugins/build.sh:
-// the committed C builds of the hot steps, Go builds of the others) and
-// manifest.json, building them if needed. Safe for concurrent use; builds
-// at most once per process.
+// the committed C builds of the steps that have one, Go builds of the
+// others) and manifest.json, building them if needed. Safe for concurrent
+// use; builds at most once per process.
 func Dir() (string, error) {
 	shipped.once.Do(func() { shipped.dir, shipped.err = build(false) })
 	return shipped.dir, shipped.err
