@@ -13,17 +13,14 @@ import (
 
 func TestMain(m *testing.M) { proctest.Main(m) }
 
-// startCluster starts two sites of n nodes on free ports with fast Raft
-// timing, stopping them at the end of the test.
-func startCluster(t *testing.T, n int) *Cluster {
+// startCluster starts the cluster o describes, with the qkdkms binary, a
+// temporary directory and fast Raft timing, and stops it at the end of the
+// test (logging the nodes' last lines if it failed).
+func startCluster(t *testing.T, ctx context.Context, o Options) *Cluster {
 	t.Helper()
-	binary := proctest.Binary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := Start(ctx, Options{
-		Binary: binary, Dir: t.TempDir(), Nodes: n, FreePorts: true, Seed: true,
-		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms",
-	})
+	o.Binary, o.Dir = proctest.Binary(t), t.TempDir()
+	o.HeartbeatTimeout, o.ElectionTimeout, o.LeaderLeaseTimeout = "500ms", "500ms", "250ms"
+	c, err := Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,9 +34,9 @@ func startCluster(t *testing.T, n int) *Cluster {
 }
 
 func TestClusterLeaderKill(t *testing.T) {
-	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	c := startCluster(t, ctx, Options{Nodes: 3, FreePorts: true, Seed: true})
 	leaders := map[string]string{}
 	for _, site := range []string{c.Sender(), c.Receiver()} {
 		l, err := c.Leader(ctx, site)
@@ -83,9 +80,9 @@ func TestClusterLeaderKill(t *testing.T) {
 }
 
 func TestClusterStopCont(t *testing.T) {
-	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	c := startCluster(t, ctx, Options{Nodes: 3, FreePorts: true, Seed: true})
 	old, err := c.Leader(ctx, c.Receiver())
 	if err != nil {
 		t.Fatal(err)
@@ -115,23 +112,12 @@ func TestClusterStopCont(t *testing.T) {
 // master site's leader off from its site (clients still reach it), sees a
 // new leader elected by the majority, heals, and sees one leader again.
 func TestClusterNetnsIsolate(t *testing.T) {
-	binary := proctest.Binary(t)
 	if !NetnsAvailable() {
 		t.Skip("network namespaces need root, ip and iptables")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c, err := Start(ctx, Options{Binary: binary, Dir: t.TempDir(), Netns: true, Seed: true,
-		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.StopAll()
-		if t.Failed() {
-			t.Log(c.TailLogs(30))
-		}
-	})
+	c := startCluster(t, ctx, Options{Netns: true, Seed: true})
 	old, err := c.Leader(ctx, c.Sender())
 	if err != nil {
 		t.Fatal(err)
@@ -164,24 +150,11 @@ func TestClusterNetnsIsolate(t *testing.T) {
 // neighbours only, and registers a connection between the first two sites,
 // whose pool fills from their direct link.
 func TestClusterThreeSitesLine(t *testing.T) {
-	binary := proctest.Binary(t)
 	sites := []string{"a_app", "b_app", "c_app"}
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(2*time.Minute))
 	defer cancel()
-	c, err := Start(ctx, Options{
-		Binary: binary, Dir: t.TempDir(), Sites: sites, Topology: TopologyLine, FreePorts: true, Seed: true,
-		HeartbeatTimeout: "500ms", ElectionTimeout: "500ms", LeaderLeaseTimeout: "250ms",
-		Link: &LinkSpec{Native: true, FiberKm: 1, RelayPoolBytes: 1024, RelayShare: 0.5},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.StopAll()
-		if t.Failed() {
-			t.Log(c.TailLogs(30))
-		}
-	})
+	c := startCluster(t, ctx, Options{Sites: sites, Topology: TopologyLine, FreePorts: true, Seed: true,
+		Link: &LinkSpec{Native: true, FiberKm: 1, RelayPoolBytes: 1024, RelayShare: 0.5}})
 	for _, site := range sites {
 		l, err := c.WaitLeader(ctx, site)
 		if err != nil {
