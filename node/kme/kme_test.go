@@ -581,6 +581,18 @@ func testImportOutOfStep(t *testing.T, leaderChange bool) {
 	if !errors.Is(err, etsi.ErrUnavailable) {
 		t.Fatalf("import with the master site cut off: want ErrUnavailable, got %v", err)
 	}
+	// The leader's attempt can outlive the caller's deadline by a retry to
+	// the master site; lifting the cut before it ended would let it finish
+	// the import (legitimately), and this test needs it half done.
+	testenv.WaitFor(t, "every import attempt at "+siteB+" to end", func() bool {
+		for _, n := range w.sites[siteB].nodes {
+			if !n.kme.importMu.TryLock() {
+				return false
+			}
+			n.kme.importMu.Unlock()
+		}
+		return true
+	})
 	w.sites[siteA].cut.Store(false)
 	if a, b := w.connStatus(ctx, siteA, "m", "s"), w.connStatus(ctx, siteB, "m", "s"); a.AddedBlocks != 0 || b.AddedBlocks != 1 || b.PendingImport != "blk-1" {
 		t.Fatalf("half-done import: master %d blocks, slave %d, pending %q", a.AddedBlocks, b.AddedBlocks, b.PendingImport)
