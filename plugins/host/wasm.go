@@ -461,6 +461,10 @@ type wasmInst struct {
 	stderr                              *limitedBuffer
 	abi, alloc, newFn, step, rptr, rlen api.Function
 	closed                              bool
+	// stack holds a call's parameters and then its result (CallWithStack:
+	// no allocation per call; a session makes thousands). The ABI's
+	// exports take at most five parameters.
+	stack [5]uint64
 }
 
 func (i *wasmInst) trap(what string, err error) error {
@@ -484,13 +488,13 @@ func (i *wasmInst) call(ctx context.Context, name string, f api.Function, args .
 	if i.closed {
 		return 0, ErrClosed
 	}
-	res, err := f.Call(ctx, args...)
-	if err != nil {
+	n := copy(i.stack[:], args)
+	if err := f.CallWithStack(ctx, i.stack[:max(n, 1)]); err != nil {
 		err = i.trap(name, err)
 		i.Close(ctx)
 		return 0, err
 	}
-	return api.DecodeU32(res[0]), nil
+	return api.DecodeU32(i.stack[0]), nil
 }
 
 // put copies b into a guest buffer from qkd_alloc.
