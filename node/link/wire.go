@@ -200,6 +200,14 @@ func (w *wire) recv(ctx context.Context, q chan []byte) ([]byte, error) {
 	case b := <-q:
 		return b, nil
 	case <-w.done:
+		// The reader queues a message before it fails the wire: one that
+		// arrived before the connection ended is still delivered (a select
+		// with both ready picks at random).
+		select {
+		case b := <-q:
+			return b, nil
+		default:
+		}
 		return nil, w.downErr()
 	case <-ctx.Done():
 		return nil, ctx.Err()
