@@ -9,10 +9,7 @@ package host_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"log/slog"
 	mbits "math/bits"
 	"os"
 	"os/exec"
@@ -38,31 +35,11 @@ func ampCRunner(t testing.TB) host.Runner {
 	return ampCRunnerFrom(t, filepath.Join(root, "plugins", "c", "wasm", "amplify.wasm"))
 }
 
-// ampCRunnerFrom loads a build of the C plugin into a fresh host, under the
-// name "amplify"; the other step kinds get placeholders (the same module
-// under other names), never run.
+// ampCRunnerFrom loads a build of the C plugin (at path) into a fresh host,
+// under the name "amplify".
 func ampCRunnerFrom(t testing.TB, path string) host.Runner {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	h, err := host.New(ctx, host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(context.Background()) })
-	sum := sha256.Sum256(b)
-	for _, k := range steps.Kinds {
-		info := host.Info{Name: "amplify", Kind: steps.Amplify, Version: "1.0.0", ABI: 1, SHA256: hex.EncodeToString(sum[:])}
-		if k != steps.Amplify {
-			info.Name, info.Kind, info.Version = "placeholder-"+string(k), k, "0"
-		}
-		if err := h.Add(ctx, info, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := cHost(t, cModule{kind: steps.Amplify, name: "amplify", version: "1.0.0", path: path})
 	r, err := h.Runner(host.Selection{steps.Amplify: "amplify"})
 	if err != nil {
 		t.Fatal(err)

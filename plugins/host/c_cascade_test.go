@@ -7,18 +7,13 @@ package host_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"qkdkms/plugins/host"
-	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/bits"
 	"qkdkms/plugins/steps/reconcile/cascade"
@@ -31,49 +26,14 @@ var cascadePlugins = []string{"cascade", "cascade-yanetal"}
 // plugin name, the C runner and the native Go runner.
 func cRunners(t testing.TB) map[string][2]host.Runner {
 	t.Helper()
-	root, err := pluginbuild.Root()
-	if err != nil {
-		t.Fatal(err)
+	var mods []cModule
+	for _, name := range cascadePlugins {
+		mods = append(mods, cModule{kind: steps.Reconcile, name: name, version: cascade.Version})
 	}
-	ctx := context.Background()
-	h, err := host.New(ctx, host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(context.Background()) })
+	h := cHost(t, mods...)
 	out := map[string][2]host.Runner{}
-	for i, name := range cascadePlugins {
-		b, err := os.ReadFile(filepath.Join(root, "plugins", "c", "wasm", name+".wasm"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		info := host.Info{Name: name, Kind: steps.Reconcile, Version: cascade.Version, ABI: 1, SHA256: hex.EncodeToString(sum[:])}
-		if err := h.Add(ctx, info, b); err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			// A runner needs a plugin of every kind; the other kinds get
-			// placeholders (this module under other names), never run.
-			for _, k := range steps.Kinds {
-				if k != steps.Reconcile {
-					ph := host.Info{Name: "placeholder-" + string(k), Kind: k, Version: "0", ABI: 1, SHA256: info.SHA256}
-					if err := h.Add(ctx, ph, b); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-		}
-		sel := host.Selection{steps.Reconcile: name}
-		cr, err := h.Runner(sel)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nr, err := host.Native(sel)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[name] = [2]host.Runner{cr, nr}
+	for _, name := range cascadePlugins {
+		out[name] = cAndNative(t, h, host.Selection{steps.Reconcile: name})
 	}
 	return out
 }

@@ -9,17 +9,11 @@ package host_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"qkdkms/plugins/host"
-	"qkdkms/plugins/pluginbuild"
 	"qkdkms/plugins/steps"
 	"qkdkms/plugins/steps/bits"
 	"qkdkms/plugins/steps/estimate"
@@ -30,52 +24,13 @@ import (
 )
 
 // csRunners loads the committed C builds of sift, estimate and verify into a
-// fresh host (reconcile and amplify get placeholders, never run) and returns
-// the C runner and the native Go runner.
+// fresh host and returns the C runner and the native Go runner.
 func csRunners(t testing.TB) [2]host.Runner {
 	t.Helper()
-	root, err := pluginbuild.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	h, err := host.New(ctx, host.Options{CacheDir: filepath.Join(os.TempDir(), "qkdkms-wazero-cache"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(context.Background()) })
-	plugins := []struct {
-		kind          steps.Kind
-		name, version string
-	}{{steps.Sift, sift.Name, sift.Version}, {steps.Estimate, estimate.Name, estimate.Version}, {steps.Verify, verify.Name, verify.Version}}
-	var sum string
-	var mod []byte
-	for _, p := range plugins {
-		b, err := os.ReadFile(filepath.Join(root, "plugins", "c", "wasm", p.name+".wasm"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := sha256.Sum256(b)
-		sum, mod = hex.EncodeToString(s[:]), b
-		if err := h.Add(ctx, host.Info{Name: p.name, Kind: p.kind, Version: p.version, ABI: 1, SHA256: sum}, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, k := range []steps.Kind{steps.Reconcile, steps.Amplify} {
-		if err := h.Add(ctx, host.Info{Name: "placeholder-" + string(k), Kind: k, Version: "0", ABI: 1, SHA256: sum}, mod); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sel := host.Selection{steps.Sift: sift.Name, steps.Estimate: estimate.Name, steps.Verify: verify.Name}
-	cr, err := h.Runner(sel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nr, err := host.Native(sel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return [2]host.Runner{cr, nr}
+	h := cHost(t, cModule{kind: steps.Sift, name: sift.Name, version: sift.Version},
+		cModule{kind: steps.Estimate, name: estimate.Name, version: estimate.Version},
+		cModule{kind: steps.Verify, name: verify.Name, version: verify.Version})
+	return cAndNative(t, h, host.Selection{steps.Sift: sift.Name, steps.Estimate: estimate.Name, steps.Verify: verify.Name})
 }
 
 // csParty is one party of one step, run by the C build and natively.
