@@ -149,6 +149,11 @@ type party struct {
 	id    [16]byte
 	res   Result
 	start time.Time
+	// After estimation (the front half): the sifted key, the bound's
+	// parameters and the bits disclosed so far.
+	key  bits.Vec
+	fp   finitekey.Params
+	leak uint64
 }
 
 func (p *party) send(ctx context.Context, typ uint8, payload []byte) error {
@@ -359,9 +364,10 @@ func decodeVec(b []byte) (bits.Vec, error) {
 	return v, nil
 }
 
-// postprocess runs estimate → reconcile → verify → amplify on a sifted
-// block. Both parties compute the same bounds from the same public data.
-func (p *party) postprocess(ctx context.Context, sifted []byte, mu, probs [finitekey.K]float64) error {
+// estimate runs the estimate step on a sifted block and checks that the
+// bound can leave a key. Both parties compute the same bounds from the same
+// public data.
+func (p *party) estimate(ctx context.Context, sifted []byte, mu, probs [finitekey.K]float64) error {
 	seed, err := p.seed(32)
 	if err != nil {
 		return err
@@ -388,20 +394,25 @@ func (p *party) postprocess(ctx context.Context, sifted []byte, mu, probs [finit
 		p.res.Finite = fr
 		return fmt.Errorf("%w: QBER_X %.4f, n_Z %d: %s %v", ErrNoKey, p.res.QBERX, est.Key.N, fr.Reason, err)
 	}
-	leak := p.res.Steps[0].Leaked + er.Leaked
+	p.key, p.fp, p.leak = est.Key, fp, p.res.Steps[0].Leaked+er.Leaked
+	return nil
+}
 
-	if seed, err = p.seed(32); err != nil {
+// finish runs reconcile → verify → amplify on the estimated block.
+func (p *party) finish(ctx context.Context) error {
+	seed, err := p.seed(32)
+	if err != nil {
 		return err
 	}
-	rr, err := p.runStep(ctx, 2, steps.Reconcile, f64(p.res.QBERX), seed, vec(est.Key))
+	rr, err := p.runStep(ctx, 2, steps.Reconcile, f64(p.res.QBERX), seed, vec(p.key))
 	if err != nil {
 		return err
 	}
 	key, err := decodeVec(rr.Output)
-	if err != nil || key.N != est.Key.N {
-		return fmt.Errorf("%w: reconcile output (%d bits, want %d): %v", ErrProtocol, key.N, est.Key.N, err)
+	if err != nil || key.N != p.key.N {
+		return fmt.Errorf("%w: reconcile output (%d bits, want %d): %v", ErrProtocol, key.N, p.key.N, err)
 	}
-	leak += rr.Leaked
+	fp, leak := p.fp, p.leak+rr.Leaked
 	p.res.LeakEC = leak
 	if rr.Corrected > 0 && key.N > 0 {
 		p.res.QBERZ = float64(rr.Corrected) / float64(key.N)
@@ -446,24 +457,101 @@ func (p *party) postprocess(ctx context.Context, sifted []byte, mu, probs [finit
 
 // Alice runs the transmitter's half of a session on frame frame.
 func Alice(ctx context.Context, cfg Config, tx quantum.Transmitter, ch quantum.Channel, frame uint64) (Result, error) {
+	a, res, err := AliceAhead(ctx, cfg, tx, ch, frame)
+	if err != nil {
+		return res, err
+	}
+	return a.Finish(ctx, cfg.Runner, ch)
+}
+
+// Ahead is a session whose front half is done — the frame sent and
+// detected, sifted and estimated — and whose back half — reconciliation,
+// verification and amplification — Finish runs. Between the two halves it
+// holds the sifted key in memory; Discard clears it. The live link runs the
+// front half of the next frame beside the back half of the current one
+// (docs/ARCHITECTURE.md, "Frames are pipelined"); the messages of both
+// carry their session's ID, so Mux can keep them apart on one channel.
+type Ahead struct{ p *party }
+
+// AliceAhead runs the front half of Alice's session on frame frame. On an
+// error the Result holds what the session measured before it aborted.
+func AliceAhead(ctx context.Context, cfg Config, tx quantum.Transmitter, ch quantum.Channel, frame uint64) (*Ahead, Result, error) {
 	if err := cfg.defaults(); err != nil {
-		return Result{}, err
+		return nil, Result{}, err
 	}
 	if len(cfg.IntensityProbs) != finitekey.K || cfg.Pulses == 0 {
-		return Result{}, fmt.Errorf("session: need %d intensity probabilities and Pulses > 0", finitekey.K)
+		return nil, Result{}, fmt.Errorf("session: need %d intensity probabilities and Pulses > 0", finitekey.K)
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	p := &party{cfg: cfg, role: steps.Alice, ch: ch, start: time.Now()}
 	if _, err := io.ReadFull(cfg.Rand, p.id[:]); err != nil {
-		return Result{}, fmt.Errorf("session: randomness: %w", err)
+		return nil, Result{}, fmt.Errorf("session: randomness: %w", err)
 	}
 	if err := p.alice(ctx, tx, frame); err != nil {
-		return Result{BlockID: p.id, Steps: p.res.Steps, QBERX: p.res.QBERX, Finite: p.res.Finite}, p.abort(err)
+		return nil, p.failed(), p.abort(err)
+	}
+	p.res.Wall = time.Since(p.start)
+	return &Ahead{p: p}, Result{}, nil
+}
+
+// ID is the session's ID, which becomes the block ID.
+func (a *Ahead) ID() [16]byte { return a.p.id }
+
+// Identity is the plugin set's identity the front half ran: Finish needs
+// a runner of the same identity.
+func (a *Ahead) Identity() string { return a.p.cfg.Runner.Identity() }
+
+// Discard clears the sifted key of a session that will not be finished.
+func (a *Ahead) Discard() { clear(a.p.key.W) }
+
+// Finish runs the back half over ch (the front half's channel or a later
+// one, with the same peer) with runner, which must have the front half's
+// identity. The Ahead is spent whatever the outcome.
+func (a *Ahead) Finish(ctx context.Context, runner host.Runner, ch quantum.Channel) (Result, error) {
+	p := a.p
+	defer a.Discard()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	start := time.Now()
+	p.ch = ch
+	if runner == nil || runner.Identity() != p.cfg.Runner.Identity() {
+		return p.failed(), p.abort(fmt.Errorf("%w: the block was sifted with another plugin set", ErrMismatch))
+	}
+	p.cfg.Runner = runner
+	if err := p.back(ctx); err != nil {
+		p.res.Key, p.res.FinalBits = nil, 0
+		return p.failed(), p.abort(err)
 	}
 	p.res.BlockID = p.id
-	p.res.Wall = time.Since(p.start)
+	p.res.Wall += time.Since(start)
 	return p.res, nil
+}
+
+// failed is the Result of an aborted session: what it measured, no key.
+func (p *party) failed() Result {
+	return Result{BlockID: p.id, Steps: p.res.Steps, QBERX: p.res.QBERX, Finite: p.res.Finite}
+}
+
+// back is the back half of either role; Bob tells Alice the errors
+// reconciliation corrected.
+func (p *party) back(ctx context.Context) error {
+	if err := p.finish(ctx); err != nil {
+		return err
+	}
+	if p.role == steps.Bob {
+		var fin [8]byte
+		binary.LittleEndian.PutUint64(fin[:], p.res.Steps[2].Corrected)
+		return p.send(ctx, tFin, fin[:])
+	}
+	fin, err := p.recv(ctx, tFin)
+	if err != nil {
+		return err
+	}
+	if len(fin) == 8 && p.res.SiftedBits > 0 {
+		p.res.QBERZ = float64(binary.LittleEndian.Uint64(fin)) / float64(p.res.SiftedBits)
+	}
+	return nil
 }
 
 func (p *party) alice(ctx context.Context, tx quantum.Transmitter, frame uint64) error {
@@ -517,24 +605,24 @@ func (p *party) alice(ctx context.Context, tx quantum.Transmitter, frame uint64)
 	if err != nil {
 		return err
 	}
-	if err := p.postprocess(ctx, sr.Output, mu, probs); err != nil {
-		return err
-	}
-	fin, err := p.recv(ctx, tFin)
-	if err != nil {
-		p.res.Key, p.res.FinalBits = nil, 0
-		return err
-	}
-	if len(fin) == 8 && p.res.SiftedBits > 0 {
-		p.res.QBERZ = float64(binary.LittleEndian.Uint64(fin)) / float64(p.res.SiftedBits)
-	}
-	return nil
+	return p.estimate(ctx, sr.Output, mu, probs)
 }
 
 // Bob runs the receiver's half of the session Alice opens on ch.
 func Bob(ctx context.Context, cfg Config, rx quantum.Receiver, ch quantum.Channel) (Result, error) {
+	a, res, err := BobAhead(ctx, cfg, rx, ch)
+	if err != nil {
+		return res, err
+	}
+	return a.Finish(ctx, cfg.Runner, ch)
+}
+
+// BobAhead runs the front half of Bob's side of the session Alice opens
+// on ch. On an error the Result holds what the session measured before it
+// aborted.
+func BobAhead(ctx context.Context, cfg Config, rx quantum.Receiver, ch quantum.Channel) (*Ahead, Result, error) {
 	if err := cfg.defaults(); err != nil {
-		return Result{}, err
+		return nil, Result{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -544,22 +632,21 @@ func Bob(ctx context.Context, cfg Config, rx quantum.Receiver, ch quantum.Channe
 	for {
 		b, err := ch.Recv(ctx)
 		if err != nil {
-			return Result{}, fmt.Errorf("%w: receive: %w", ErrAbort, err)
+			return nil, Result{}, fmt.Errorf("%w: receive: %w", ErrAbort, err)
 		}
 		if len(b) >= 17 && b[0] == tHello {
 			copy(p.id[:], b[1:17])
 			if h, err = decodeHello(b[17:]); err != nil {
-				return Result{}, p.abort(err)
+				return nil, Result{}, p.abort(err)
 			}
 			break
 		}
 	}
 	if err := p.bob(ctx, rx, h); err != nil {
-		return Result{BlockID: p.id, Steps: p.res.Steps, QBERX: p.res.QBERX, Finite: p.res.Finite}, p.abort(err)
+		return nil, p.failed(), p.abort(err)
 	}
-	p.res.BlockID = p.id
 	p.res.Wall = time.Since(p.start)
-	return p.res, nil
+	return &Ahead{p: p}, Result{}, nil
 }
 
 func (p *party) bob(ctx context.Context, rx quantum.Receiver, h hello) error {
@@ -603,14 +690,5 @@ func (p *party) bob(ctx context.Context, rx quantum.Receiver, h hello) error {
 	if err != nil {
 		return err
 	}
-	if err := p.postprocess(ctx, sr.Output, mu, probs); err != nil {
-		return err
-	}
-	var fin [8]byte
-	binary.LittleEndian.PutUint64(fin[:], p.res.Steps[2].Corrected)
-	if err := p.send(ctx, tFin, fin[:]); err != nil {
-		p.res.Key, p.res.FinalBits = nil, 0
-		return err
-	}
-	return nil
+	return p.estimate(ctx, sr.Output, mu, probs)
 }

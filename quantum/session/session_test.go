@@ -216,3 +216,150 @@ func TestSessionFailuresGiveNoKey(t *testing.T) {
 		})
 	}
 }
+
+// pipeline runs frames 1..frames through the schedule the live link uses:
+// the front half of frame f+1 beside the back half of frame f, both on one
+// channel through a Mux, then a message of each side's own (After). A
+// frame whose front half failed at either side is discarded at both. It
+// returns each frame's outcome.
+func pipeline(t *testing.T, m sim.Model, seed uint64, frames int, ra, rb func(frame int) host.Runner) []outcome {
+	t.Helper()
+	s, err := sim.New(m, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ca, cb := quantum.Pipe()
+	defer ca.Close()
+	defer cb.Close()
+	out := make([]outcome, frames+2)
+	var cur [2]*session.Ahead // Alice's, Bob's
+	for f := 1; f <= frames+1; f++ {
+		var next [2]*session.Ahead
+		var end [2][]byte
+		var endErr [2]error
+		var wg sync.WaitGroup
+		for i, alice := range []bool{true, false} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ch, runner, res, errp, ferr := cb, rb, &out[f-1].b, &out[f-1].errB, &out[f].errB
+				if alice {
+					ch, runner, res, errp, ferr = ca, ra, &out[f-1].a, &out[f-1].errA, &out[f].errA
+				}
+				var id [16]byte
+				if cur[i] != nil {
+					id = cur[i].ID()
+				}
+				mux := session.NewMux(ch, id)
+				var back sync.WaitGroup
+				if cur[i] != nil {
+					back.Add(1)
+					go func() {
+						defer back.Done()
+						*res, *errp = cur[i].Finish(context.Background(), runner(f-1), mux.Finishing())
+					}()
+				}
+				if f <= frames {
+					var k [32]byte
+					copy(k[:], fmt.Sprint(seed, f, alice))
+					cfg := session.Config{Runner: runner(f), Rand: rand.NewChaCha8(k)}
+					if alice {
+						cfg.Pulses, cfg.IntensityProbs = 20_000_000, m.IntensityProbs
+						next[i], _, *ferr = session.AliceAhead(context.Background(), cfg, s.Tx, mux.Next(), uint64(f))
+					} else {
+						next[i], _, *ferr = session.BobAhead(context.Background(), cfg, s.Rx, mux.Next())
+					}
+				}
+				back.Wait()
+				if err := mux.Send(context.Background(), []byte(fmt.Sprintf("{end %d %v}", f, alice))); err != nil {
+					t.Error(err)
+				}
+				end[i], endErr[i] = mux.After(context.Background())
+			}()
+		}
+		wg.Wait()
+		for i, alice := range []bool{false, true} { // each reads the other's message
+			if want := fmt.Sprintf("{end %d %v}", f, alice); endErr[i] != nil || string(end[i]) != want {
+				t.Fatalf("frame %d: after the sessions read %q (%v), want %q", f, end[i], endErr[i], want)
+			}
+		}
+		if next[0] == nil || next[1] == nil {
+			for _, a := range next {
+				if a != nil {
+					a.Discard()
+				}
+			}
+			next = [2]*session.Ahead{}
+		} else if next[0].ID() != next[1].ID() {
+			t.Fatalf("frame %d: the parties' front halves have different IDs", f)
+		}
+		cur = next
+	}
+	return out[1 : frames+1]
+}
+
+// TestPipelinedSessions: frames run pipelined through a Mux give both
+// parties the same key per frame, the same keys as the frames run one
+// after another with the same seeds.
+func TestPipelinedSessions(t *testing.T) {
+	r := native(t, nil)
+	m := sim.DefaultModel()
+	m.FiberKm = 25
+	same := func(int) host.Runner { return r }
+	got := pipeline(t, m, 11, 4, same, same)
+	s, err := sim.New(m, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for f, o := range got {
+		checkAgree(t, o)
+		ca, cb := quantum.Pipe()
+		var want outcome
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var k [32]byte
+			copy(k[:], fmt.Sprint(11, f+1, false))
+			want.b, want.errB = session.Bob(context.Background(), session.Config{Runner: r, Rand: rand.NewChaCha8(k)}, s.Rx, cb)
+		}()
+		var k [32]byte
+		copy(k[:], fmt.Sprint(11, f+1, true))
+		want.a, want.errA = session.Alice(context.Background(), session.Config{Runner: r, Pulses: 20_000_000,
+			IntensityProbs: m.IntensityProbs, Rand: rand.NewChaCha8(k)}, s.Tx, ca, uint64(f+1))
+		wg.Wait()
+		ca.Close()
+		cb.Close()
+		checkAgree(t, want)
+		if !bytes.Equal(o.a.Key, want.a.Key) || o.a.BlockID != want.a.BlockID {
+			t.Fatalf("frame %d: pipelined key differs from the key of the frame run alone", f+1)
+		}
+		t.Logf("frame %d: %d bits, block %x", f+1, o.a.FinalBits, o.a.BlockID[:4])
+	}
+}
+
+// TestPipelinedFrontFails: when the front half of the next frame fails (a
+// plugin error in its estimate at Bob), the frame being finished beside
+// it still gives both parties its key, the failed frame gives none, and
+// the frame after it runs normally.
+func TestPipelinedFrontFails(t *testing.T) {
+	r := native(t, nil)
+	broken := &faulty{Runner: r, kind: steps.Estimate}
+	m := sim.DefaultModel()
+	got := pipeline(t, m, 12, 3, func(int) host.Runner { return r }, func(f int) host.Runner {
+		if f == 2 {
+			return broken
+		}
+		return r
+	})
+	checkAgree(t, got[0])
+	checkAgree(t, got[2])
+	if !errors.Is(got[1].errB, host.ErrPlugin) || !errors.Is(got[1].errA, session.ErrAbort) {
+		t.Fatalf("frame 2: alice %v, bob %v", got[1].errA, got[1].errB)
+	}
+	if got[1].a.Key != nil || got[1].b.Key != nil {
+		t.Fatal("key from the failed frame")
+	}
+}
