@@ -58,6 +58,7 @@ func (l *Link) driveConnection(ctx context.Context) (err error) {
 	w := p.w
 	defer func() {
 		_ = w.Close()
+		p.dropAhead()
 		// A failed commit that ended the loop is its returned error,
 		// reported by the caller: logged here only otherwise.
 		if derr := p.drain(); derr != nil && ctx.Err() == nil && !errors.Is(err, derr) {
@@ -192,11 +193,29 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 			return err
 		}
 	}
+	// The frame the last session ran ahead, unless the plugin set changed
+	// since: finished first, discarded on any failure.
+	cur := p.takeAhead()
+	var next *session.Ahead
+	defer func() {
+		for _, a := range []*session.Ahead{cur, next} {
+			if a != nil {
+				a.Discard()
+			}
+		}
+	}()
+	if cur != nil && (runner == nil || cur.Identity() != runner.Identity()) {
+		cur.Discard()
+		cur = nil
+	}
 	// Protocol 2 compares the last blocks once per connection: afterwards
 	// every commit either completes at both sites or ends the connection.
 	sync := !p.overlap() || !p.synced
 	start := msg{Type: "start", Master: conn.MasterSAE, Slave: conn.SlaveSAE, Plugins: sel, Sync: sync, Keys: src == nil,
 		RelayOnly: pl.relayOnly, LastBlock: st.LastBlock, PrevBlock: st.PrevBlock, PadOffset: p.cursor.offer(st)}
+	if cur != nil {
+		start.Carry = blockID(cur.ID())
+	}
 	if err := send(ctx, ch, start); err != nil {
 		return err
 	}
@@ -242,7 +261,8 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 		want := conn.NeedBytes() + l.relayShort(p, st, f.countRelay(l.relayLevels(p.peerUsed))).total()
 		res, err = l.drawKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice), want)
 	} else {
-		res, err = l.runBB84(ctx, ch, src, runner)
+		res, next, err = l.finishBB84(ctx, p, ch, runner, cur, l.aliceFront(src, runner))
+		cur = nil // finished (Finish discards it whatever the outcome)
 	}
 	if err != nil {
 		return err
@@ -261,22 +281,26 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	if err := ch.Confirm(ctx, ab, ba); err != nil {
 		return fmt.Errorf("%w: %w", session.ErrAbort, err)
 	}
-	return l.commitBlock(ctx, p, conn, res, c)
+	if err := l.commitBlock(ctx, p, conn, res, c); err != nil {
+		return err
+	}
+	p.ahead, next = next, nil
+	return nil
 }
 
-// runBB84 is Alice's BB84 session on the source's next frame.
-func (l *Link) runBB84(ctx context.Context, ch *auth.Channel, src quantum.Source, runner host.Runner) (session.Result, error) {
-	frame, pulses, err := src.Next(ctx)
-	if err != nil {
-		return session.Result{}, fmt.Errorf("link: driver: %w", err)
+// aliceFront runs Alice's front half on the source's next frame.
+func (l *Link) aliceFront(src quantum.Source, runner host.Runner) frontHalf {
+	return func(ctx context.Context, ch quantum.Channel) (*session.Ahead, session.Result, error) {
+		frame, pulses, err := src.Next(ctx)
+		if err != nil {
+			return nil, session.Result{}, fmt.Errorf("link: driver: %w", err)
+		}
+		defer src.Release(frame)
+		cfg := session.Config{
+			Runner: runner, Pulses: pulses,
+			IntensityProbs: src.IntensityProbs(), TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
+			Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
+		}
+		return session.AliceAhead(ctx, cfg, src, ch, frame)
 	}
-	cfg := session.Config{
-		Runner: runner, Pulses: pulses,
-		IntensityProbs: src.IntensityProbs(), TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec,
-		Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger,
-	}
-	res, err := session.Alice(ctx, cfg, src, ch, frame)
-	src.Release(frame)
-	l.noteQBER(res)
-	return res, err
 }

@@ -53,6 +53,7 @@ func (l *Link) Serve(conn net.Conn) {
 	// has ended (serveMu is released after this).
 	defer func() {
 		_ = w.Close()
+		p.dropAhead()
 		if err := p.drain(); err != nil && ctx.Err() == nil {
 			l.countAbort(err)
 			l.cfg.Logger.Warn("block commit failed", "peer", l.cfg.PeerKME, "err", err)
@@ -155,6 +156,24 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 			return refuse(err.Error(), sel)
 		}
 	}
+	// The frame the last session ran ahead: finished here if the start
+	// names it, discarded otherwise (and on any failure).
+	cur := p.takeAhead()
+	var next *session.Ahead
+	defer func() {
+		for _, a := range []*session.Ahead{cur, next} {
+			if a != nil {
+				a.Discard()
+			}
+		}
+	}()
+	if start.Carry != "" && (cur == nil || blockID(cur.ID()) != start.Carry || runner == nil || cur.Identity() != runner.Identity()) {
+		return refuse(fmt.Sprintf("the start finishes frame %s, which %s does not hold for this plugin set", start.Carry, l.cfg.LocalKME), nil)
+	}
+	if start.Carry == "" && cur != nil {
+		cur.Discard()
+		cur = nil
+	}
 	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)
 	if err != nil {
 		return refuse(err.Error(), nil)
@@ -181,8 +200,10 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 		res, err = l.fetchKeys(ctx, ch, l.cfg.Driver.(quantum.KeyDevice))
 	} else {
 		cfg := session.Config{Runner: runner, TagBits: l.cfg.TagBits, EpsSec: l.cfg.EpsSec, Timeout: l.cfg.SessionTimeout, Logger: l.cfg.Logger}
-		res, err = session.Bob(ctx, cfg, rx, ch)
-		l.noteQBER(res)
+		res, next, err = l.finishBB84(ctx, p, ch, runner, cur, func(ctx context.Context, ch quantum.Channel) (*session.Ahead, session.Result, error) {
+			return session.BobAhead(ctx, cfg, rx, ch)
+		})
+		cur = nil // finished (Finish discards it whatever the outcome)
 	}
 	if err != nil {
 		return err
@@ -204,7 +225,11 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 	if err := checkCommit(p, c, len(res.Key), start.RelayOnly); err != nil {
 		return err
 	}
-	return l.commitBlock(ctx, p, conn, res, c)
+	if err := l.commitBlock(ctx, p, conn, res, c); err != nil {
+		return err
+	}
+	p.ahead, next = next, nil
+	return nil
 }
 
 func (l *Link) connection(ctx context.Context, master, slave string) (raftstore.ConnectionStatus, error) {

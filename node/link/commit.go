@@ -36,6 +36,9 @@ type peerConn struct {
 	// inflight is the commit running beside the next session (protocol 2);
 	// only the goroutine that runs this connection's sessions touches it.
 	inflight *inflight
+	// ahead is the next frame's front half, which the last session ran and
+	// the next one finishes (aheadProtocol); the same goroutine owns it.
+	ahead *session.Ahead
 }
 
 type inflight struct {

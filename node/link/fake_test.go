@@ -423,6 +423,7 @@ type linkMsg struct {
 	RelaySplit int    `json:"relay_split"`
 	RelayOnly  bool   `json:"relay_only"`
 	RelayOK    bool   `json:"relay_ok"`
+	Carry      string `json:"carry"`
 }
 
 // wireLog is what the taps of both ends of every connection saw, in the
@@ -464,14 +465,14 @@ func (l *wireLog) messages() []tapped {
 
 // tapConn parses the frames one end writes (kind byte, 4-byte big-endian
 // length, payload) and logs them. With oldVersion it rewrites the hello's
-// "version":3 to "version":N (same length): N 0 is a peer that sent no
-// version (protocol 1), 2 one that speaks protocol 2.
+// "version":protocolVersion to "version":N (same length): N 0 is a peer
+// that sent no version (protocol 1), 2 one that speaks protocol 2, and so on.
 type tapConn struct {
 	net.Conn
 	log        *wireLog
 	id         int
 	site       string
-	oldVersion byte  // '0' … '2'; 0: no rewrite
+	oldVersion byte  // '0' … '3'; 0: no rewrite
 	rewrote    *bool // set when the hello was rewritten
 
 	mu   sync.Mutex
@@ -512,7 +513,7 @@ func (c *tapConn) scan(p []byte) []byte {
 		}
 		n := min(int(c.left), len(p)-i)
 		if chunk := p[i : i+n]; c.oldVersion != 0 && c.kind == kindClassical && !*c.rewrote && bytes.Contains(chunk, []byte(`"type":"hello"`)) {
-			if j := bytes.Index(chunk, []byte(`"version":3`)); j >= 0 {
+			if j := bytes.Index(chunk, fmt.Appendf(nil, `"version":%d`, protocolVersion)); j >= 0 {
 				out = bytes.Clone(p)
 				out[i+j+len(`"version":`)] = c.oldVersion
 				*c.rewrote = true
@@ -543,6 +544,7 @@ type pairOpts struct {
 	blockBits int  // default 30_000
 	protocol1 bool // rewrite both hellos: both sites fall back to protocol 1
 	protocol2 bool // rewrite both hellos: both sites speak protocol 2 (no relay)
+	protocol3 bool // rewrite both hellos: both sites speak protocol 3 (no frame ahead)
 	// relayPool and relayShare configure both sites' relay pool.
 	relayPool  int
 	relayShare float64
@@ -659,6 +661,8 @@ func (p *pair) dial(ctx context.Context, addr string) (net.Conn, error) {
 		old = '0'
 	case p.opts.protocol2:
 		old = '2'
+	case p.opts.protocol3:
+		old = '3'
 	}
 	ta := &tapConn{Conn: ca, log: p.wire, id: id, site: siteA, oldVersion: old, rewrote: ra}
 	tb := &tapConn{Conn: cb, log: p.wire, id: id, site: siteB, oldVersion: old, rewrote: rb}

@@ -21,8 +21,11 @@ import (
 // takes relay material, ready carries its relay levels, the commit
 // message its relay bytes and their split between the two directions, and
 // a start may be relay-only (no connection).
-// Below 3 the commit message carries no relay bytes.
-const protocolVersion = 3
+// Below 3 the commit message carries no relay bytes. Version 4 runs the
+// next frame's front half beside a session's back half (ahead.go): start
+// names the frame it finishes (Carry), and an "ahead" message from each
+// site precedes the commit.
+const protocolVersion = 4
 
 // Link-level messages (JSON on the classical channel).
 type msg struct {
@@ -46,7 +49,8 @@ type msg struct {
 	LastBlock string         `json:"last_block,omitempty"`
 	PrevBlock string         `json:"prev_block,omitempty"`
 	PadOffset uint64         `json:"pad_offset,omitempty"`
-	// commit
+	Carry     string         `json:"carry,omitempty"` // start: the frame ahead this session finishes (protocol 4)
+	// commit; ahead: the next frame's session ID, empty for none
 	BlockID  string `json:"block_id,omitempty"`
 	KeyBytes int    `json:"key_bytes,omitempty"`
 	Auth     int    `json:"auth,omitempty"`

@@ -109,6 +109,51 @@ func checkCommitOrder(t *testing.T, p *pair) {
 	}
 }
 
+// checkCarries: a session finishes a frame run ahead (its start names it)
+// only when both sites named that frame in the session before it on the
+// same connection, which got as far as its commit message; the session's
+// block is that frame; a connection's first session finishes none. It
+// returns how many sessions finished a frame run ahead.
+func checkCarries(t *testing.T, p *pair) int {
+	t.Helper()
+	type session struct {
+		started   bool
+		ahead     map[string]string // by site
+		committed bool
+		carry     string
+	}
+	conns := map[int]*session{}
+	carried := 0
+	for _, m := range p.wire.messages() {
+		s := conns[m.conn]
+		if s == nil {
+			s = &session{ahead: map[string]string{}}
+			conns[m.conn] = s
+		}
+		switch m.m.Type {
+		case "start":
+			if c := m.m.Carry; c != "" {
+				carried++
+				switch {
+				case !s.started:
+					t.Errorf("connection %d: its first session finishes frame %s", m.conn, c)
+				case !s.committed || s.ahead[siteA] != c || s.ahead[siteB] != c:
+					t.Errorf("connection %d: a session finishes frame %s; the session before named %v ahead, committed %v", m.conn, c, s.ahead, s.committed)
+				}
+			}
+			*s = session{started: true, ahead: map[string]string{}, carry: m.m.Carry}
+		case "ahead":
+			s.ahead[m.from] = m.m.BlockID
+		case "commit":
+			if s.carry != "" && m.m.BlockID != s.carry {
+				t.Errorf("connection %d: a session that finishes frame %s commits block %s", m.conn, s.carry, m.m.BlockID)
+			}
+			s.committed = true
+		}
+	}
+	return carried
+}
+
 // checkNoOverfill: no AddBlock left a pool above max_key_count.
 func checkNoOverfill(t *testing.T, p *pair) {
 	t.Helper()
@@ -188,6 +233,9 @@ func TestBlocksFlow(t *testing.T) {
 			}
 			if p.wire.count(kindCommit) == 0 {
 				t.Error("protocol 2 sent no message on the commit queue")
+			}
+			if n := checkCarries(t, p); n == 0 {
+				t.Error("no session finished a frame run ahead (protocol 4)")
 			}
 			if st := p.a.Status(); st.CommittedBits == 0 || st.Sessions < 2 {
 				t.Errorf("Alice's status after filling the pools: %d sessions, %d bits", st.Sessions, st.CommittedBits)
@@ -319,7 +367,10 @@ func TestFailedCommit(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := connection("sae-1", tc.slaveSite, 1<<20)
+			// A pool of a few blocks: the test ends with it full, when no
+			// commit is in flight that would leave the slave site one block
+			// ahead until the next connection.
+			c := connection("sae-1", tc.slaveSite, 48)
 			p := newPair(t, pairOpts{conns: []raftstore.Connection{c}})
 			slave, master := p.store(tc.slaveSite), p.store(siteA)
 			if tc.slaveSite == siteA {
@@ -343,13 +394,16 @@ func TestFailedCommit(t *testing.T) {
 				return errInjected
 			})
 			p.start()
-			// Block 2 failed; the link reconnects and stores three more.
-			p.waitBlocks(c.ID(), 4)
+			testenv.WaitFor(t, "the pool full at both sites", p.full)
 			p.stop()
 			mu.Lock()
 			defer mu.Unlock()
 			if failed == "" {
 				t.Fatal("the fault never fired")
+			}
+			// Block 2 failed; the link reconnected and stored more.
+			if n := p.committed(c.ID()); n < 3 {
+				t.Errorf("%d blocks after the failed one's reconnect, want at least 3", n)
 			}
 			for _, s := range []*fakeStore{p.sa, p.sb} {
 				for _, b := range s.blocks(c.ID()) {
@@ -377,6 +431,7 @@ func TestFailedCommit(t *testing.T) {
 			}
 			checkAgree(t, p)
 			checkCommitOrder(t, p)
+			checkCarries(t, p)
 		})
 	}
 }
@@ -459,6 +514,7 @@ func TestPadsNeverReused(t *testing.T) {
 			}
 			checkAgree(t, p)
 			checkCommitOrder(t, p)
+			checkCarries(t, p)
 		})
 	}
 }
@@ -486,4 +542,32 @@ func TestProtocol1Fallback(t *testing.T) {
 			t.Errorf("%s filled by %d block(s)", c.ID(), n)
 		}
 	}
+}
+
+// TestProtocol3NoFramesAhead: with a peer that speaks protocol 3, no frame
+// runs ahead (no start finishes one, no "ahead" message) and blocks flow,
+// identical at both sites.
+func TestProtocol3NoFramesAhead(t *testing.T) {
+	conns := []raftstore.Connection{connection("sae-1", siteB, 20)}
+	p := newPair(t, pairOpts{conns: conns, protocol3: true})
+	p.start()
+	testenv.WaitFor(t, "the pool full at both sites", p.full)
+	p.stop()
+	if v := p.helloVersions(1); v[siteA] != 3 || v[siteB] != 3 {
+		t.Fatalf("hello versions as received %v, want 3 both ways", v)
+	}
+	if n := checkCarries(t, p); n != 0 {
+		t.Errorf("%d sessions finished a frame run ahead under protocol 3", n)
+	}
+	for _, m := range p.wire.messages() {
+		if m.m.Type == "ahead" {
+			t.Fatalf("an ahead message from %s under protocol 3", m.from)
+		}
+	}
+	if n := len(p.sa.blocks(conns[0].ID())); n < 2 {
+		t.Errorf("pool filled by %d block(s); the test wants several sessions", n)
+	}
+	checkAgree(t, p)
+	checkCommitOrder(t, p)
+	checkNoOverfill(t, p)
 }
