@@ -79,27 +79,11 @@ func envelope(b []byte) bool {
 	return false
 }
 
-// After receives the first message that is not a session's, once neither
-// lane is in use. Session messages before it are skipped: they are what a
-// session that aborted at one party sent to the other, which stopped
-// reading.
-func (m *Mux) After(ctx context.Context) ([]byte, error) {
-	for {
-		if b, ok, err := m.pop(laneAfter); ok || err != nil {
-			return b, err
-		}
-		b, err := m.ch.Recv(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if !envelope(b) {
-			return b, nil
-		}
-	}
-}
-
-// Send sends a message of the caller's own.
-func (m *Mux) Send(ctx context.Context, b []byte) error { return lane{m, laneAfter}.Send(ctx, b) }
+// After is the channel for the caller's own messages once neither lane is
+// in use. Its Recv skips session messages before the first message of the
+// peer's own: they are what a session that aborted at one party sent to
+// the other, which had stopped reading.
+func (m *Mux) After() quantum.Channel { return lane{m, laneAfter} }
 
 type lane struct {
 	m *Mux
@@ -130,6 +114,15 @@ func (m *Mux) pop(i int) ([]byte, bool, error) {
 
 func (l lane) Recv(ctx context.Context) ([]byte, error) {
 	m := l.m
+	for l.i == laneAfter {
+		if b, ok, err := m.pop(laneAfter); ok || err != nil {
+			return b, err
+		}
+		b, err := m.ch.Recv(ctx)
+		if err != nil || !envelope(b) {
+			return b, err
+		}
+	}
 	for {
 		if b, ok, err := m.pop(l.i); ok || err != nil {
 			return b, err

@@ -272,10 +272,10 @@ func pipeline(t *testing.T, m sim.Model, seed uint64, frames int, ra, rb func(fr
 					}
 				}
 				back.Wait()
-				if err := mux.Send(context.Background(), []byte(fmt.Sprintf("{end %d %v}", f, alice))); err != nil {
+				if err := mux.After().Send(context.Background(), []byte(fmt.Sprintf("{end %d %v}", f, alice))); err != nil {
 					t.Error(err)
 				}
-				end[i], endErr[i] = mux.After(context.Background())
+				end[i], endErr[i] = mux.After().Recv(context.Background())
 			}()
 		}
 		wg.Wait()
