@@ -548,16 +548,22 @@ type pairOpts struct {
 	// relayPool and relayShare configure both sites' relay pool.
 	relayPool  int
 	relayShare float64
+	// latency delays every write on the connection by this long, each way
+	// (the classical channel of a long fiber: about 5 µs per km).
+	latency time.Duration
+	fiberKm float64 // the simulated fiber; default 1 km
 }
 
 // pair is two sites' links joined by net.Pipe: A (Alice) dials, B serves.
 type pair struct {
-	t      *testing.T
+	t      testing.TB
 	a, b   *Link
 	sa, sb *fakeStore
 	rec    *recorder
 	wire   *wireLog
 	opts   pairOpts
+
+	delays delayStats // of the connections' writes, with pairOpts.latency
 
 	mu      sync.Mutex
 	dials   int
@@ -579,7 +585,7 @@ func connection(master, slaveSite string, maxKeys int) raftstore.Connection {
 		KeySize: 256, MaxKeyCount: maxKeys, MaxKeyPerRequest: 16, MaxSAEIDCount: 1, MinKeySize: 64, MaxKeySize: 1024}
 }
 
-func newPair(t *testing.T, o pairOpts) *pair {
+func newPair(t testing.TB, o pairOpts) *pair {
 	t.Helper()
 	if o.pskPads == 0 {
 		o.pskPads = 64 << 10
@@ -594,6 +600,9 @@ func newPair(t *testing.T, o pairOpts) *pair {
 		sa: newFakeStore(siteA, rec, o.conns...), sb: newFakeStore(siteB, rec, o.conns...)}
 	model := sim.DefaultModel()
 	model.FiberKm = 1
+	if o.fiberKm > 0 {
+		model.FiberKm = o.fiberKm
+	}
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	mk := func(local, peer string, st Store) *Link {
 		drv, err := sim.NewModelDriver(model)
@@ -649,7 +658,10 @@ func (p *pair) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if addr != "node-"+siteB {
 		return nil, fmt.Errorf("no node %s", addr)
 	}
-	ca, cb := net.Pipe()
+	var ca, cb net.Conn = net.Pipe()
+	if p.opts.latency > 0 {
+		ca, cb = delayed(ca, p.opts.latency, &p.delays), delayed(cb, p.opts.latency, &p.delays)
+	}
 	p.mu.Lock()
 	p.dials++
 	id := p.dials
@@ -706,4 +718,75 @@ func (p *pair) store(site string) *fakeStore {
 		return p.sa
 	}
 	return p.sb
+}
+
+// delayConn delivers each write d after it was made, in order, without
+// blocking the writer: a link whose classical channel has latency. The
+// delay is time.Sleep's, so it is at least d and, on an idle Linux
+// runtime, rounded up to about a millisecond; delays counts what it was.
+type delayConn struct {
+	net.Conn
+	d      time.Duration
+	q      chan delayedWrite
+	done   chan struct{}
+	once   sync.Once
+	delays *delayStats
+}
+
+type delayedWrite struct {
+	sent time.Time
+	b    []byte
+}
+
+// delayStats sums the delays the delayConns of a pair imposed.
+type delayStats struct {
+	mu    sync.Mutex
+	n     int
+	total time.Duration
+}
+
+// mean is the mean delay of a write.
+func (s *delayStats) mean() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == 0 {
+		return 0
+	}
+	return s.total / time.Duration(s.n)
+}
+
+func delayed(c net.Conn, d time.Duration, stats *delayStats) net.Conn {
+	dc := &delayConn{Conn: c, d: d, q: make(chan delayedWrite, 1<<16), done: make(chan struct{}), delays: stats}
+	go func() {
+		for {
+			select {
+			case w := <-dc.q:
+				time.Sleep(time.Until(w.sent.Add(d)))
+				stats.mu.Lock()
+				stats.n++
+				stats.total += time.Since(w.sent)
+				stats.mu.Unlock()
+				if _, err := dc.Conn.Write(w.b); err != nil {
+					return
+				}
+			case <-dc.done:
+				return
+			}
+		}
+	}()
+	return dc
+}
+
+func (c *delayConn) Write(p []byte) (int, error) {
+	select {
+	case c.q <- delayedWrite{time.Now(), bytes.Clone(p)}:
+		return len(p), nil
+	case <-c.done:
+		return 0, net.ErrClosed
+	}
+}
+
+func (c *delayConn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.Conn.Close()
 }
