@@ -13,7 +13,7 @@ import (
 // session also runs the next frame's front half — transmission, sifting
 // and estimation — beside its own back half — reconciliation, verification
 // and amplification — on the same authenticated channel
-// (docs/ARCHITECTURE.md, "Frames are pipelined"). After both halves each
+// (docs/ARCHITECTURE.md, "Sessions are pipelined"). After both halves each
 // site sends an "ahead" message naming the next frame's session, or none
 // when its front half failed there; the next frame is kept only when both
 // name the same one, and only once this session's transcript is confirmed.

@@ -469,7 +469,7 @@ func Alice(ctx context.Context, cfg Config, tx quantum.Transmitter, ch quantum.C
 // verification and amplification — Finish runs. Between the two halves it
 // holds the sifted key in memory; Discard clears it. The live link runs the
 // front half of the next frame beside the back half of the current one
-// (docs/ARCHITECTURE.md, "Frames are pipelined"); the messages of both
+// (docs/ARCHITECTURE.md, "Sessions are pipelined"); the messages of both
 // carry their session's ID, so Mux can keep them apart on one channel.
 type Ahead struct{ p *party }
 
