@@ -38,7 +38,15 @@ var Patience = Scaled(time.Minute)
 // for, when it does not hold within Patience.
 func WaitFor(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	if err := Until(context.Background(), what, cond); err != nil {
+	WaitWithin(tb, what, Patience, cond)
+}
+
+// WaitWithin is WaitFor with a patience of d (scaled), for what takes
+// longer than Patience by design: a pool that WASM sessions over the
+// simulated fiber fill in the end-to-end tests.
+func WaitWithin(tb testing.TB, what string, d time.Duration, cond func() bool) {
+	tb.Helper()
+	if err := until(context.Background(), what, Scaled(d), cond); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -47,7 +55,11 @@ func WaitFor(tb testing.TB, what string, cond func() bool) {
 // callback on another goroutine): it returns an error naming what it
 // waited for when cond does not hold within Patience or ctx ends first.
 func Until(ctx context.Context, what string, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, Patience)
+	return until(ctx, what, Patience, cond)
+}
+
+func until(ctx context.Context, what string, patience time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()

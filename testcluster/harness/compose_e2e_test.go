@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"qkdkms/plugins/testenv"
 	"qkdkms/testcluster/internal/proctest"
 )
 
@@ -49,23 +50,18 @@ func TestComposeSeedWorkflow(t *testing.T) {
 		}
 		compose("down")
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	for _, port := range []string{"8000", "8001"} {
-		for {
+		testenv.WaitFor(t, "the seed API on "+port, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+port+"/ping", nil)
 			resp, err := http.DefaultClient.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
-				}
+			if err != nil {
+				return false
 			}
-			if ctx.Err() != nil {
-				t.Fatalf("seed API on %s never answered: %v", port, err)
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
 	}
 	pkiDir := filepath.Join(root, ".deploy", "pki")
 	proctest.SeedWorkflow(t, 8000, 8001, func() {
@@ -76,22 +72,18 @@ func TestComposeSeedWorkflow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wctx, wcancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer wcancel()
-		for {
+		var stored int
+		testenv.WaitWithin(t, "a key from the QKD link", 3*time.Minute, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
 			var st struct {
 				Stored int `json:"stored_key_count"`
 			}
-			req, _ := http.NewRequestWithContext(wctx, http.MethodGet, "https://127.0.0.1:8443/api/v1/keys/jkl/status", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:8443/api/v1/keys/jkl/status", nil)
 			_, err := doJSON(h, req, &st)
-			if err == nil && st.Stored > 0 {
-				t.Logf("pool holds %d keys from the QKD link", st.Stored)
-				return
-			}
-			if wctx.Err() != nil {
-				t.Fatalf("no key from the QKD link within 3 minutes: %v", err)
-			}
-			time.Sleep(time.Second)
-		}
+			stored = st.Stored
+			return err == nil && st.Stored > 0
+		})
+		t.Logf("pool holds %d keys from the QKD link", stored)
 	})
 }

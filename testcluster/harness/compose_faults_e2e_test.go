@@ -5,6 +5,7 @@ package harness_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"qkdkms/plugins/testenv"
 	"qkdkms/testcluster/checker"
 	"qkdkms/testcluster/faults"
 	"qkdkms/testcluster/harness"
@@ -87,17 +89,11 @@ func TestComposeLeaderIsolation(t *testing.T) {
 	// The pool is filled by the QKD link only (admin import is refused on
 	// linked sites): wait until it holds the whole run's keys.
 	t0 := time.Now()
-	for {
+	testenv.WaitWithin(t, fmt.Sprintf("%d keys in the pool", need), 4*time.Minute, func() bool {
 		st, err := c.Status(setup, c.Sender(), master, slave)
-		if err == nil && st.StoredKeyCount >= need {
-			t.Logf("pool holds %d keys of %d bits after %v", st.StoredKeyCount, keyBits, time.Since(t0).Round(time.Second))
-			break
-		}
-		if setup.Err() != nil {
-			t.Fatalf("pool never reached %d keys: %+v %v", need, st, err)
-		}
-		time.Sleep(time.Second)
-	}
+		return err == nil && st.StoredKeyCount >= need
+	})
+	t.Logf("pool holds %d keys of %d bits after %v", need, keyBits, time.Since(t0).Round(time.Second))
 	burned0 := c.Burned(setup, c.Sender())
 
 	mc, err := workload.Client(c, master, c.Sender())
