@@ -33,9 +33,15 @@ func (p *peerConn) takeAhead() *session.Ahead {
 }
 
 // dropAhead discards a front half left for a session that will not come.
-func (p *peerConn) dropAhead() {
-	if a := p.takeAhead(); a != nil {
-		a.Discard()
+func (p *peerConn) dropAhead() { discard(p.takeAhead()) }
+
+// discard clears the sifted keys of front halves that will not be
+// finished; nil ones are skipped.
+func discard(as ...*session.Ahead) {
+	for _, a := range as {
+		if a != nil {
+			a.Discard()
+		}
 	}
 }
 
@@ -78,9 +84,7 @@ func (l *Link) finishBB84(ctx context.Context, p *peerConn, ch *auth.Channel, ru
 	// halves sent at both sites, so the channel is left clean.
 	next, serr := settleAhead(ctx, mux.After(), next)
 	if err != nil {
-		if next != nil {
-			next.Discard() // its messages are never confirmed
-		}
+		discard(next) // its messages are never confirmed
 		return res, nil, err
 	}
 	return res, next, serr
@@ -95,8 +99,8 @@ func settleAhead(ctx context.Context, ch quantum.Channel, next *session.Ahead) (
 	}
 	keep := false
 	defer func() {
-		if next != nil && !keep {
-			next.Discard()
+		if !keep {
+			discard(next)
 		}
 	}()
 	if err := send(ctx, ch, msg{Type: "ahead", BlockID: id}); err != nil {

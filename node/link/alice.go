@@ -197,15 +197,9 @@ func (l *Link) aliceSession(ctx context.Context, p *peerConn, src quantum.Source
 	// since: finished first, discarded on any failure.
 	cur := p.takeAhead()
 	var next *session.Ahead
-	defer func() {
-		for _, a := range []*session.Ahead{cur, next} {
-			if a != nil {
-				a.Discard()
-			}
-		}
-	}()
+	defer func() { discard(cur, next) }()
 	if cur != nil && (runner == nil || cur.Identity() != runner.Identity()) {
-		cur.Discard()
+		discard(cur)
 		cur = nil
 	}
 	// Protocol 2 compares the last blocks once per connection: afterwards

@@ -160,18 +160,12 @@ func (l *Link) bobSession(ctx context.Context, p *peerConn, rx quantum.Receiver)
 	// names it, discarded otherwise (and on any failure).
 	cur := p.takeAhead()
 	var next *session.Ahead
-	defer func() {
-		for _, a := range []*session.Ahead{cur, next} {
-			if a != nil {
-				a.Discard()
-			}
-		}
-	}()
+	defer func() { discard(cur, next) }()
 	if start.Carry != "" && (cur == nil || blockID(cur.ID()) != start.Carry || runner == nil || cur.Identity() != runner.Identity()) {
 		return refuse(fmt.Sprintf("the start finishes frame %s, which %s does not hold for this plugin set", start.Carry, l.cfg.LocalKME), nil)
 	}
-	if start.Carry == "" && cur != nil {
-		cur.Discard()
+	if start.Carry == "" {
+		discard(cur)
 		cur = nil
 	}
 	st, err := l.cfg.Store.LinkState(ctx, l.cfg.PeerKME)

@@ -24,24 +24,37 @@ type outcome struct {
 	errA, errB error
 }
 
-// run runs both halves over a quantum.Pipe and the sim link.
-func run(t testing.TB, m sim.Model, seed uint64, pulses uint64, ra, rb host.Runner) outcome {
+// simPipe is the sim link of seed and the two ends of a quantum.Pipe,
+// closed when the test ends.
+func simPipe(t testing.TB, m sim.Model, seed uint64) (*sim.Sim, *quantum.PipeEnd, *quantum.PipeEnd) {
 	t.Helper()
 	s, err := sim.New(m, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	ca, cb := quantum.Pipe()
-	defer ca.Close()
-	defer cb.Close()
-	rnd := func(x uint64) *rand.ChaCha8 {
-		var k [32]byte
-		copy(k[:], fmt.Sprint(seed, x))
-		return rand.NewChaCha8(k)
-	}
-	cfgA := session.Config{Runner: ra, Pulses: pulses, IntensityProbs: m.IntensityProbs, Rand: rnd(1)}
-	cfgB := session.Config{Runner: rb, Rand: rnd(2)}
+	t.Cleanup(func() {
+		ca.Close()
+		cb.Close()
+		s.Close()
+	})
+	return s, ca, cb
+}
+
+// seeded is a party's deterministic randomness: the same words give the
+// same stream.
+func seeded(words ...any) *rand.ChaCha8 {
+	var k [32]byte
+	copy(k[:], fmt.Sprint(words...))
+	return rand.NewChaCha8(k)
+}
+
+// run runs both halves over a quantum.Pipe and the sim link.
+func run(t testing.TB, m sim.Model, seed uint64, pulses uint64, ra, rb host.Runner) outcome {
+	t.Helper()
+	s, ca, cb := simPipe(t, m, seed)
+	cfgA := session.Config{Runner: ra, Pulses: pulses, IntensityProbs: m.IntensityProbs, Rand: seeded(seed, uint64(1))}
+	cfgB := session.Config{Runner: rb, Rand: seeded(seed, uint64(2))}
 	var o outcome
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -224,14 +237,7 @@ func TestSessionFailuresGiveNoKey(t *testing.T) {
 // returns each frame's outcome.
 func pipeline(t *testing.T, m sim.Model, seed uint64, frames int, ra, rb func(frame int) host.Runner) []outcome {
 	t.Helper()
-	s, err := sim.New(m, seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ca, cb := quantum.Pipe()
-	defer ca.Close()
-	defer cb.Close()
+	s, ca, cb := simPipe(t, m, seed)
 	out := make([]outcome, frames+2)
 	var cur [2]*session.Ahead // Alice's, Bob's
 	for f := 1; f <= frames+1; f++ {
@@ -261,9 +267,7 @@ func pipeline(t *testing.T, m sim.Model, seed uint64, frames int, ra, rb func(fr
 					}()
 				}
 				if f <= frames {
-					var k [32]byte
-					copy(k[:], fmt.Sprint(seed, f, alice))
-					cfg := session.Config{Runner: runner(f), Rand: rand.NewChaCha8(k)}
+					cfg := session.Config{Runner: runner(f), Rand: seeded(seed, f, alice)}
 					if alice {
 						cfg.Pulses, cfg.IntensityProbs = 20_000_000, m.IntensityProbs
 						next[i], _, *ferr = session.AliceAhead(context.Background(), cfg, s.Tx, mux.Next(), uint64(f))
@@ -308,11 +312,7 @@ func TestPipelinedSessions(t *testing.T) {
 	m.FiberKm = 25
 	same := func(int) host.Runner { return r }
 	got := pipeline(t, m, 11, 4, same, same)
-	s, err := sim.New(m, 11)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, _, _ := simPipe(t, m, 11) // the frames again, one at a time
 	for f, o := range got {
 		checkAgree(t, o)
 		ca, cb := quantum.Pipe()
@@ -321,14 +321,10 @@ func TestPipelinedSessions(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var k [32]byte
-			copy(k[:], fmt.Sprint(11, f+1, false))
-			want.b, want.errB = session.Bob(context.Background(), session.Config{Runner: r, Rand: rand.NewChaCha8(k)}, s.Rx, cb)
+			want.b, want.errB = session.Bob(context.Background(), session.Config{Runner: r, Rand: seeded(uint64(11), f+1, false)}, s.Rx, cb)
 		}()
-		var k [32]byte
-		copy(k[:], fmt.Sprint(11, f+1, true))
 		want.a, want.errA = session.Alice(context.Background(), session.Config{Runner: r, Pulses: 20_000_000,
-			IntensityProbs: m.IntensityProbs, Rand: rand.NewChaCha8(k)}, s.Tx, ca, uint64(f+1))
+			IntensityProbs: m.IntensityProbs, Rand: seeded(uint64(11), f+1, true)}, s.Tx, ca, uint64(f+1))
 		wg.Wait()
 		ca.Close()
 		cb.Close()
