@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,6 +425,7 @@ type linkMsg struct {
 	RelayOnly  bool   `json:"relay_only"`
 	RelayOK    bool   `json:"relay_ok"`
 	Carry      string `json:"carry"`
+	Reason     string `json:"reason"`
 }
 
 // wireLog is what the taps of both ends of every connection saw, in the
@@ -474,6 +476,9 @@ type tapConn struct {
 	site       string
 	oldVersion byte  // '0' … '3'; 0: no rewrite
 	rewrote    *bool // set when the hello was rewritten
+	// tamper, while set, changes the frame the next start with a carry
+	// names (one hex digit) and is cleared.
+	tamper *atomic.Bool
 
 	mu   sync.Mutex
 	hdr  []byte
@@ -517,6 +522,13 @@ func (c *tapConn) scan(p []byte) []byte {
 				out = bytes.Clone(p)
 				out[i+j+len(`"version":`)] = c.oldVersion
 				*c.rewrote = true
+			}
+		}
+		if chunk := p[i : i+n]; c.kind == kindClassical && c.tamper.Load() && bytes.Contains(chunk, []byte(`"type":"start"`)) {
+			if j := bytes.Index(chunk, []byte(`"carry":"`)); j >= 0 && c.tamper.CompareAndSwap(true, false) {
+				out = bytes.Clone(p)
+				d := &out[i+j+len(`"carry":"`)]
+				*d = map[bool]byte{true: '1', false: '0'}[*d == '0']
 			}
 		}
 		if c.keep {
@@ -563,7 +575,8 @@ type pair struct {
 	wire   *wireLog
 	opts   pairOpts
 
-	delays delayStats // of the connections' writes, with pairOpts.latency
+	delays delayStats  // of the connections' writes, with pairOpts.latency
+	tamper atomic.Bool // see tapConn.tamper
 
 	mu      sync.Mutex
 	dials   int
@@ -676,8 +689,8 @@ func (p *pair) dial(ctx context.Context, addr string) (net.Conn, error) {
 	case p.opts.protocol3:
 		old = '3'
 	}
-	ta := &tapConn{Conn: ca, log: p.wire, id: id, site: siteA, oldVersion: old, rewrote: ra}
-	tb := &tapConn{Conn: cb, log: p.wire, id: id, site: siteB, oldVersion: old, rewrote: rb}
+	ta := &tapConn{Conn: ca, log: p.wire, id: id, site: siteA, oldVersion: old, rewrote: ra, tamper: &p.tamper}
+	tb := &tapConn{Conn: cb, log: p.wire, id: id, site: siteB, oldVersion: old, rewrote: rb, tamper: &p.tamper}
 	p.current = ta
 	p.mu.Unlock()
 	p.wg.Add(1)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -566,6 +567,49 @@ func TestProtocol3NoFramesAhead(t *testing.T) {
 	}
 	if n := len(p.sa.blocks(conns[0].ID())); n < 2 {
 		t.Errorf("pool filled by %d block(s); the test wants several sessions", n)
+	}
+	checkAgree(t, p)
+	checkCommitOrder(t, p)
+	checkNoOverfill(t, p)
+}
+
+// TestCarryNotHeldRefused: a start that names a frame Bob does not hold
+// (here one the wire changed) is refused at once, before any ready; both
+// sites drop the frame they held ahead, the next session runs its own
+// frame from the start, and the pool fills with the same blocks at both
+// sites.
+func TestCarryNotHeldRefused(t *testing.T) {
+	c := connection("sae-1", siteB, 40)
+	p := newPair(t, pairOpts{conns: []raftstore.Connection{c}})
+	p.tamper.Store(true)
+	p.start()
+	testenv.WaitFor(t, "the pool full at both sites", p.full)
+	p.stop()
+	if p.tamper.Load() {
+		t.Fatal("no start finished a frame run ahead: nothing was tampered with")
+	}
+	// The tampered start is the first that names a frame; Bob's answer to
+	// it, and the start after that.
+	var answer *linkMsg
+	tampered, after := false, "unseen"
+	for _, m := range p.wire.messages() {
+		switch {
+		case !tampered && m.m.Type == "start" && m.m.Carry != "":
+			tampered = true
+		case tampered && answer == nil && m.from == siteB:
+			answer = &m.m
+		case answer != nil && m.m.Type == "start":
+			after = m.m.Carry
+		}
+		if after != "unseen" {
+			break
+		}
+	}
+	if answer == nil || answer.Type != "refuse" || !strings.Contains(answer.Reason, "does not hold") {
+		t.Fatalf("Bob answered the start naming a frame he does not hold with %+v, want a refusal", answer)
+	}
+	if after != "" {
+		t.Errorf("the start after the refusal finishes frame %q, want none (both sites dropped theirs)", after)
 	}
 	checkAgree(t, p)
 	checkCommitOrder(t, p)
