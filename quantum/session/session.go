@@ -520,6 +520,7 @@ func (a *Ahead) Finish(ctx context.Context, runner host.Runner, ch quantum.Chann
 	}
 	p.cfg.Runner = runner
 	if err := p.back(ctx); err != nil {
+		clear(p.res.Key) // amplified before the failure: never handed out
 		p.res.Key, p.res.FinalBits = nil, 0
 		return p.failed(), p.abort(err)
 	}
