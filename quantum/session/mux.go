@@ -26,7 +26,7 @@ type Mux struct {
 	token  chan struct{} // held by the lane reading ch
 	mu     sync.Mutex
 	queue  [3][][]byte      // read from ch, for lane i
-	ready  [2]chan struct{} // a message was queued for lane i (or laneAfter)
+	ready  [2]chan struct{} // lane i has news: a message of its own, or the peer's own message
 	err    error            // ch failed: every later Recv fails
 }
 
