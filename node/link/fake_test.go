@@ -770,24 +770,27 @@ func (s *delayStats) mean() time.Duration {
 
 func delayed(c net.Conn, d time.Duration, stats *delayStats) net.Conn {
 	dc := &delayConn{Conn: c, d: d, q: make(chan delayedWrite, 1<<16), done: make(chan struct{}), delays: stats}
-	go func() {
-		for {
-			select {
-			case w := <-dc.q:
-				time.Sleep(time.Until(w.sent.Add(d)))
-				stats.mu.Lock()
-				stats.n++
-				stats.total += time.Since(w.sent)
-				stats.mu.Unlock()
-				if _, err := dc.Conn.Write(w.b); err != nil {
-					return
-				}
-			case <-dc.done:
+	go dc.deliver()
+	return dc
+}
+
+// deliver writes each queued write once its delay has passed.
+func (c *delayConn) deliver() {
+	for {
+		select {
+		case w := <-c.q:
+			time.Sleep(time.Until(w.sent.Add(c.d)))
+			c.delays.mu.Lock()
+			c.delays.n++
+			c.delays.total += time.Since(w.sent)
+			c.delays.mu.Unlock()
+			if _, err := c.Conn.Write(w.b); err != nil {
 				return
 			}
+		case <-c.done:
+			return
 		}
-	}()
-	return dc
+	}
 }
 
 func (c *delayConn) Write(p []byte) (int, error) {
