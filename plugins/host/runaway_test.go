@@ -72,8 +72,10 @@ func TestRunawayDoesNotBlockGC(t *testing.T) {
 	h := openHost(t, host.Options{CallTimeout: time.Second})
 	addModule(t, h, "hang", wasmtest.ABIModule("qkd_step"))
 	done := make(chan error, 1)
+	start := time.Now()
 	go func() { done <- runOnce(ctx, h, "hang") }()
 	gcs := 0
+	var longest time.Duration // the longest single collection, for the log
 	for {
 		select {
 		case err := <-done:
@@ -81,12 +83,14 @@ func TestRunawayDoesNotBlockGC(t *testing.T) {
 				t.Fatalf("want a trap, got %v", err)
 			}
 			if gcs < 10 {
-				t.Fatalf("only %d collections completed during the plugin call", gcs)
+				t.Fatalf("only %d collections completed during the plugin call (%v; the longest took %v)", gcs, time.Since(start), longest)
 			}
-			t.Logf("%d collections completed during the plugin call", gcs)
+			t.Logf("%d collections completed during the plugin call (%v; the longest took %v)", gcs, time.Since(start), longest)
 			return
 		default:
+			t0 := time.Now()
 			runtime.GC()
+			longest = max(longest, time.Since(t0))
 			gcs++
 		}
 	}
