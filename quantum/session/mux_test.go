@@ -13,26 +13,34 @@ func envelopeOf(typ uint8, id [16]byte, payload string) []byte {
 	return append(append([]byte{typ}, id[:]...), payload...)
 }
 
+// muxPipe is a Mux for the session finishing on one end of a pipe, the
+// peer's end (which send writes to), and a context bounding the test.
+func muxPipe(t *testing.T, finishing [16]byte) (ctx context.Context, m *Mux, own, peer *quantum.PipeEnd, send func(...[]byte)) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	peer, own = quantum.Pipe()
+	t.Cleanup(func() {
+		cancel()
+		peer.Close()
+		own.Close()
+	})
+	send = func(msgs ...[]byte) {
+		for _, x := range msgs {
+			if err := peer.Send(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return ctx, NewMux(own, finishing), own, peer, send
+}
+
 // TestMuxRoutes: messages of the finishing session reach its lane, other
 // session messages the next lane, in order, whichever lane reads the
 // channel; a message of the peer's own ends both lanes (ErrLanesEnded) and
 // After returns it, skipping session messages nobody read; nothing after
 // it is taken from the channel.
 func TestMuxRoutes(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a, b := quantum.Pipe()
-	defer a.Close()
-	defer b.Close()
 	fin, next := [16]byte{1}, [16]byte{2}
-	m := NewMux(b, fin)
-	send := func(msgs ...[]byte) {
-		for _, x := range msgs {
-			if err := a.Send(ctx, x); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	ctx, m, own, _, send := muxPipe(t, fin)
 	send(envelopeOf(tStep, next, "n1"), envelopeOf(tStep, next, "n2"), envelopeOf(tStep, fin, "f1"))
 	// The finishing lane reads past the next lane's two messages.
 	if got, err := m.Finishing().Recv(ctx); err != nil || string(got[17:]) != "f1" {
@@ -74,7 +82,7 @@ func TestMuxRoutes(t *testing.T) {
 	if b, err := m.After().Recv(ctx); err != nil || string(b) != `{"type":"ahead"}` {
 		t.Fatalf("After got %q, %v", b, err)
 	}
-	if b, err := b.Recv(ctx); err != nil || string(b) != `{"type":"commit"}` {
+	if b, err := own.Recv(ctx); err != nil || string(b) != `{"type":"commit"}` {
 		t.Fatalf("the channel after the Mux: %q, %v", b, err)
 	}
 }
@@ -83,17 +91,8 @@ func TestMuxRoutes(t *testing.T) {
 // before the peer's own message (a session aborted at the peer, which
 // stopped reading here).
 func TestMuxAfterSkipsLeftovers(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a, b := quantum.Pipe()
-	defer a.Close()
-	defer b.Close()
-	m := NewMux(b, [16]byte{1})
-	for _, x := range [][]byte{envelopeOf(tStep, [16]byte{2}, "x"), envelopeOf(tAbort, [16]byte{1}, "y"), []byte(`{"type":"ahead"}`)} {
-		if err := a.Send(ctx, x); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, m, _, _, send := muxPipe(t, [16]byte{1})
+	send(envelopeOf(tStep, [16]byte{2}, "x"), envelopeOf(tAbort, [16]byte{1}, "y"), []byte(`{"type":"ahead"}`))
 	if got, err := m.After().Recv(ctx); err != nil || string(got) != `{"type":"ahead"}` {
 		t.Fatalf("After got %q, %v", got, err)
 	}
@@ -102,11 +101,7 @@ func TestMuxAfterSkipsLeftovers(t *testing.T) {
 // TestMuxChannelFails: a failed channel fails both lanes, also the one
 // that was only waiting.
 func TestMuxChannelFails(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a, b := quantum.Pipe()
-	defer b.Close()
-	m := NewMux(b, [16]byte{1})
+	ctx, m, _, peer, _ := muxPipe(t, [16]byte{1})
 	errs := make(chan error, 2)
 	for _, l := range []quantum.Channel{m.Finishing(), m.Next()} {
 		go func() {
@@ -114,7 +109,7 @@ func TestMuxChannelFails(t *testing.T) {
 			errs <- err
 		}()
 	}
-	a.Close()
+	peer.Close()
 	for range 2 {
 		if err := <-errs; !errors.Is(err, quantum.ErrLinkDown) {
 			t.Fatalf("lane error %v, want ErrLinkDown", err)
