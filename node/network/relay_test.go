@@ -249,14 +249,26 @@ func TestRelayRingReroutes(t *testing.T) {
 	n.relayKey("B", "C", 16384)
 	n.relayKey("C", "D", 4096)
 	n.relayKey("D", "A", 4096)
-	c := n.connect("A", "C", 8)
 	n.run("A", "B", "C", "D")
+	// Before A has heard from every site it knows one side of the ring
+	// only, and the widest path it knows may be the narrow side.
+	testenv.WaitFor(t, "A to hear from every site", func() bool {
+		sites := n.sites["A"].relay.Status(context.Background()).Sites
+		for _, s := range sites {
+			if s.AgeSeconds < 0 {
+				return false
+			}
+		}
+		return len(sites) == 4
+	})
+	c := n.connect("A", "C", 8)
 	testenv.WaitFor(t, "A's pool full", func() bool { return n.pool("A", c).StoredKeys == 8 })
 	if used := n.sites["A"].store.RelayStreams("D")[raftstore.RelayDir("A", "D")].Used; used != 0 {
 		t.Fatalf("the narrow side was used (%d bytes) while the wide side had key", used)
 	}
-	n.sameKeys("A", "C", c, 8) // empties the pools: A refills
+	// B stops answering before the pools are emptied: A refills at once.
 	n.setDown("B", true)
+	n.sameKeys("A", "C", c, 8)
 	start := time.Now()
 	testenv.WaitFor(t, "A's pool full again", func() bool { return n.pool("A", c).StoredKeys == 8 })
 	t.Logf("rerouted around B in %v", time.Since(start))
