@@ -67,31 +67,47 @@ func TestRunawayPlugins(t *testing.T) {
 // collection after the plugin entered its loop waited for the call to end,
 // so only those started before it (0 to 2 here) could finish; with it,
 // hundreds complete on an idle machine and tens on a loaded one.
+//
+// In two clean-clone make test runs (of about twelve) the whole process
+// stood still for about 3 s during the call: one collection took the whole
+// call, and the call itself ended 3 s past its deadline, which the plugin
+// cannot do while it yields. Such a run is measured again once; a second
+// one fails.
 func TestRunawayDoesNotBlockGC(t *testing.T) {
 	ctx := context.Background()
-	h := openHost(t, host.Options{CallTimeout: time.Second})
+	const timeout = time.Second
+	h := openHost(t, host.Options{CallTimeout: timeout})
 	addModule(t, h, "hang", wasmtest.ABIModule("qkd_step"))
-	done := make(chan error, 1)
-	start := time.Now()
-	go func() { done <- runOnce(ctx, h, "hang") }()
-	gcs := 0
-	var longest time.Duration // the longest single collection, for the log
-	for {
-		select {
-		case err := <-done:
-			if !errors.Is(err, host.ErrTrap) {
-				t.Fatalf("want a trap, got %v", err)
+	for attempt := 1; ; attempt++ {
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- runOnce(ctx, h, "hang") }()
+		gcs := 0
+		var longest time.Duration // the longest single collection
+		var err error
+	loop:
+		for {
+			select {
+			case err = <-done:
+				break loop
+			default:
+				t0 := time.Now()
+				runtime.GC()
+				longest = max(longest, time.Since(t0))
+				gcs++
 			}
-			if gcs < 10 {
-				t.Fatalf("only %d collections completed during the plugin call (%v; the longest took %v)", gcs, time.Since(start), longest)
-			}
-			t.Logf("%d collections completed during the plugin call (%v; the longest took %v)", gcs, time.Since(start), longest)
-			return
-		default:
-			t0 := time.Now()
-			runtime.GC()
-			longest = max(longest, time.Since(t0))
-			gcs++
 		}
+		call := time.Since(start)
+		if !errors.Is(err, host.ErrTrap) {
+			t.Fatalf("want a trap, got %v", err)
+		}
+		t.Logf("%d collections completed during the plugin call (%v; the longest took %v)", gcs, call, longest)
+		if gcs >= 10 {
+			return
+		}
+		if call < 2*timeout || attempt == 2 {
+			t.Fatalf("only %d collections completed during the plugin call", gcs)
+		}
+		t.Log("the call ended far past its deadline: the process stood still; measuring again")
 	}
 }
