@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -213,26 +212,19 @@ func TestBackupRestore(t *testing.T) {
 
 	// The whole site is lost; a fresh one is restored on its addresses.
 	for _, n := range a.live() {
-		n.Kill()
-		a.drop(n.ID())
+		a.crash(n.ID())
 	}
-	r := &testSite{t: t, pki: p, kme: "site_a", kek: a.kek, nodes: map[string]*Node{}, addrs: boot,
-		dirs: map[string]string{}, lns: map[string]net.Listener{}, logger: testLogger(t)}
-	t.Cleanup(r.closeAll)
+	r := allocSiteAt(t, p, "site_a", a.kek, a.ids, a.addrs)
+	r.dataDirs = map[string]string{}
 	var restored *raftstore.Backup
-	for id, addr := range boot {
-		r.dirs[id] = filepath.Join(t.TempDir(), "restored-"+id)
-		restored, err = RestoreDataDir(RestoreOptions{File: file, KMEID: "site_a", KEK: kek, DataDir: r.dirs[id], Bootstrap: boot})
+	for id := range boot {
+		r.dataDirs[id] = filepath.Join(t.TempDir(), "restored-"+id)
+		restored, err = RestoreDataDir(RestoreOptions{File: file, KMEID: "site_a", KEK: kek, DataDir: r.dataDirs[id], Bootstrap: boot})
 		if err != nil {
 			t.Fatalf("restore %s: %v", id, err)
 		}
-		testenv.WaitFor(t, "the address "+addr+" to be free again", func() bool {
-			ln, err := net.Listen("tcp", addr)
-			r.lns[id] = ln
-			return err == nil
-		})
 	}
-	if _, err := RestoreDataDir(RestoreOptions{File: file, KMEID: "site_a", KEK: kek, DataDir: r.dirs["n1"], Bootstrap: boot}); !errors.Is(err, raftstore.ErrInvalid) {
+	if _, err := RestoreDataDir(RestoreOptions{File: file, KMEID: "site_a", KEK: kek, DataDir: r.dataDirs["n1"], Bootstrap: boot}); !errors.Is(err, raftstore.ErrInvalid) {
 		t.Fatalf("restore into a data directory that holds state: %v", err)
 	}
 	if got := restored.Pending(); !slices.Equal(got, []string{"site_b"}) {

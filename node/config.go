@@ -10,11 +10,14 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"qkdkms/quantum"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/raft"
+
+	"qkdkms/quantum"
 )
 
 // ErrConfig wraps every configuration validation error.
@@ -93,6 +96,12 @@ type Config struct {
 	// Logger, when set, receives every log record instead of stderr (tests
 	// and embedding; log.level/log.format then do not apply to it).
 	Logger *slog.Logger `json:"-"`
+	// RaftTransport, when set, carries Raft instead of the node's port
+	// (tests run whole nodes on raftstore/storetest's in-memory
+	// transport; not part of the file format). Its address must be
+	// Advertise, where the node serves everything else. The node does not
+	// close it.
+	RaftTransport raft.Transport `json:"-"`
 }
 
 // TLSFiles are paths to PEM files.
@@ -287,6 +296,9 @@ func (c Config) Validate() error {
 	}
 	if err := checkHostPort(c.Advertise, false); err != nil {
 		add("advertise: %v", err)
+	}
+	if c.RaftTransport != nil && string(c.RaftTransport.LocalAddr()) != c.Advertise {
+		add("the Raft transport's address %s differs from advertise %s", c.RaftTransport.LocalAddr(), c.Advertise)
 	}
 	if c.DataDir == "" {
 		add("data_dir: required")

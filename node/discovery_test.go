@@ -70,69 +70,42 @@ type discoverySite struct {
 }
 
 func newDiscoverySite(t *testing.T, max int) *discoverySite {
-	p := newTestPKI(t)
-	s := &testSite{t: t, pki: p, kme: "sender_app", nodes: map[string]*Node{}, addrs: map[string]string{},
-		dirs: map[string]string{}, lns: map[string]net.Listener{}, logger: testLogger(t)}
-	s.kek = filepath.Join(t.TempDir(), "site.kek")
-	if _, err := raftstore.GenerateKEK(s.kek); err != nil {
-		t.Fatal(err)
+	s := allocSiteAt(t, newTestPKI(t), "sender_app", filepath.Join(t.TempDir(), "site.kek"), nil, nil)
+	d := &discoverySite{testSite: s, dns: &fakeSRV{name: "_https._tcp.qkd-peers.test.svc.cluster.local", addrs: map[string]string{}}}
+	// The chart's config: no bootstrap map, discovery on.
+	s.configure = func(cfg *Config) {
+		cfg.Discovery = DiscoveryConfig{Mode: DiscoveryDNS, SRV: d.dns.name, Resolver: d.dns,
+			RetryInterval: Duration(testenv.Scaled(50 * time.Millisecond)), BootstrapWait: Duration(testenv.Scaled(5 * time.Second)),
+			Replicas: ReplicaFunc(func(context.Context) (int, error) { return int(d.desired.Load()), nil })}
 	}
+	s.boot(nil) // no pod yet
 	for i := range max {
 		id := fmt.Sprintf("qkd-%d", i)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.addrs[id] = ln.Addr().String()
-		ln.Close() // start binds it again
-		s.dirs[id] = filepath.Join(t.TempDir(), id)
+		s.bind(id, "127.0.0.1:0")
+		s.c.Reserve(t, id)
 	}
-	t.Cleanup(s.closeAll)
-	return &discoverySite{testSite: s, dns: &fakeSRV{name: "_https._tcp.qkd-peers.test.svc.cluster.local", addrs: map[string]string{}}}
+	return d
 }
 
-// pod starts node id as a pod would: published in DNS, discovery on, the
-// config of the chart (no bootstrap map).
+// pod starts node id as a pod would: published in DNS, with its data dir.
 func (d *discoverySite) pod(id string) *Node {
 	d.t.Helper()
 	d.dns.publish(id, d.addrs[id])
-	var ln net.Listener
-	testenv.WaitFor(d.t, "the address of "+id+" to be free", func() bool {
-		var err error
-		ln, err = net.Listen("tcp", d.addrs[id])
-		return err == nil
-	})
-	cfg := d.config(id, ln, nil)
-	cfg.Discovery = DiscoveryConfig{Mode: DiscoveryDNS, SRV: d.dns.name, Resolver: d.dns,
-		RetryInterval: Duration(testenv.Scaled(50 * time.Millisecond)), BootstrapWait: Duration(testenv.Scaled(5 * time.Second)),
-		Replicas: ReplicaFunc(func(context.Context) (int, error) { return int(d.desired.Load()), nil })}
-	n, err := New(context.Background(), cfg)
-	if err != nil {
-		d.t.Fatalf("start %s: %v", id, err)
-	}
-	n.Start()
-	d.mu.Lock()
-	d.nodes[id] = n
-	d.mu.Unlock()
-	return n
+	return d.restart(id)
 }
 
 // stop stops pod id: gracefully (SIGTERM: Close, which leaves the site when
 // scaled down) or as a crash (Kill).
 func (d *discoverySite) stop(id string, graceful bool) {
 	d.t.Helper()
-	d.mu.Lock()
-	n := d.nodes[id]
-	delete(d.nodes, id)
-	d.mu.Unlock()
-	if graceful {
-		ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(30*time.Second))
-		defer cancel()
-		if err := n.Close(ctx); err != nil {
-			d.t.Errorf("close %s: %v", id, err)
-		}
-	} else {
-		n.Kill()
+	if !graceful {
+		d.crash(id)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(30*time.Second))
+	defer cancel()
+	if err := d.c.Stop(ctx, id); err != nil {
+		d.t.Errorf("close %s: %v", id, err)
 	}
 }
 
@@ -236,7 +209,7 @@ func TestDiscoveryStatefulSet(t *testing.T) {
 	// Ordinal 0 loses its volume: it finds nodes with state, so it joins
 	// (out and in again: it forgot its log) instead of founding a site.
 	d.stop("qkd-0", false)
-	if err := os.RemoveAll(d.dirs["qkd-0"]); err != nil {
+	if err := os.RemoveAll(d.c.Config(d.c.Index("qkd-0")).DataDir); err != nil {
 		t.Fatal(err)
 	}
 	d.pod("qkd-0")

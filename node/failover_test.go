@@ -194,10 +194,9 @@ func TestSiteFailover(t *testing.T) {
 
 	// 1. Graceful stop of the leader: it hands leadership over first.
 	old := a.leader()
-	if err := old.Close(ctx); err != nil {
+	if err := a.c.Stop(ctx, old.ID()); err != nil {
 		t.Fatalf("close leader: %v", err)
 	}
-	a.drop(old.ID())
 	round("after graceful stop of " + old.ID())
 	a.restart(old.ID())
 	a.waitDigests()
@@ -205,8 +204,7 @@ func TestSiteFailover(t *testing.T) {
 
 	// 2. Abrupt stop of the new leader.
 	old = a.leader()
-	old.Kill()
-	a.drop(old.ID())
+	a.crash(old.ID())
 	round("after kill of " + old.ID())
 	a.restart(old.ID())
 	digest := a.waitDigests()

@@ -3,12 +3,13 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"qkdkms/etsi/pki"
 	"qkdkms/plugins/testenv"
 	"qkdkms/raftstore"
+	"qkdkms/raftstore/storetest"
 )
 
 // testPKI is a demo PKI in a temp dir: the CA, node certificates for any
@@ -89,44 +91,42 @@ func (p *testPKI) adminClient(t testing.TB, kme string, addrs ...string) *AdminC
 	return c
 }
 
-// testSite is a site of in-process nodes on loopback.
+// testSite is a site of whole nodes in the test process, built on
+// raftstore/storetest (docs/CONTRIBUTING.md, "Cluster harnesses"): each
+// storetest member is a Node serving TLS, the ETSI and admin APIs, links
+// and discovery on its own loopback port, with its Raft on the member's
+// in-memory transport, named after that port so that a leader's Raft
+// address is where it serves. With raftOverTLS the nodes carry Raft on
+// their port instead, as in production (the in-memory transports are
+// then unused, and storetest's Partition cuts nothing).
 type testSite struct {
-	t      testing.TB
-	pki    *testPKI
-	kme    string
-	kek    string
-	peers  map[string][]string
-	mu     sync.Mutex
-	nodes  map[string]*Node
-	addrs  map[string]string
-	dirs   map[string]string
-	lns    map[string]net.Listener
-	logger *slog.Logger
-	link   LinkConfig // QKD link settings (off unless PSKFile is set)
+	t     testing.TB
+	pki   *testPKI
+	kme   string
+	kek   string // the KEK file
+	ids   []string
+	addrs map[string]string
+	peers map[string][]string
+	c     *storetest.Cluster // nil until boot
+
+	mu  sync.Mutex
+	lns map[string]net.Listener // bound, not yet handed to a node
+
+	link LinkConfig // QKD link settings (off unless PSKFile is set)
 	// maxConns is max_connections of every node (0: the default).
 	maxConns int
 	links    []PeerLink // per-peer link drivers
 	// scrapeIDs is metrics.scrape_identities of every node.
 	scrapeIDs []string
 	// crlFile and tlsReload are tls.crl_file and tls.reload_interval.
-	crlFile   string
-	tlsReload time.Duration
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	lvl := slog.LevelInfo
-	if _, bench := t.(*testing.B); bench {
-		lvl = slog.LevelError // benchmark logs are always printed
-	}
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: lvl}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	defer func() { _ = recover() }() // a log line after the test ended
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	crlFile     string
+	tlsReload   time.Duration
+	raftOverTLS bool
+	// dataDirs, when set, are the nodes' data dirs (restored ones: no
+	// bootstrap), else storetest makes fresh ones.
+	dataDirs map[string]string
+	// configure, when set, changes a node's config before it starts.
+	configure func(cfg *Config)
 }
 
 // newTestSite starts n bootstrapped nodes of KME kme.
@@ -137,41 +137,86 @@ func newTestSite(t testing.TB, p *testPKI, kme string, n int, peers map[string][
 	return s
 }
 
-// allocSite reserves the listeners of n nodes (so peers can be configured
-// before any node starts); boot starts them.
+// allocSite binds the ports of n nodes n1..n<n> (so peers can be
+// configured before any node starts); boot starts them.
 func allocSite(t testing.TB, p *testPKI, kme string, n int) *testSite {
 	t.Helper()
-	s := &testSite{t: t, pki: p, kme: kme, nodes: map[string]*Node{}, addrs: map[string]string{},
-		dirs: map[string]string{}, lns: map[string]net.Listener{}, logger: testLogger(t)}
-	s.kek = filepath.Join(t.TempDir(), kme+".kek")
-	if _, err := raftstore.GenerateKEK(s.kek); err != nil {
-		t.Fatal(err)
-	}
+	var ids []string
 	for i := 1; i <= n; i++ {
-		id := fmt.Sprintf("n%d", i)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+		ids = append(ids, fmt.Sprintf("n%d", i))
+	}
+	return allocSiteAt(t, p, kme, filepath.Join(t.TempDir(), kme+".kek"), ids, nil)
+}
+
+// allocSiteAt binds the ports of nodes ids, at addrs[id] when given
+// (waiting until the address is free again), else on a fresh port; the
+// site's KEK is kekFile, made when it does not exist.
+func allocSiteAt(t testing.TB, p *testPKI, kme, kekFile string, ids []string, addrs map[string]string) *testSite {
+	t.Helper()
+	s := &testSite{t: t, pki: p, kme: kme, kek: kekFile, ids: ids, addrs: map[string]string{}, lns: map[string]net.Listener{}}
+	if _, err := os.Stat(kekFile); errors.Is(err, os.ErrNotExist) {
+		if _, err := raftstore.GenerateKEK(kekFile); err != nil {
 			t.Fatal(err)
 		}
-		s.lns[id] = ln
-		s.addrs[id] = ln.Addr().String()
-		s.dirs[id] = filepath.Join(t.TempDir(), kme+"-"+id)
 	}
-	t.Cleanup(s.closeAll)
+	t.Cleanup(s.closeListeners)
+	for _, id := range ids {
+		addr := "127.0.0.1:0"
+		if a, ok := addrs[id]; ok {
+			addr = a
+		}
+		s.bind(id, addr)
+	}
 	return s
 }
 
+// bind binds node id's port at addr (its first start takes it).
+func (s *testSite) bind(id, addr string) {
+	ln := listenAt(s.t, addr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lns[id] = ln
+	s.addrs[id] = ln.Addr().String()
+}
+
+// listenAt binds addr, waiting while an old socket of a stopped node
+// lingers on it.
+func listenAt(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	testenv.WaitFor(t, "the address "+addr+" to be free", func() bool {
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	return ln
+}
+
+func (s *testSite) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	clear(s.lns)
+}
+
+// boot starts the site's nodes, bootstrapped as one site (unless their data
+// dirs are restored ones) with peers as the other sites' addresses.
 func (s *testSite) boot(peers map[string][]string) {
 	s.t.Helper()
 	s.peers = peers
-	boot := map[string]string{}
-	for id, a := range s.addrs {
-		boot[id] = a
+	kek, err := raftstore.LoadKEK(s.kek)
+	if err != nil {
+		s.t.Fatal(err)
 	}
-	for _, id := range sortedKeys(s.lns) {
-		s.start(id, s.lns[id], boot)
+	lvl := slog.LevelInfo
+	if _, bench := s.t.(*testing.B); bench {
+		lvl = slog.LevelError // benchmark logs are always printed
 	}
-	s.lns = nil
+	s.c = storetest.MakeCluster(s.t, len(s.ids), storetest.WithIDs(s.ids...), storetest.WithKEK(kek),
+		storetest.WithAddrs(s.addr), storetest.WithLogLevel(lvl),
+		storetest.WithOpen(s.open), storetest.NoLeaderWait(), storetest.WithConfig(s.raftConfig))
 	// A fresh site starts at cluster version 1 and raises it once every
 	// node has reported what it supports (docs/RAFT-FORMAT.md): commands
 	// of later versions (block import, ...) are refused until then.
@@ -185,75 +230,119 @@ func (s *testSite) boot(peers map[string][]string) {
 	})
 }
 
-func (s *testSite) config(id string, ln net.Listener, boot map[string]string) Config {
+// raftConfig sets the nodes' Raft timing (slower than storetest's: a node
+// runs much more beside its store) and the restored data dirs.
+func (s *testSite) raftConfig(_ int, c *raftstore.Config) {
+	c.HeartbeatTimeout = testenv.Scaled(300 * time.Millisecond)
+	c.ElectionTimeout = testenv.Scaled(300 * time.Millisecond)
+	c.LeaderLeaseTimeout = testenv.Scaled(150 * time.Millisecond)
+	if d, ok := s.dataDirs[c.NodeID]; ok {
+		c.DataDir, c.Bootstrap = d, nil
+	}
+}
+
+// config is node id's config on ln, without Raft settings.
+func (s *testSite) config(id string, ln net.Listener) Config {
 	crt, key := s.pki.node(s.t, s.kme, id)
 	return Config{
 		NodeID:         id,
 		KMEID:          s.kme,
 		Listener:       ln,
-		DataDir:        s.dirs[id],
 		TLS:            TLSFiles{CA: s.pki.caFile(), Cert: crt, Key: key, CRLFile: s.crlFile, ReloadInterval: Duration(s.tlsReload)},
 		KEKFile:        s.kek,
-		Bootstrap:      boot,
 		Peers:          s.peers,
 		Link:           s.link,
 		Links:          s.links,
 		Metrics:        MetricsConfig{ScrapeIdentities: s.scrapeIDs},
 		MaxConnections: s.maxConns,
-		Raft: RaftTiming{
-			HeartbeatTimeout:   Duration(testenv.Scaled(300 * time.Millisecond)),
-			ElectionTimeout:    Duration(testenv.Scaled(300 * time.Millisecond)),
-			LeaderLeaseTimeout: Duration(testenv.Scaled(150 * time.Millisecond)),
-		},
-		Logger: s.logger,
 	}
 }
 
-func (s *testSite) start(id string, ln net.Listener, boot map[string]string) *Node {
-	s.t.Helper()
-	n, err := New(context.Background(), s.config(id, ln, boot))
+// open is the site's storetest.WithOpen: it starts node rc.NodeID on its
+// port (the one bound by allocSite at first, the same address again after
+// a crash) with the Raft settings storetest chose.
+func (s *testSite) open(ctx context.Context, rc raftstore.Config) (storetest.Member, error) {
+	id := rc.NodeID
+	s.mu.Lock()
+	ln, ok := s.lns[id]
+	delete(s.lns, id)
+	s.mu.Unlock()
+	if !ok {
+		ln = listenAt(s.t, s.addr(id))
+	}
+	cfg := s.config(id, ln)
+	cfg.DataDir = rc.DataDir
+	if len(rc.Bootstrap) > 0 {
+		cfg.Bootstrap = map[string]string{}
+		for _, b := range rc.Bootstrap {
+			cfg.Bootstrap[string(b.ID)] = string(b.Address)
+		}
+	}
+	cfg.Raft = RaftTiming{
+		HeartbeatTimeout:   Duration(rc.HeartbeatTimeout),
+		ElectionTimeout:    Duration(rc.ElectionTimeout),
+		LeaderLeaseTimeout: Duration(rc.LeaderLeaseTimeout),
+		NoSync:             rc.NoSync,
+	}
+	if !s.raftOverTLS {
+		cfg.RaftTransport = rc.Transport
+	}
+	cfg.Logger = rc.Logger
+	if s.configure != nil {
+		s.configure(&cfg)
+	}
+	n, err := New(ctx, cfg)
 	if err != nil {
-		s.t.Fatalf("start %s/%s: %v", s.kme, id, err)
+		return nil, fmt.Errorf("start %s/%s: %w", s.kme, id, err)
 	}
 	n.Start()
-	s.mu.Lock()
-	s.nodes[id] = n
-	s.mu.Unlock()
-	return n
+	return n, nil
 }
 
-// restart starts node id again on its old address and data dir.
-func (s *testSite) restart(id string) *Node {
-	s.t.Helper()
-	var ln net.Listener
-	var err error
-	// The old socket may linger for a moment.
-	testenv.WaitFor(s.t, "the address "+s.addrs[id]+" of "+id+" to be free again", func() bool {
-		ln, err = net.Listen("tcp", s.addrs[id])
-		return err == nil
-	})
-	return s.start(id, ln, nil)
-}
-
-func (s *testSite) drop(id string) {
-	s.mu.Lock()
-	delete(s.nodes, id)
-	s.mu.Unlock()
-}
-
-func (s *testSite) live() []*Node {
+// addr is node id's address.
+func (s *testSite) addr(id string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.addrs[id]
+}
+
+// node returns node id (nil while down).
+func (s *testSite) node(id string) *Node {
+	if m := s.c.Member(id); m != nil {
+		return m.(*Node)
+	}
+	return nil
+}
+
+// crash kills node id; restart starts it again on its address and data.
+func (s *testSite) crash(id string) { s.c.Crash(id) }
+
+func (s *testSite) restart(id string) *Node {
+	s.t.Helper()
+	return s.c.Restart(s.t, id).(*Node)
+}
+
+// add starts node id, new and empty (no bootstrap), on a fresh port: the
+// site takes it in once the leader joins it.
+func (s *testSite) add(id string) *Node {
+	s.t.Helper()
+	s.bind(id, "127.0.0.1:0")
+	s.c.Reserve(s.t, id)
+	return s.restart(id)
+}
+
+// live returns the running nodes in ID order.
+func (s *testSite) live() []*Node {
 	var out []*Node
-	for _, id := range sortedKeys(s.nodes) {
-		out = append(out, s.nodes[id])
+	for _, m := range s.c.Members() {
+		out = append(out, m.(*Node))
 	}
 	return out
 }
 
 func (s *testSite) allAddrs() []string {
 	var out []string
-	for _, id := range sortedKeys(s.addrs) {
+	for _, id := range s.ids {
 		out = append(out, s.addrs[id])
 	}
 	return out
@@ -302,40 +391,7 @@ func (s *testSite) follower() *Node {
 // index.
 func (s *testSite) waitDigests() string {
 	s.t.Helper()
-	var last []string
-	var d0 string
-	converged := false
-	defer func() {
-		if !converged {
-			s.t.Logf("site %s: last digests %v", s.kme, last)
-		}
-	}()
-	testenv.WaitFor(s.t, "the digests of site "+s.kme+" to converge", func() bool {
-		last = last[:0]
-		var idx0 uint64
-		same := true
-		for i, n := range s.live() {
-			idx, d := n.Store().Digest()
-			last = append(last, fmt.Sprintf("%s@%d=%.12s", n.ID(), idx, d))
-			if i == 0 {
-				idx0, d0 = idx, d
-			} else if idx != idx0 || d != d0 {
-				same = false
-			}
-		}
-		return same && len(last) > 0
-	})
-	converged = true
-	return d0
-}
-
-func (s *testSite) closeAll() {
-	for _, n := range s.live() {
-		n.Kill()
-	}
-	for _, ln := range s.lns {
-		ln.Close()
-	}
+	return s.c.WaitDigestsEqual(s.t)
 }
 
 func httpClient(cfg *tls.Config) *http.Client {

@@ -2,7 +2,6 @@ package node
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -28,16 +27,12 @@ func httpNode(t *testing.T, lim HTTPLimits) (*Node, *tls.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.config("n1", s.lns["n1"], map[string]string{"n1": s.addrs["n1"]})
-	s.lns = nil
-	cfg.SeedListen, cfg.SeedListener = seedLn.Addr().String(), seedLn
-	cfg.HTTP = lim
-	n, err := New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
+	s.configure = func(cfg *Config) {
+		cfg.SeedListen, cfg.SeedListener = seedLn.Addr().String(), seedLn
+		cfg.HTTP = lim
 	}
-	n.Start()
-	t.Cleanup(func() { _ = n.Close(context.Background()) })
+	s.boot(nil)
+	n := s.node("n1")
 	sae, err := p.ca.IssueSAE("jkl")
 	if err != nil {
 		t.Fatal(err)

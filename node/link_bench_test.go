@@ -110,7 +110,7 @@ func liveRate(b *testing.B, mode, dir string, block, sessions int) float64 {
 	// secret key both sites stored.
 	bits := float64(st1.CommittedBits-st0.CommittedBits) + 8*float64(st1.AuthPadsLeft-st0.AuthPadsLeft+int64(st1.AuthPadsUsed-st0.AuthPadsUsed))
 	rate := bits / time.Since(t0).Seconds()
-	sa.closeAll()
-	sb.closeAll()
+	sa.c.Shutdown()
+	sb.c.Shutdown()
 	return rate
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -117,7 +118,7 @@ func keysMatch(t *testing.T, ctx context.Context, a, b *testSite, n int) {
 	t.Helper()
 	// Through followers (forwarded to the leaders) where the sites have them.
 	via := func(s *testSite) *Node {
-		if len(s.nodes) > 1 {
+		if len(s.live()) > 1 {
 			return s.follower()
 		}
 		return s.leader()
@@ -237,8 +238,7 @@ func TestLinkLeaderKilledDuringGeneration(t *testing.T) {
 		waitStored(t, a, b, "ghi", "jkl", int64(200*(round+1)))
 		old := a.leader()
 		t.Logf("round %d: killing leader %s of sender_app mid-generation", round, old.ID())
-		old.Kill()
-		a.drop(old.ID())
+		a.crash(old.ID())
 		nl := a.leader()
 		t.Logf("new leader %s", nl.ID())
 		a.restart(old.ID())
@@ -444,7 +444,7 @@ func TestLinkDevstreamDriver(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- devstream.Serve(ctx, devstream.ServeOptions{Model: m, Seed: 7, Pulses: 2_000_000, Alice: la, Bob: lb,
-			Logger: testLogger(t)}, new(devstream.ServeStats))
+			Logger: testenv.Logger(t, slog.LevelInfo)}, new(devstream.ServeStats))
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -569,7 +569,7 @@ func devstreamLinks(t *testing.T) driverLinks {
 	done := make(chan error, 1)
 	go func() {
 		done <- devstream.Serve(ctx, devstream.ServeOptions{Model: m, Seed: 11, Pulses: 1_000_000, Alice: la, Bob: lb,
-			Logger: testLogger(t)}, new(devstream.ServeStats))
+			Logger: testenv.Logger(t, slog.LevelInfo)}, new(devstream.ServeStats))
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -653,8 +653,7 @@ func TestLinkDriversThreeNodeSitesLeaderKills(t *testing.T) {
 				before, _ := samePools(t, a, b, "ghi", "jkl")
 				old := s.leader()
 				t.Logf("%s: %d blocks; killing leader %s of %s", tc.driver, before.AddedBlocks, old.ID(), s.kme)
-				old.Kill()
-				s.drop(old.ID())
+				s.crash(old.ID())
 				t.Logf("%s: new leader %s", s.kme, s.leader().ID())
 				// Two more blocks: at least one was made wholly under the new leader.
 				testenv.WaitFor(t, "two more blocks after the kill", func() bool {

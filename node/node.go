@@ -101,17 +101,21 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.mux.refusedRaft = n.metrics.raftRefused.Inc
 	go n.mux.serve()
 
-	stream := newStreamLayer(n.mux, n.clientTLS, staticAddr(cfg.Advertise))
-	stream.dialConfig = func(host string) *tls.Config {
-		return n.tlsr.clientConfig(host, []string{RaftALPN}, requireKME(cfg.KMEID))
+	var transport raft.Transport = cfg.RaftTransport
+	if transport == nil {
+		stream := newStreamLayer(n.mux, n.clientTLS, staticAddr(cfg.Advertise))
+		stream.dialConfig = func(host string) *tls.Config {
+			return n.tlsr.clientConfig(host, []string{RaftALPN}, requireKME(cfg.KMEID))
+		}
+		stream.track = n.conns
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream:  stream,
+			MaxPool: 3,
+			Timeout: 10 * time.Second,
+			Logger:  n.hclog("raft-net"),
+		})
+		transport = n.transport
 	}
-	stream.track = n.conns
-	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  stream,
-		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  n.hclog("raft-net"),
-	})
 
 	var boot []raft.Server
 	for _, id := range sortedKeys(cfg.Bootstrap) {
@@ -120,7 +124,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.store, err = raftstore.Open(ctx, raftstore.Config{
 		NodeID:             cfg.NodeID,
 		DataDir:            cfg.DataDir,
-		Transport:          n.transport,
+		Transport:          transport,
 		KEK:                kek,
 		Bootstrap:          boot,
 		Logger:             n.logger.With("component", "raftstore"),
@@ -257,7 +261,9 @@ func (n *Node) Kill() {
 func (n *Node) finish() {
 	n.tlsr.stop()
 	_ = n.mux.close()
-	_ = n.transport.Close()
+	if n.transport != nil {
+		_ = n.transport.Close()
+	}
 	n.conns.closeAll()
 	n.serveWG.Wait()
 	for _, c := range n.closer {
@@ -450,6 +456,9 @@ func (n *Node) setupTLS() error {
 	n.cert, n.pool = cert, pool
 	n.serverTLS = pki.ServerConfig(cert, pool)
 	n.serverTLS.NextProtos = []string{"http/1.1", RaftALPN, link.ALPN}
+	if n.cfg.RaftTransport != nil { // Raft is not on this port
+		n.serverTLS.NextProtos = []string{"http/1.1", link.ALPN}
+	}
 	n.clientTLS = pki.ClientConfig(cert, pool)
 	// From here on every handshake takes the current material, reloaded on
 	// SIGHUP and when the files change (node/CONFIG.md, Rotation and

@@ -75,7 +75,7 @@ func BenchmarkRelay(b *testing.B) {
 			return n.pool("sender_app").Relay.Done >= int64(max(b.N, 8)) && via != ""
 		})
 		b.ResetTimer()
-		n.sites[via].closeAll()
+		n.sites[via].c.Shutdown()
 		killed, before := time.Now(), n.pool("sender_app").Relay.Done
 		testenv.WaitFor(b, "a block around "+via, func() bool { return n.pool("sender_app").Relay.Done > before })
 		b.StopTimer()

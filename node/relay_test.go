@@ -158,7 +158,7 @@ func TestRelayRingReroutesAroundDeadSite(t *testing.T) {
 		return n.pool("sender_app").Relay.Done >= 3 && via != ""
 	})
 	dead := n.sites[via]
-	dead.closeAll()
+	dead.c.Shutdown()
 	killed := time.Now()
 	before := n.pool("sender_app").Relay.Done
 	testenv.WaitFor(t, "blocks relayed around "+via, func() bool { return n.pool("sender_app").Relay.Done >= before+2 })

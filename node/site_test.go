@@ -36,13 +36,7 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 	}
 
 	// A 4th node starts empty (no bootstrap) and is joined through a follower.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	site.addrs["n4"] = ln.Addr().String()
-	site.dirs["n4"] = filepath.Join(t.TempDir(), "n4")
-	n4 := site.start("n4", ln, nil)
+	n4 := site.add("n4")
 	res, err = admin.Join(ctx, "n4", n4.Addr())
 	if err != nil {
 		t.Fatalf("join via follower: %v", err)
@@ -65,8 +59,7 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 			t.Fatalf("n4 still listed: %+v", res.Servers)
 		}
 	}
-	n4.Kill()
-	site.drop("n4")
+	site.crash("n4")
 	if res, err = admin.Servers(ctx); err != nil || len(res.Servers) != 3 {
 		t.Fatalf("servers after remove: %+v, %v", res, err)
 	}
@@ -77,8 +70,7 @@ func TestSiteMembershipThroughFollower(t *testing.T) {
 	if err != nil {
 		t.Fatalf("remove the leader: %v", err)
 	}
-	leader.Kill()
-	site.drop(leader.ID())
+	site.crash(leader.ID())
 	newLeader := site.leader()
 	if newLeader.ID() == leader.ID() {
 		t.Fatal("removed leader still leads")
@@ -150,7 +142,9 @@ func TestAdminAuthorization(t *testing.T) {
 
 func TestRaftALPNRefusesOtherSite(t *testing.T) {
 	p := newTestPKI(t)
-	site := newTestSite(t, p, "site_a", 1, nil)
+	site := allocSite(t, p, "site_a", 1)
+	site.raftOverTLS = true
+	site.boot(nil)
 	n := site.leader()
 
 	dial := func(kme string) (*tls.Conn, error) {

@@ -207,6 +207,7 @@ func TestTLSRevocation(t *testing.T) {
 	}
 	site := allocSite(t, p, "site_a", 1)
 	site.crlFile = crl
+	site.raftOverTLS = true // the Raft port's handshakes are checked too
 	site.boot(nil)
 	n := site.leader()
 

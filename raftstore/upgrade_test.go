@@ -93,9 +93,11 @@ func TestRollingUpgrade(t *testing.T) {
 				t.Fatalf("with %d of 3 nodes upgraded: cluster version %d", n, v)
 			}
 		}
-		c.Stop(ctx, id)
+		if err := c.Stop(ctx, id); err != nil {
+			t.Fatalf("stop %s: %v", id, err)
+		}
 		c.Reconfigure(id, func(cfg *raftstore.Config) { cfg.MaxVersion = 0 })
-		s := c.Restart(t, id)
+		s := c.Restart(t, id).Store()
 		if s.SupportedVersion() != raftstore.MaxVersion {
 			t.Fatalf("%s supports %d after the upgrade", id, s.SupportedVersion())
 		}

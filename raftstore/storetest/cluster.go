@@ -1,9 +1,11 @@
-// Package storetest builds in-memory Raft sites of raftstore.Stores for
-// tests: n nodes on raft.NewInmemTransport with fast timeouts, each with its
-// own t.TempDir(), logging to t.Log, plus crash, restart and partition
-// helpers built on the in-memory transports' Connect/Disconnect. It is the
-// base of every in-process cluster harness: node/kme puts a KME and an
-// HTTPS server on each node of a site it builds here.
+// Package storetest builds in-memory Raft sites for tests: n nodes on
+// raft.NewInmemTransport with fast timeouts, each with its own
+// t.TempDir(), logging to t.Log, plus crash, restart and partition helpers
+// built on the in-memory transports' Connect/Disconnect. It is the one
+// in-process cluster harness (docs/CONTRIBUTING.md, "Cluster harnesses"):
+// a node runs a raftstore.Store alone, or whatever WithOpen opens on it —
+// node's tests run a whole qkdkms node, node/kme's put a KME and an HTTPS
+// server beside each store.
 package storetest
 
 import (
@@ -11,7 +13,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -32,8 +33,61 @@ type options struct {
 	level  slog.Level
 	silent bool
 	prefix string
+	ids    []string
+	addr   func(id string) string
+	kek    []byte
+	open   func(ctx context.Context, cfg raftstore.Config) (Member, error)
 	noWait bool
 }
+
+// A Member is what runs on one node: by default its raftstore.Store alone
+// (see WithOpen).
+type Member interface {
+	Store() *raftstore.Store
+	// Kill stops the member at once, as a crash does; its data stays.
+	Kill()
+	// Close stops it as an operator does: a leader hands leadership to
+	// another voter first.
+	Close(ctx context.Context) error
+}
+
+// StoreMember is the default member: store s alone; Kill is its Close,
+// Close its Shutdown.
+func StoreMember(s *raftstore.Store) Member { return storeMember{s} }
+
+type storeMember struct{ s *raftstore.Store }
+
+func (m storeMember) Store() *raftstore.Store         { return m.s }
+func (m storeMember) Kill()                           { _ = m.s.Close() }
+func (m storeMember) Close(ctx context.Context) error { return m.s.Shutdown(ctx) }
+
+func openStore(ctx context.Context, cfg raftstore.Config) (Member, error) {
+	s, err := raftstore.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return StoreMember(s), nil
+}
+
+// WithOpen starts node i's member from its config (cfg.Transport is the
+// node's in-memory transport, cfg.Logger the cluster's) in place of
+// raftstore.Open: a harness that runs a whole node on each member opens it
+// here. Crash then Kills the member, Stop Closes it.
+func WithOpen(open func(ctx context.Context, cfg raftstore.Config) (Member, error)) Option {
+	return func(o *options) { o.open = open }
+}
+
+// WithIDs names the nodes (len(ids) must be n) instead of prefix+i.
+func WithIDs(ids ...string) Option { return func(o *options) { o.ids = ids } }
+
+// WithAddrs gives node id's in-memory transport the address addr(id)
+// instead of id: a harness whose members also serve on real sockets names
+// the transports after them, so that a Raft leader's address is where its
+// member serves.
+func WithAddrs(addr func(id string) string) Option { return func(o *options) { o.addr = addr } }
+
+// WithKEK sets the site's KEK (default: a random one, see Cluster.KEK).
+func WithKEK(kek []byte) Option { return func(o *options) { o.kek = kek } }
 
 // WithConfig lets the test adjust node i's Config before it opens.
 func WithConfig(f func(i int, c *raftstore.Config)) Option {
@@ -57,98 +111,92 @@ func WithIDPrefix(prefix string) Option { return func(o *options) { o.prefix = p
 func NoLeaderWait() Option { return func(o *options) { o.noWait = true } }
 
 // Cluster is a site of in-memory nodes. Node i has ID "node<i>" (see
-// WithIDPrefix), which is also its Raft address. Stores[i]
-// is nil while node i is down; read it directly only when no other
-// goroutine crashes or restarts nodes (else use Leader, Followers, Store).
+// WithIDPrefix, WithIDs), which is also its Raft address (see WithAddrs).
+// Stores[i] is nil while node i is down; read it directly only when no
+// other goroutine crashes or restarts nodes (else use Leader, Followers,
+// Store).
 type Cluster struct {
-	t      testing.TB
-	KEK    []byte
-	IDs    []string
-	Stores []*raftstore.Store // nil while a node is down
-	Trans  []*raft.InmemTransport
-	cfgs   []raftstore.Config
-	mu     sync.Mutex
-	group  []int
-	down   []bool // crashed or stopped: unreachable until Restart
-	ngroup int
-	prefix string
-	logw   *tWriter
-	log    *slog.Logger
-}
-
-type tWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(string(p[:len(p)-min(1, len(p))]))
-	}
-	return len(p), nil
+	t       testing.TB
+	KEK     []byte
+	IDs     []string
+	Stores  []*raftstore.Store // nil while a node is down
+	Trans   []*raft.InmemTransport
+	members []Member // nil while a node is down
+	cfgs    []raftstore.Config
+	addr    func(id string) string
+	open    func(ctx context.Context, cfg raftstore.Config) (Member, error)
+	mods    []func(i int, c *raftstore.Config)
+	mu      sync.Mutex
+	group   []int
+	down    []bool // crashed or stopped: unreachable until Restart
+	ngroup  int
+	prefix  string
+	log     *slog.Logger
 }
 
 // MakeCluster starts n nodes bootstrapped as one site and waits for a
 // leader (see NoLeaderWait). Nodes are shut down in t.Cleanup.
 func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	o := options{level: slog.LevelWarn, prefix: "node"}
+	o := options{level: slog.LevelWarn, prefix: "node", addr: func(id string) string { return id }, open: openStore}
 	for _, f := range opts {
 		f(&o)
 	}
-	c := &Cluster{t: t, KEK: make([]byte, raftstore.KEKSize), group: make([]int, n), down: make([]bool, n), prefix: o.prefix}
-	if _, err := rand.Read(c.KEK); err != nil {
-		t.Fatal(err)
+	if o.ids != nil && len(o.ids) != n {
+		t.Fatalf("storetest: %d IDs for %d nodes", len(o.ids), n)
 	}
-	c.logw = &tWriter{t: t}
-	var out io.Writer = c.logw
+	c := &Cluster{t: t, KEK: o.kek, group: make([]int, n), down: make([]bool, n), prefix: o.prefix, addr: o.addr, open: o.open, mods: o.mods}
+	if c.KEK == nil {
+		c.KEK = make([]byte, raftstore.KEKSize)
+		if _, err := rand.Read(c.KEK); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.log = testenv.Logger(t, o.level) // before the cleanup that stops the nodes
 	if o.silent {
-		out = io.Discard
+		c.log = slog.New(slog.DiscardHandler)
 	}
-	c.log = slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: o.level}))
 	var servers []raft.Server
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("%s%d", c.prefix, i)
+		if o.ids != nil {
+			id = o.ids[i]
+		}
 		c.IDs = append(c.IDs, id)
-		servers = append(servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
+		servers = append(servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(c.addr(id))})
 	}
 	for i := 0; i < n; i++ {
-		_, tr := raft.NewInmemTransport(raft.ServerAddress(c.IDs[i]))
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(c.addr(c.IDs[i])))
 		c.Trans = append(c.Trans, tr)
-		cfg := raftstore.Config{
-			NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: servers,
-			Logger:           c.log, // the store adds its node ID
-			NoSync:           true,
-			HeartbeatTimeout: testenv.Scaled(100 * time.Millisecond), ElectionTimeout: testenv.Scaled(100 * time.Millisecond),
-			LeaderLeaseTimeout: testenv.Scaled(100 * time.Millisecond), CommitTimeout: 5 * time.Millisecond,
-		}
-		for _, m := range o.mods {
-			m(i, &cfg)
-		}
-		c.cfgs = append(c.cfgs, cfg)
+		c.cfgs = append(c.cfgs, c.config(t, i, tr, servers))
 	}
 	c.Stores = make([]*raftstore.Store, n)
+	c.members = make([]Member, n)
 	c.reconnect()
+	t.Cleanup(c.Shutdown)
 	for i := 0; i < n; i++ {
-		s, err := raftstore.Open(context.Background(), c.cfgs[i])
-		if err != nil {
-			t.Fatalf("open %s: %v", c.IDs[i], err)
-		}
-		c.Stores[i] = s
+		c.start(t, i)
 	}
-	t.Cleanup(func() {
-		c.Shutdown()
-		c.logw.mu.Lock()
-		c.logw.done = true
-		c.logw.mu.Unlock()
-	})
 	if !o.noWait {
 		c.Leader(t)
 	}
 	return c
+}
+
+// config is node i's config: fast timeouts, a fresh data dir, then the
+// test's WithConfig changes.
+func (c *Cluster) config(t testing.TB, i int, tr raft.Transport, boot []raft.Server) raftstore.Config {
+	cfg := raftstore.Config{
+		NodeID: c.IDs[i], DataDir: t.TempDir(), Transport: tr, KEK: c.KEK, Bootstrap: boot,
+		Logger:           c.log, // the store adds its node ID
+		NoSync:           true,
+		HeartbeatTimeout: testenv.Scaled(100 * time.Millisecond), ElectionTimeout: testenv.Scaled(100 * time.Millisecond),
+		LeaderLeaseTimeout: testenv.Scaled(100 * time.Millisecond), CommitTimeout: 5 * time.Millisecond,
+	}
+	for _, m := range c.mods {
+		m(i, &cfg)
+	}
+	return cfg
 }
 
 // Logger is the logger the nodes log to (t.Log at the cluster's level,
@@ -156,20 +204,38 @@ func MakeCluster(t testing.TB, n int, opts ...Option) *Cluster {
 // runs beside each store.
 func (c *Cluster) Logger() *slog.Logger { return c.log }
 
-// Shutdown stops every running node (no leadership transfer).
+// Shutdown kills every running node (no leadership transfer).
 func (c *Cluster) Shutdown() {
 	c.mu.Lock()
-	stores := slices.Clone(c.Stores)
+	members := slices.Clone(c.members)
+	clear(c.members)
 	clear(c.Stores)
 	c.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, s := range stores {
-		if s != nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = s.Close() }()
+	for _, m := range members {
+		if m != nil {
+			wg.Go(m.Kill)
 		}
 	}
 	wg.Wait()
+}
+
+// start opens node i's member (it is down) and marks it up.
+func (c *Cluster) start(t testing.TB, i int) Member {
+	t.Helper()
+	c.mu.Lock()
+	c.down[i] = false
+	cfg := c.cfgs[i]
+	c.mu.Unlock()
+	c.reconnect()
+	m, err := c.open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("storetest: open %s: %v", c.IDs[i], err)
+	}
+	c.mu.Lock()
+	c.members[i], c.Stores[i] = m, m.Store()
+	c.mu.Unlock()
+	return m
 }
 
 // Index returns node id's position.
@@ -191,8 +257,36 @@ func (c *Cluster) Store(id string) *raftstore.Store {
 	return c.Stores[i]
 }
 
+// Member returns node id's member (nil while down).
+func (c *Cluster) Member(id string) Member {
+	i := c.Index(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i]
+}
+
+// Members returns the running members in node order.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Member
+	for _, m := range c.members {
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Addr returns node id's Raft address.
+func (c *Cluster) Addr(id string) string { return c.addr(id) }
+
 // Config returns node i's config (e.g. its DataDir).
-func (c *Cluster) Config(i int) raftstore.Config { return c.cfgs[i] }
+func (c *Cluster) Config(i int) raftstore.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfgs[i]
+}
 
 // Leader waits for a running node that leads and answers reads, and
 // returns it.
@@ -278,58 +372,63 @@ func (c *Cluster) reconnect() {
 				continue
 			}
 			if c.group[i] == c.group[j] && !c.down[i] && !c.down[j] {
-				ti.Connect(raft.ServerAddress(c.IDs[j]), tj)
+				ti.Connect(raft.ServerAddress(c.addr(c.IDs[j])), tj)
 			} else {
-				ti.Disconnect(raft.ServerAddress(c.IDs[j]))
+				ti.Disconnect(raft.ServerAddress(c.addr(c.IDs[j])))
 			}
 		}
 	}
 }
 
 // AddNode starts a new, empty node (no bootstrap) connected to the others.
-// It becomes part of the site once the leader Joins it (id, id as address).
+// It becomes part of the site once the leader Joins it (id, Addr(id)).
 func (c *Cluster) AddNode(t testing.TB) (string, *raftstore.Store) {
 	t.Helper()
-	i := len(c.IDs)
-	id := fmt.Sprintf("%s%d", c.prefix, i)
-	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
-	cfg := c.cfgs[0]
-	cfg.NodeID, cfg.DataDir, cfg.Transport, cfg.Bootstrap = id, t.TempDir(), tr, nil
+	id := fmt.Sprintf("%s%d", c.prefix, len(c.IDs))
+	c.Reserve(t, id)
+	return id, c.Restart(t, id).Store()
+}
+
+// Reserve adds node id, down: an empty data dir, no bootstrap, its
+// in-memory transport made. Restart starts it; it becomes part of the site
+// once the leader Joins it (a test of joining reserves the nodes that may
+// join before any starts).
+func (c *Cluster) Reserve(t testing.TB, id string) {
+	t.Helper()
+	_, tr := raft.NewInmemTransport(raft.ServerAddress(c.addr(id)))
 	c.mu.Lock()
+	i := len(c.IDs)
 	c.IDs = append(c.IDs, id)
 	c.Trans = append(c.Trans, tr)
 	c.group = append(c.group, 0)
-	c.down = append(c.down, false)
+	c.down = append(c.down, true)
+	c.mu.Unlock()
+	cfg := c.config(t, i, tr, nil)
+	c.mu.Lock()
 	c.cfgs = append(c.cfgs, cfg)
 	c.Stores = append(c.Stores, nil)
+	c.members = append(c.members, nil)
 	c.mu.Unlock()
-	c.reconnect()
-	s, err := raftstore.Open(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("open %s: %v", id, err)
-	}
-	c.Stores[i] = s
-	return id, s
 }
 
-// Crash stops node id abruptly (no leadership transfer) and cuts it off
-// from the others. Its data stays.
+// Crash kills node id (no leadership transfer) and cuts it off from the
+// others. Its data stays.
 func (c *Cluster) Crash(id string) {
 	i := c.Index(id)
-	s := c.take(i)
+	m := c.take(i)
 	c.cutOff(i)
-	if s != nil {
-		_ = s.Close()
+	if m != nil {
+		m.Kill()
 	}
 }
 
-// take removes node i's store from the running ones and returns it.
-func (c *Cluster) take(i int) *raftstore.Store {
+// take removes node i's member from the running ones and returns it.
+func (c *Cluster) take(i int) Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.Stores[i]
-	c.Stores[i] = nil
-	return s
+	m := c.members[i]
+	c.members[i], c.Stores[i] = nil, nil
+	return m
 }
 
 // cutOff marks node i down: unreachable until Restart.
@@ -340,31 +439,20 @@ func (c *Cluster) cutOff(i int) {
 	c.reconnect()
 }
 
-// Restart reopens a crashed node from its data directory on a fresh
-// in-memory transport with the same address.
-func (c *Cluster) Restart(t testing.TB, id string) *raftstore.Store {
+// Restart starts node id again (crashed, stopped or reserved) from its
+// data directory, on a fresh in-memory transport with the same address.
+func (c *Cluster) Restart(t testing.TB, id string) Member {
 	t.Helper()
 	i := c.Index(id)
-	if c.Stores[i] != nil {
+	if c.Member(id) != nil {
 		t.Fatalf("storetest: %s is running", id)
 	}
-	_, tr := raft.NewInmemTransport(raft.ServerAddress(id))
+	_, tr := raft.NewInmemTransport(raft.ServerAddress(c.addr(id)))
 	c.mu.Lock()
 	c.Trans[i] = tr
-	c.down[i] = false
+	c.cfgs[i].Transport = tr
 	c.mu.Unlock()
-	cfg := c.cfgs[i]
-	cfg.Transport = tr
-	c.cfgs[i] = cfg
-	c.reconnect()
-	s, err := raftstore.Open(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("restart %s: %v", id, err)
-	}
-	c.mu.Lock()
-	c.Stores[i] = s
-	c.mu.Unlock()
-	return s
+	return c.start(t, i)
 }
 
 // WaitDigestsEqual waits until every running node applied the same index
@@ -409,13 +497,15 @@ func (c *Cluster) Reconfigure(id string, f func(*raftstore.Config)) {
 
 // Stop shuts node id down as an operator does before an upgrade: a leader
 // hands leadership to another voter first, then the node is cut off. Its
-// data stays.
-func (c *Cluster) Stop(ctx context.Context, id string) {
+// data stays. It returns the member's Close error.
+func (c *Cluster) Stop(ctx context.Context, id string) error {
 	i := c.Index(id)
-	if s := c.take(i); s != nil {
-		_ = s.Shutdown(ctx)
+	var err error
+	if m := c.take(i); m != nil {
+		err = m.Close(ctx)
 	}
 	c.cutOff(i)
+	return err
 }
 
 // ReportVersions delivers every running node's supported cluster version to
