@@ -397,18 +397,14 @@ func (c *Cluster) Reserve(t testing.TB, id string) {
 	t.Helper()
 	_, tr := raft.NewInmemTransport(raft.ServerAddress(c.addr(id)))
 	c.mu.Lock()
-	i := len(c.IDs)
+	defer c.mu.Unlock()
 	c.IDs = append(c.IDs, id)
 	c.Trans = append(c.Trans, tr)
 	c.group = append(c.group, 0)
 	c.down = append(c.down, true)
-	c.mu.Unlock()
-	cfg := c.config(t, i, tr, nil)
-	c.mu.Lock()
-	c.cfgs = append(c.cfgs, cfg)
+	c.cfgs = append(c.cfgs, c.config(t, len(c.IDs)-1, tr, nil))
 	c.Stores = append(c.Stores, nil)
 	c.members = append(c.members, nil)
-	c.mu.Unlock()
 }
 
 // Crash kills node id (no leadership transfer) and cuts it off from the
