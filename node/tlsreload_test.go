@@ -77,6 +77,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 	a := allocSite(t, p, "site_a", 3)
 	b := allocSite(t, p, "site_b", 1)
 	a.tlsReload = testenv.Scaled(50 * time.Millisecond)
+	a.raftOverTLS = true // Raft's connections live through the rotation too
 	a.boot(map[string][]string{"site_b": b.allAddrs()})
 	b.boot(map[string][]string{"site_a": a.allAddrs()})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
