@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 func validConfig() Config {
@@ -51,6 +53,12 @@ func TestConfigValidate(t *testing.T) {
 		{"peer is self", func(c *Config) { c.Peers["sender_app"] = []string{"127.0.0.1:1"} }, "own KME ID"},
 		{"peer without address", func(c *Config) { c.Peers["x"] = nil }, "peers.x: no addresses"},
 		{"peer bad address", func(c *Config) { c.Peers["receiver_app"] = []string{"x"} }, "peers.receiver_app"},
+		{"Raft transport at advertise", func(c *Config) {
+			_, c.RaftTransport = raft.NewInmemTransport("127.0.0.1:8443")
+		}, ""},
+		{"Raft transport elsewhere", func(c *Config) {
+			_, c.RaftTransport = raft.NewInmemTransport("node1")
+		}, "the Raft transport's address node1 differs from advertise 127.0.0.1:8443"},
 		{"tiny TLS reload interval", func(c *Config) { c.TLS.ReloadInterval = Duration(time.Millisecond) }, "tls.reload_interval"},
 		{"scrape identity", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"metrics:prometheus", "spiffe://site/prom"} }, ""},
 		{"scrape identity of an SAE", func(c *Config) { c.Metrics.ScrapeIdentities = []string{"sae:alice"} }, "SAEs may not read /metrics"},
